@@ -1,0 +1,95 @@
+# igdeadlock: an Inspektor Gadget gadget that finds deadlocks, and its Python companion.
+#
+#   make setup     install what is missing (Debian packages, ig, the Python virtualenv)
+#   make gadget    build the gadget image (only when its sources changed)
+#   make test      set up, build, run the whole test suite
+#   make demo      set up, build, trace an example program with a lock-order inversion
+#   make diagrams  regenerate DEVELOPER.md's program-map diagrams from the built image
+#
+# Everything here runs as root: eBPF and `ig daemon` need it.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+IMAGE ?= localhost/igdeadlock:latest
+VENV ?= .venv
+PYTHON ?= python3
+BUILD := build
+IG ?= /usr/local/bin/ig
+IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget" { print $$2; exit }' tools/ig/go.mod)
+# Debian packages: compiler and BPF headers for `ig image build --local`, bpftool,
+# binutils (addr2line for source lines), util-linux (unshare).
+DEB_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool binutils gcc g++ make util-linux
+GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
+PYTEST_ARGS ?=
+
+.PHONY: help setup setup-packages setup-ig setup-python gadget test unit-test e2e-test demo diagrams proto clean
+
+help:
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
+
+setup: setup-packages setup-ig setup-python
+
+setup-packages:
+	@missing=""; \
+	for cmd in clang-19 llvm-strip-19 bpftool addr2line gcc g++ unshare; do \
+		command -v $$cmd >/dev/null || [ -x /usr/sbin/$$cmd ] || missing=1; \
+	done; \
+	[ -f /usr/include/bpf/bpf_helpers.h ] || missing=1; \
+	if [ -n "$$missing" ]; then \
+		echo "setup: installing Debian packages: $(DEB_PACKAGES)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PACKAGES); \
+	fi
+	@# ig's local build runs exactly `clang` and `llvm-strip`
+	@command -v clang >/dev/null || ln -sf "$$(command -v clang-19)" /usr/local/bin/clang
+	@command -v llvm-strip >/dev/null || ln -sf "$$(command -v llvm-strip-19)" /usr/local/bin/llvm-strip
+
+setup-ig:
+	@PREFIX=/usr/local tools/ig/build-ig.sh
+
+setup-python: $(VENV)/.installed
+
+$(VENV)/.installed: python/pyproject.toml
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e 'python[test]'
+	@touch $@
+
+# The image is rebuilt when its sources or the ig version change, or when it is gone.
+gadget: setup-ig
+	@mkdir -p $(BUILD)
+	@stamp="$$(cat $(GADGET_SOURCES) | sha256sum | cut -c1-16)-$(IG_VERSION)-$(IMAGE)"; \
+	if [ "$$(cat $(BUILD)/gadget.stamp 2>/dev/null)" = "$$stamp" ] && \
+	   $(IG) image list 2>/dev/null | grep -q "$(subst :, *,$(IMAGE))"; then \
+		echo "gadget: $(IMAGE) is up to date"; \
+	else \
+		$(IG) image build --local -t $(IMAGE) . && echo "$$stamp" > $(BUILD)/gadget.stamp; \
+	fi
+
+test: setup gadget
+	$(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
+
+unit-test: setup-python
+	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
+
+e2e-test: setup gadget
+	$(VENV)/bin/pytest -q tests/e2e $(PYTEST_ARGS)
+
+demo: setup gadget
+	@mkdir -p $(BUILD)/examples
+	gcc -g -O0 -fno-omit-frame-pointer -pthread -o $(BUILD)/examples/lock_inversion examples/lock_inversion.c
+	$(VENV)/bin/igdeadlock trace -- $(BUILD)/examples/lock_inversion
+
+# DEVELOPER.md's diagrams come from the built image, never from hand edits.
+diagrams: gadget
+	tools/gen-developer-md.sh $(IG) $(IMAGE) > DEVELOPER.md.new && mv DEVELOPER.md.new DEVELOPER.md
+
+proto:
+	$(VENV)/bin/pip install -q 'grpcio-tools==1.85.1'
+	cd python && ../$(VENV)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+		igdeadlock/proto/api.proto
+
+clean:
+	rm -rf $(BUILD) tests/.bin

@@ -1,0 +1,854 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* Copyright (c) 2026 The igdeadlock authors */
+
+/*
+ * igdeadlock: lock-order tracing for deadlock detection.
+ *
+ * Uprobes on libc's lock functions keep, per thread, the set of locks it
+ * holds. Every time a thread requests a lock while holding others, that is a
+ * lock dependency: one lock-order edge (held lock -> requested lock) per held
+ * lock. Each dependency is recorded once, when first seen, into the `edges`
+ * map; user space drains it through a map iterator and looks for cycles.
+ *
+ * Hot path (dependency already known): one lookup of the thread's state and a
+ * compare against the thread's small dependency cache. Stacks are captured
+ * and edges written only when a dependency is new.
+ */
+
+#include <vmlinux.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#include <gadget/buffer.h>
+#include <gadget/filesystem.h>
+#include <gadget/filter.h>
+#include <gadget/macros.h>
+#include <gadget/types.h>
+
+#define MAX_HELD_LOCKS 16 /* nesting depth tracked per thread */
+#define DEP_CACHE_SLOTS 8 /* per-thread cache of known dependencies */
+#define MAX_STACK_FRAMES 16 /* user frames kept per acquisition site */
+#define FILE_PATH_MAX 256 /* longest mapped-file path reported */
+
+#define MAX_THREADS 16384
+#define MAX_KNOWN_DEPS 65536
+#define MAX_EDGES 8192 /* new edges buffered between two fetches */
+#define MAX_SITES 8192 /* new acquisition stacks between two fetches */
+#define MAX_FILES 1024 /* new mapped files between two fetches */
+#define MAX_SEEN_FILES 4096
+#define MAX_LOCK_GENERATIONS 16384
+
+/* How a lock is held or requested. */
+#define LOCK_MODE_EXCLUSIVE 0 /* mutex, spinlock, rwlock write */
+#define LOCK_MODE_SHARED 1 /* rwlock read */
+
+/* What kind of lock object it is. */
+#define LOCK_KIND_MUTEX 0
+#define LOCK_KIND_RWLOCK 1
+#define LOCK_KIND_SPINLOCK 2
+
+/* How an acquisition waits. */
+#define ACQUIRE_BLOCKING 0 /* waits until acquired */
+#define ACQUIRE_TRY 1 /* never waits: no incoming edge */
+#define ACQUIRE_TIMED 2 /* waits, but gives up at a deadline */
+
+/* Counters of what could not be tracked (keys of `counters`). */
+#define STAT_HELD_OVERFLOW 0 /* a lock not tracked: held set full */
+#define STAT_THREADS_FULL 1 /* a thread not tracked: thread map full */
+#define STAT_EDGES_FULL 2 /* an edge lost: edge map full */
+#define STAT_SITES_FULL 3 /* a stack lost: stack map full */
+#define STAT_UNLOCK_UNKNOWN 4 /* unlock of a lock not seen acquired */
+#define STAT_GENERATIONS_FULL 5 /* a destroy not recorded */
+
+#define GOLDEN_RATIO_64 0x9E3779B97F4A7C15ULL
+
+struct held_lock {
+	__u64 lock; /* user address of the lock object */
+	__u64 site; /* stackmap key of the acquisition, 0 if unknown */
+	__u32 gen; /* generation of that address (bumped by destroy) */
+	__u16 depth; /* recursive acquisitions still to release */
+	__u8 mode; /* LOCK_MODE_* */
+	__u8 kind; /* LOCK_KIND_* */
+};
+
+/* A dependency this thread already recorded: no need to look further. */
+struct dep_cache_slot {
+	__u64 lock;
+	__u64 context; /* held_hash when it was requested */
+	__u64 site;
+	__u32 gen;
+	__u8 mode;
+	__u8 how;
+	__u8 valid;
+	__u8 __pad;
+};
+
+/* A try or timed acquisition waiting for its return probe. */
+struct pending_acquire {
+	__u64 lock;
+	__u64 site;
+	__u32 gen;
+	__u8 mode;
+	__u8 kind;
+	__u8 active;
+	__u8 __pad;
+};
+
+struct thread_locks {
+	struct held_lock held[MAX_HELD_LOCKS];
+	struct dep_cache_slot cache[DEP_CACHE_SLOTS];
+	struct pending_acquire pending;
+	__u64 held_hash; /* order-independent hash of the held set */
+	__u32 nheld;
+	__u32 epoch; /* destroy_epoch the cache was filled under */
+};
+
+/* thread id -> locks that thread holds */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, gadget_tid);
+	__type(value, struct thread_locks);
+} thread_to_held_mutexes SEC(".maps");
+
+struct dep_key {
+	__u64 context; /* held_hash of the requesting thread */
+	__u64 lock;
+	__u32 pid;
+	__u32 tid;
+	__u32 gen;
+	__u8 mode;
+	__u8 how;
+	__u8 __pad[2];
+};
+
+/* dependency (thread, held set, requested lock) -> its stackmap key */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_KNOWN_DEPS);
+	__type(key, struct dep_key);
+	__type(value, __u64);
+} known_dependencies SEC(".maps");
+
+struct lock_edge_key {
+	__u64 from_lock; /* held lock */
+	__u64 to_lock; /* requested lock */
+	__u64 context; /* hash of the held set: one record per lock set */
+	gadget_pid pid;
+	gadget_tid tid;
+	__u8 to_mode;
+	__u8 to_how;
+	__u8 __pad[6];
+};
+
+struct lock_edge {
+	gadget_mntns_id mntns_id;
+	__u64 process_start; /* tells a reused pid apart */
+	__u32 session_id; /* selects a command's process tree */
+	__u32 __pad0;
+	__u64 from_site; /* stackmap key: where from_lock was acquired */
+	__u64 to_site; /* stackmap key: where to_lock was requested */
+	__u32 from_gen;
+	__u32 to_gen;
+	__u8 from_mode;
+	__u8 from_kind;
+	__u8 to_kind;
+	__u8 held_count;
+	__u32 __pad;
+	gadget_comm comm[TASK_COMM_LEN];
+	/* every lock held when the edge was made (from_lock included) */
+	__u64 held_locks[MAX_HELD_LOCKS];
+	__u32 held_gens[MAX_HELD_LOCKS];
+	__u8 held_modes[MAX_HELD_LOCKS];
+};
+
+/* (held lock, requested lock, thread, context) -> edge evidence */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_EDGES);
+	__type(key, struct lock_edge_key);
+	__type(value, struct lock_edge);
+} edges SEC(".maps");
+
+struct stack_key {
+	__u64 site;
+};
+
+struct stack_frames {
+	gadget_pid stack_pid;
+	__u32 frame_count;
+	/* per frame: offset in the mapped file, or the address if anonymous */
+	__u64 frame_offsets[MAX_STACK_FRAMES];
+	/* per frame: file_id of the mapped file, 0 if anonymous */
+	__u64 frame_files[MAX_STACK_FRAMES];
+};
+
+/* acquisition site -> its user stack, resolved to (file, offset) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SITES);
+	__type(key, struct stack_key);
+	__type(value, struct stack_frames);
+} stackmap SEC(".maps");
+
+struct file_key {
+	__u64 file_id;
+};
+
+struct file_info {
+	__u64 inode;
+	__u32 device;
+	__u32 __pad;
+	char path[FILE_PATH_MAX];
+};
+
+/* file_id -> path of a file that stack frames point into */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FILES);
+	__type(key, struct file_key);
+	__type(value, struct file_info);
+} files SEC(".maps");
+
+/* file_id -> 1 once its path was sent */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SEEN_FILES);
+	__type(key, __u64);
+	__type(value, __u8);
+} seen_files SEC(".maps");
+
+struct lock_id {
+	__u64 lock;
+	__u32 pid;
+	__u32 __pad;
+};
+
+/* (process, lock address) -> generation, bumped on destroy */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LOCK_GENERATIONS);
+	__type(key, struct lock_id);
+	__type(value, __u32);
+} lock_generations SEC(".maps");
+
+struct counter_key {
+	__u32 counter; /* STAT_* */
+};
+
+struct counter_value {
+	__u64 count; /* events since the previous fetch */
+};
+
+/* STAT_* -> how often it happened since the last fetch */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32);
+	__type(key, struct counter_key);
+	__type(value, struct counter_value);
+} counters SEC(".maps");
+
+/* scratch space for records too big for the BPF stack */
+struct scratch_buffers {
+	struct lock_edge edge;
+	struct stack_frames stack;
+	struct file_info file;
+	__u64 raw_frames[MAX_STACK_FRAMES + 1];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch_buffers);
+} scratch_space SEC(".maps");
+
+struct dead_pid {
+	gadget_pid pid;
+	__u32 __pad;
+	__u64 process_start;
+	gadget_mntns_id mntns_id;
+	gadget_comm comm[TASK_COMM_LEN];
+};
+
+GADGET_TRACER_MAP(dead_pids, 1024 * 256);
+
+GADGET_MAPITER(edges, edges);
+GADGET_MAPITER(stacks, stackmap);
+GADGET_MAPITER(files, files);
+GADGET_MAPITER(counters, counters);
+GADGET_TRACER(dead_pids, dead_pids, dead_pid);
+
+/* Bumped by every destroy: tells threads their dependency cache is stale. */
+volatile __u32 destroy_epoch = 0;
+/* per CPU: acquisition sites numbered so far */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} site_counter SEC(".maps");
+
+/* Rare events only: the fetch deletes the entry, the next one re-creates it. */
+static __always_inline void count_stat(__u32 index)
+{
+	struct counter_key key = { .counter = index };
+	struct counter_value one = { .count = 1 }, *value;
+
+	value = bpf_map_lookup_elem(&counters, &key);
+	if (value) {
+		__sync_fetch_and_add(&value->count, 1);
+		return;
+	}
+	if (bpf_map_update_elem(&counters, &key, &one, BPF_NOEXIST)) {
+		value = bpf_map_lookup_elem(&counters, &key);
+		if (value)
+			__sync_fetch_and_add(&value->count, 1);
+	}
+}
+
+static __always_inline __u64 mix64(__u64 value)
+{
+	value ^= value >> 33;
+	value *= GOLDEN_RATIO_64;
+	value ^= value >> 29;
+	return value;
+}
+
+/* Hash of one held lock; XOR-ing them gives an order-independent set hash. */
+static __always_inline __u64 held_lock_hash(__u64 lock, __u32 gen, __u8 mode)
+{
+	return mix64(lock ^ ((__u64)gen << 48) ^ ((__u64)mode << 62));
+}
+
+/* Start time of the current process: (pid, start) names a process uniquely. */
+static __always_inline __u64 current_process_start(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, group_leader, start_time);
+}
+
+static __always_inline __u32 current_session_id(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, signal, pids[PIDTYPE_SID], numbers[0].nr);
+}
+
+/* Filters cost nothing unless the user set one (the constants are frozen). */
+static __always_inline bool current_is_filtered_out(void)
+{
+	if (!gadget_filter_by_mntns && targ_pid == 0 && targ_tid == 0 &&
+	    targ_uid == GADGET_INVALID_ID && targ_gid == GADGET_INVALID_ID &&
+	    targ_comm[0] == '\0')
+		return false;
+	return gadget_should_discard_data_current();
+}
+
+/* Initial state of a thread: too big for the BPF stack, so kept read-only. */
+static const struct thread_locks empty_thread = {};
+
+/* The thread's lock state, created on its first lock operation. */
+static __always_inline struct thread_locks *get_thread_locks(gadget_tid tid)
+{
+	struct thread_locks *t;
+
+	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
+	if (t)
+		return t;
+	if (current_is_filtered_out())
+		return NULL;
+
+	if (bpf_map_update_elem(&thread_to_held_mutexes, &tid, &empty_thread,
+				BPF_NOEXIST) &&
+	    !bpf_map_lookup_elem(&thread_to_held_mutexes, &tid)) {
+		count_stat(STAT_THREADS_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
+}
+
+/* An index into held[] the verifier can see is in bounds (callers have
+ * already checked it; the mask is only there for the verifier). */
+static __always_inline __u32 held_slot(__u32 index)
+{
+	barrier_var(index);
+	return index & (MAX_HELD_LOCKS - 1);
+}
+
+static __always_inline int find_held(struct thread_locks *t, __u64 lock)
+{
+	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
+		if (i >= t->nheld)
+			break;
+		if (t->held[i].lock == lock)
+			return i;
+	}
+	return -1;
+}
+
+/* Generation of a lock address: 0 until it is first destroyed. */
+static __always_inline __u32 lock_generation(__u32 pid, __u64 lock)
+{
+	struct lock_id id = { .lock = lock, .pid = pid };
+	__u32 *gen = bpf_map_lookup_elem(&lock_generations, &id);
+
+	return gen ? *gen : 0;
+}
+
+static __always_inline __u32 cache_slot(__u64 context, __u64 lock)
+{
+	return mix64(context ^ lock) & (DEP_CACHE_SLOTS - 1);
+}
+
+/* Return address of the lock function: the calling site, even without frame
+ * pointers (x86: on top of the stack at entry; arm64: in the link register). */
+static __always_inline __u64 caller_address(struct pt_regs *ctx)
+{
+#if defined(bpf_target_x86)
+	__u64 ret = 0;
+
+	bpf_probe_read_user(&ret, sizeof(ret), (void *)PT_REGS_SP(ctx));
+	return ret;
+#elif defined(bpf_target_arm64)
+	return PT_REGS_RET(ctx);
+#else
+	return 0;
+#endif
+}
+
+struct vma_lookup {
+	__u64 address;
+	__u64 offset;
+	__u64 file_id;
+	struct file *file;
+};
+
+static long resolve_vma(struct task_struct *task, struct vm_area_struct *vma,
+			struct vma_lookup *lookup)
+{
+	struct file *file = BPF_CORE_READ(vma, vm_file);
+	__u64 inode, device;
+
+	if (!file)
+		return 0;
+	inode = BPF_CORE_READ(file, f_inode, i_ino);
+	device = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	lookup->offset = lookup->address - BPF_CORE_READ(vma, vm_start) +
+			 (BPF_CORE_READ(vma, vm_pgoff) << 12);
+	lookup->file_id = mix64(inode ^ (device << 40)) | 1;
+	lookup->file = file;
+	return 0;
+}
+
+/* Send the path of a mapped file the first time a frame points into it. */
+static __noinline int send_file_path(__u64 file_id, struct file *file)
+{
+	struct scratch_buffers *s;
+	struct file_key key = { .file_id = file_id };
+	char *path;
+
+	if (bpf_map_lookup_elem(&seen_files, &file_id))
+		return 0;
+	s = bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
+	if (!s)
+		return 0;
+	__builtin_memset(&s->file, 0, sizeof(s->file));
+	s->file.inode = BPF_CORE_READ(file, f_inode, i_ino);
+	s->file.device = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	path = get_path_str(&file->f_path);
+	if (path)
+		bpf_probe_read_kernel_str(s->file.path, sizeof(s->file.path),
+					  path);
+	if (!bpf_map_update_elem(&files, &key, &s->file, BPF_ANY))
+		bpf_map_update_elem(&seen_files, &file_id, &(__u8){ 1 },
+				    BPF_ANY);
+	return 0;
+}
+
+/* A new site id, unique without atomics: CPU number above a per-CPU count.
+ * 0 means "no stack". */
+static __always_inline __u64 new_site_id(void)
+{
+	__u64 *count = bpf_map_lookup_elem(&site_counter, &(__u32){ 0 });
+
+	if (!count)
+		return 0;
+	*count += 1;
+	return ((__u64)bpf_get_smp_processor_id() << 48) | *count;
+}
+
+/*
+ * Capture the user stack of the current acquisition under a new site id.
+ * At a function-entry probe the first frame is the lock function itself and
+ * frame-pointer unwinding skips its caller, so the caller is put in its place.
+ */
+static __noinline __u64 capture_site(struct pt_regs *ctx, bool at_entry)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct vma_lookup lookup;
+	struct stack_key key;
+	struct scratch_buffers *s;
+	long bytes;
+	__u32 n;
+
+	s = bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
+	if (!s)
+		return 0;
+	bytes = bpf_get_stack(ctx, s->raw_frames, sizeof(s->raw_frames),
+			      BPF_F_USER_STACK);
+	if (bytes < 0)
+		bytes = 0;
+	n = bytes / sizeof(__u64);
+	if (at_entry) {
+		s->raw_frames[0] = caller_address(ctx);
+		if (n == 0)
+			n = 1;
+	}
+	if (n > MAX_STACK_FRAMES)
+		n = MAX_STACK_FRAMES;
+
+	__builtin_memset(&s->stack, 0, sizeof(s->stack));
+	s->stack.stack_pid = bpf_get_current_pid_tgid() >> 32;
+	s->stack.frame_count = n;
+	for (__u32 i = 0; i < MAX_STACK_FRAMES; i++) {
+		if (i >= n)
+			break;
+		lookup.address = s->raw_frames[i];
+		lookup.offset = lookup.address;
+		lookup.file_id = 0;
+		lookup.file = NULL;
+		bpf_find_vma(task, lookup.address, resolve_vma, &lookup, 0);
+		s->stack.frame_offsets[i] = lookup.offset;
+		s->stack.frame_files[i] = lookup.file_id;
+		if (lookup.file)
+			send_file_path(lookup.file_id, lookup.file);
+	}
+
+	key.site = new_site_id();
+	if (!key.site)
+		return 0;
+	if (bpf_map_update_elem(&stackmap, &key, &s->stack, BPF_NOEXIST)) {
+		count_stat(STAT_SITES_FULL);
+		return 0;
+	}
+	return key.site;
+}
+
+/* Record one edge per held lock into the requested one. */
+static __always_inline void record_edges(struct thread_locks *t, __u64 lock,
+					 __u32 gen, __u8 mode, __u8 kind,
+					 __u8 how, __u64 site)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lock_edge_key key = {};
+	struct lock_edge *edge;
+	struct scratch_buffers *s;
+	__u32 nheld = t->nheld;
+
+	s = bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
+	if (!s)
+		return;
+	edge = &s->edge;
+	__builtin_memset(edge, 0, sizeof(*edge));
+	edge->mntns_id = gadget_get_current_mntns_id();
+	edge->process_start = current_process_start();
+	edge->session_id = current_session_id();
+	edge->to_site = site;
+	edge->to_gen = gen;
+	edge->to_kind = kind;
+	bpf_get_current_comm(edge->comm, sizeof(edge->comm));
+	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
+		if (i >= nheld)
+			break;
+		edge->held_locks[i] = t->held[i].lock;
+		edge->held_gens[i] = t->held[i].gen;
+		edge->held_modes[i] = t->held[i].mode;
+	}
+	edge->held_count = nheld > MAX_HELD_LOCKS ? MAX_HELD_LOCKS : nheld;
+
+	key.to_lock = lock;
+	key.context = t->held_hash;
+	key.pid = pid_tgid >> 32;
+	key.tid = (__u32)pid_tgid;
+	key.to_mode = mode;
+	key.to_how = how;
+	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
+		if (i >= nheld)
+			break;
+		key.from_lock = t->held[i].lock;
+		edge->from_gen = t->held[i].gen;
+		edge->from_site = t->held[i].site;
+		edge->from_mode = t->held[i].mode;
+		edge->from_kind = t->held[i].kind;
+		if (bpf_map_update_elem(&edges, &key, edge, BPF_ANY))
+			count_stat(STAT_EDGES_FULL);
+	}
+}
+
+/*
+ * Find (or record) the dependency "this thread requests `lock` while holding
+ * its current set". Returns the acquisition site to remember for the lock.
+ */
+static __always_inline __u64 note_dependency(struct pt_regs *ctx,
+					     struct thread_locks *t,
+					     __u64 lock, __u8 mode, __u8 kind,
+					     __u8 how, __u32 *gen_out)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 epoch = destroy_epoch;
+	__u32 index = cache_slot(t->held_hash, lock);
+	struct dep_cache_slot *slot;
+	struct dep_key key = {};
+	__u64 *known, site;
+
+	if (t->epoch != epoch) {
+		/* some lock was destroyed: generations may have changed */
+		for (int i = 0; i < DEP_CACHE_SLOTS; i++)
+			t->cache[i].valid = 0;
+		t->epoch = epoch;
+	}
+	if (index >= DEP_CACHE_SLOTS)
+		return 0;
+	slot = &t->cache[index];
+	if (slot->valid && slot->lock == lock &&
+	    slot->context == t->held_hash && slot->mode == mode &&
+	    slot->how == how) {
+		*gen_out = slot->gen;
+		return slot->site;
+	}
+
+	key.context = t->held_hash;
+	key.lock = lock;
+	key.pid = pid_tgid >> 32;
+	key.tid = (__u32)pid_tgid;
+	key.gen = lock_generation(key.pid, lock);
+	key.mode = mode;
+	key.how = how;
+	known = bpf_map_lookup_elem(&known_dependencies, &key);
+	if (known) {
+		site = *known;
+	} else {
+		site = capture_site(ctx, true);
+		if (how != ACQUIRE_TRY)
+			record_edges(t, lock, key.gen, mode, kind, how, site);
+		bpf_map_update_elem(&known_dependencies, &key, &site, BPF_ANY);
+	}
+
+	slot->lock = lock;
+	slot->context = t->held_hash;
+	slot->gen = key.gen;
+	slot->site = site;
+	slot->mode = mode;
+	slot->how = how;
+	slot->valid = 1;
+	*gen_out = key.gen;
+	return site;
+}
+
+static __always_inline void push_held(struct thread_locks *t, __u64 lock,
+				      __u32 gen, __u64 site, __u8 mode,
+				      __u8 kind)
+{
+	__u32 n = t->nheld;
+	struct held_lock *held;
+
+	if (n >= MAX_HELD_LOCKS) {
+		count_stat(STAT_HELD_OVERFLOW);
+		return;
+	}
+	held = &t->held[held_slot(n)];
+
+	held->lock = lock;
+	held->gen = gen;
+	held->site = site;
+	held->depth = 1;
+	held->mode = mode;
+	held->kind = kind;
+	t->nheld = n + 1;
+	t->held_hash ^= held_lock_hash(lock, gen, mode);
+}
+
+/* Entry of a lock function. */
+static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
+					  __u8 mode, __u8 kind, __u8 how)
+{
+	gadget_tid tid = (__u32)bpf_get_current_pid_tgid();
+	struct thread_locks *t;
+	__u64 site;
+	__u32 gen = 0;
+	int i;
+
+	if (!lock)
+		return 0;
+	t = get_thread_locks(tid);
+	if (!t)
+		return 0;
+
+	i = find_held(t, lock);
+	if (i >= 0) {
+		/* recursive acquisition: no self edge, count the depth */
+		if (how == ACQUIRE_BLOCKING)
+			t->held[held_slot(i)].depth++;
+		else
+			t->pending.active = 0;
+		return 0;
+	}
+
+	site = note_dependency(ctx, t, lock, mode, kind, how, &gen);
+	if (how == ACQUIRE_BLOCKING) {
+		push_held(t, lock, gen, site, mode, kind);
+		return 0;
+	}
+	/* try and timed acquisitions hold the lock only if they succeed */
+	t->pending.lock = lock;
+	t->pending.gen = gen;
+	t->pending.site = site;
+	t->pending.mode = mode;
+	t->pending.kind = kind;
+	t->pending.active = 1;
+	return 0;
+}
+
+/* Return of a try or timed lock function: 0 means acquired. */
+static __always_inline int lock_returned(struct pt_regs *ctx, __u64 lock)
+{
+	gadget_tid tid = (__u32)bpf_get_current_pid_tgid();
+	struct thread_locks *t;
+	int i;
+
+	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
+	if (!t)
+		return 0;
+	if (!t->pending.active) {
+		/* recursive try/timed acquisition of a lock already held */
+		if (PT_REGS_RC(ctx) != 0)
+			return 0;
+		i = find_held(t, lock);
+		if (i >= 0)
+			t->held[held_slot(i)].depth++;
+		return 0;
+	}
+	t->pending.active = 0;
+	if (PT_REGS_RC(ctx) != 0)
+		return 0;
+	push_held(t, t->pending.lock, t->pending.gen, t->pending.site,
+		  t->pending.mode, t->pending.kind);
+	return 0;
+}
+
+/* Entry of an unlock function. */
+static __always_inline int lock_released(__u64 lock)
+{
+	gadget_tid tid = (__u32)bpf_get_current_pid_tgid();
+	struct thread_locks *t;
+	struct held_lock *held;
+	__u32 last;
+	int i;
+
+	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
+	if (!t)
+		return 0;
+	i = find_held(t, lock);
+	if (i < 0) {
+		count_stat(STAT_UNLOCK_UNKNOWN);
+		return 0;
+	}
+	held = &t->held[held_slot(i)];
+	if (held->depth > 1) {
+		held->depth--;
+		return 0;
+	}
+	t->held_hash ^= held_lock_hash(lock, held->gen, held->mode);
+	/* keep the set dense: move the last entry into the freed slot */
+	last = t->nheld - 1;
+	if (last != i)
+		*held = t->held[held_slot(last)];
+	t->nheld = last;
+
+	/* A thread that holds nothing and left the traced set (its container
+	 * was unselected) has no state worth keeping. */
+	if (last == 0 && current_is_filtered_out())
+		bpf_map_delete_elem(&thread_to_held_mutexes, &tid);
+	return 0;
+}
+
+/* destroy: the address stops naming this lock; later use is a new lock. */
+static __always_inline int lock_destroyed(__u64 lock)
+{
+	struct lock_id id = { .lock = lock,
+			      .pid = bpf_get_current_pid_tgid() >> 32 };
+	__u32 *gen, first = 1;
+
+	if (!lock)
+		return 0;
+	gen = bpf_map_lookup_elem(&lock_generations, &id);
+	if (gen)
+		__sync_fetch_and_add(gen, 1);
+	else if (bpf_map_update_elem(&lock_generations, &id, &first,
+				     BPF_NOEXIST))
+		count_stat(STAT_GENERATIONS_FULL);
+	__sync_fetch_and_add(&destroy_epoch, 1);
+	return 0;
+}
+
+static long forget_process_lock(struct bpf_map *map, struct lock_id *id,
+				__u32 *gen, __u32 *pid)
+{
+	if (id->pid == *pid)
+		bpf_map_delete_elem(&lock_generations, id);
+	return 0;
+}
+
+/* Thread exit: drop its state; last thread of a process: report the pid. */
+static __always_inline int thread_exited(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	gadget_tid tid = (__u32)pid_tgid;
+	__u32 pid = pid_tgid >> 32;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct dead_pid *event;
+
+	bpf_map_delete_elem(&thread_to_held_mutexes, &tid);
+
+	/* signal->live drops to 0 when the last thread of the group exits */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	bpf_for_each_map_elem(&lock_generations, forget_process_lock, &pid, 0);
+	if (current_is_filtered_out())
+		return 0;
+
+	event = gadget_reserve_buf(&dead_pids, sizeof(*event));
+	if (!event)
+		return 0;
+	event->pid = pid;
+	event->__pad = 0;
+	event->process_start = current_process_start();
+	event->mntns_id = gadget_get_current_mntns_id();
+	bpf_get_current_comm(event->comm, sizeof(event->comm));
+	gadget_submit_buf(ctx, &dead_pids, event, sizeof(*event));
+	return 0;
+}
+
+SEC("uprobe/libc:pthread_mutex_lock")
+int BPF_KPROBE(trace_uprobe_mutex_lock, void *mutex)
+{
+	return lock_requested(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_MUTEX, ACQUIRE_BLOCKING);
+}
+
+SEC("uprobe/libc:pthread_mutex_unlock")
+int BPF_KPROBE(trace_uprobe_mutex_unlock, void *mutex)
+{
+	return lock_released((__u64)mutex);
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int trace_sched_process_exit(void *ctx)
+{
+	return thread_exited(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

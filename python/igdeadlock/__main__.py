@@ -1,0 +1,5 @@
+import sys
+
+from igdeadlock.cli import main
+
+sys.exit(main())

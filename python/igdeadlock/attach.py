@@ -1,0 +1,265 @@
+"""Client-side uprobe attachment, for kernels where ig cannot attach them itself.
+
+ig places a gadget's ``uprobe/LIB:SYMBOL`` programs only after reading the
+library's real inode through a helper built on kprobes. On a kernel without
+kprobes that step fails quietly and the programs stay unattached. When the
+client runs on the daemon's host it can do the attachment instead: find the
+programs the daemon loaded (by name, newer than the run), open one uprobe
+perf event per program on the library's function and hand it the program
+(PERF_EVENT_IOC_SET_BPF). Closing the perf events detaches them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
+
+from igdeadlock.elf import ElfError, ElfFile
+
+# syscall numbers
+_SYSCALLS = {
+    "x86_64": {"perf_event_open": 298, "bpf": 321},
+    "aarch64": {"perf_event_open": 241, "bpf": 280},
+}
+BPF_PROG_GET_FD_BY_ID = 13
+PERF_FLAG_FD_CLOEXEC = 8
+PERF_EVENT_IOC_ENABLE = 0x2400
+PERF_EVENT_IOC_SET_BPF = 0x40042408
+PERF_ATTR_SIZE = 120
+UPROBE_PMU = "/sys/bus/event_source/devices/uprobe"
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+
+
+class AttachError(RuntimeError):
+    """The client could not attach the gadget's uprobes."""
+
+
+@dataclass(frozen=True)
+class ProbePoint:
+    """Where one program goes: ``uprobe/libc:pthread_mutex_lock`` and the like."""
+
+    program: str
+    library: str
+    symbol: str
+    retprobe: bool
+
+    @classmethod
+    def from_section(cls, program: str, section: str) -> Optional["ProbePoint"]:
+        kind, _, target = section.partition("/")
+        if kind not in ("uprobe", "uretprobe") or ":" not in target:
+            return None
+        library, _, symbol = target.rpartition(":")
+        if not library or not symbol:
+            return None
+        return cls(program, library, symbol, kind == "uretprobe")
+
+
+def probe_points(programs_json: bytes) -> List[ProbePoint]:
+    """Probe points from IG's ``ebpf.programs`` extra information.
+
+    Each entry has the program's section and its listing, whose first line is
+    the program's name followed by a colon.
+    """
+    points = []
+    for entry in json.loads(programs_json or b"[]"):
+        section = entry.get("Section", "")
+        source = entry.get("Source", "").lstrip()
+        name = source.split(":", 1)[0].strip() if source else ""
+        point = ProbePoint.from_section(name, section) if name else None
+        if point is not None:
+            points.append(point)
+    return points
+
+
+def kernel_has_kprobes() -> bool:
+    """ig's uprobe attachment needs kprobes; without them the client must attach."""
+    return os.path.isdir(KPROBE_PMU)
+
+
+def _machine() -> str:
+    machine = platform.machine()
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+
+
+def resolve_library(name: str) -> str:
+    """A library path for a section's library part (a path or a bare name like ``libc``)."""
+    if name.startswith("/"):
+        return os.path.realpath(name)
+    arch = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(_machine(), "")
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
+    try:
+        listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        listing = ""
+    candidates = []
+    for line in listing.splitlines():
+        soname, sep, path = line.strip().partition(" => ")
+        if sep and soname.startswith(name + ".so"):
+            candidates.append((arch not in soname, path.strip()))
+    if candidates:
+        return os.path.realpath(sorted(candidates)[0][1])
+    # fall back to the copy this process itself has mapped
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            if os.path.basename(path).startswith(name + ".so") or os.path.basename(path).startswith(name + "-"):
+                return os.path.realpath(path)
+    raise AttachError(f"cannot find library {name!r} on this host")
+
+
+def symbol_offset(path: str, symbol: str) -> int:
+    """File offset of a function, as the uprobe PMU wants it."""
+    try:
+        elf = ElfFile.open(path)
+    except (OSError, ElfError) as exc:
+        raise AttachError(f"cannot read {path}: {exc}") from exc
+    sym = elf.find_function(symbol)
+    if sym is None:
+        raise AttachError(f"{path} has no function {symbol}")
+    offset = elf.vaddr_to_offset(sym.value)
+    if offset is None:
+        raise AttachError(f"{symbol} in {path} is not in a loaded segment")
+    return offset
+
+
+@dataclass(frozen=True)
+class LoadedProgram:
+    id: int
+    name: str
+    map_ids: tuple
+
+
+def loaded_programs() -> List[LoadedProgram]:
+    """BPF programs loaded on this host (full names come from their BTF, via bpftool)."""
+    tool = shutil.which("bpftool") or next(
+        (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool") if os.path.exists(p)), None)
+    if tool is None:
+        raise AttachError("bpftool is needed to find the gadget's programs (Debian/Ubuntu: apt install bpftool)")
+    try:
+        out = subprocess.run([tool, "-j", "prog", "show"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise AttachError(f"bpftool prog show failed: {exc}") from exc
+    return [LoadedProgram(p["id"], p.get("name", ""), tuple(p.get("map_ids", ()))) for p in json.loads(out or "[]")]
+
+
+def program_ids() -> Set[int]:
+    return {p.id for p in loaded_programs()}
+
+
+def find_programs(names: Iterable[str], exclude: Set[int], timeout: float) -> Dict[str, int]:
+    """Wait until programs with all these names, not in ``exclude``, are loaded.
+
+    If several runs load programs of the same names, the newest ones (highest
+    ids) sharing maps with each other win.
+    """
+    wanted = set(names)
+    deadline = time.monotonic() + timeout
+    while True:
+        fresh = [p for p in loaded_programs() if p.name in wanted and p.id not in exclude]
+        chosen: Dict[str, LoadedProgram] = {}
+        for prog in sorted(fresh, key=lambda p: p.id, reverse=True):
+            if prog.name in chosen:
+                continue
+            if chosen and not any(set(prog.map_ids) & set(c.map_ids) for c in chosen.values()):
+                continue
+            chosen[prog.name] = prog
+        if set(chosen) == wanted:
+            return {name: prog.id for name, prog in chosen.items()}
+        if time.monotonic() > deadline:
+            missing = ", ".join(sorted(wanted - set(chosen)))
+            raise AttachError(f"the gadget's programs did not appear on this host within {timeout:g}s: {missing}")
+        time.sleep(0.1)
+
+
+class _Kernel:
+    def __init__(self) -> None:
+        numbers = _SYSCALLS.get(_machine())
+        if numbers is None:
+            raise AttachError(f"client-side attachment is not supported on {_machine()}")
+        self.numbers = numbers
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.syscall.restype = ctypes.c_long
+
+    def syscall(self, name: str, *args: object) -> int:
+        result = self.libc.syscall(ctypes.c_long(self.numbers[name]), *args)
+        if result < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+        return result
+
+    def prog_fd(self, prog_id: int) -> int:
+        attr = ctypes.create_string_buffer(16)
+        ctypes.c_uint32.from_buffer(attr, 0).value = prog_id
+        return self.syscall("bpf", ctypes.c_long(BPF_PROG_GET_FD_BY_ID), attr, ctypes.c_long(16))
+
+    def uprobe_event(self, pmu_type: int, path: bytes, offset: int, retprobe: bool) -> int:
+        path_buf = ctypes.create_string_buffer(path)
+        attr = ctypes.create_string_buffer(PERF_ATTR_SIZE)
+        ctypes.c_uint32.from_buffer(attr, 0).value = pmu_type
+        ctypes.c_uint32.from_buffer(attr, 4).value = PERF_ATTR_SIZE
+        ctypes.c_uint64.from_buffer(attr, 8).value = 1 if retprobe else 0  # config: retprobe bit
+        ctypes.c_uint64.from_buffer(attr, 40).value = 1  # flags: disabled until the program is set
+        ctypes.c_uint64.from_buffer(attr, 56).value = ctypes.addressof(path_buf)  # config1: path
+        ctypes.c_uint64.from_buffer(attr, 64).value = offset  # config2: file offset
+        return self.syscall("perf_event_open", attr, ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1),
+                            ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
+
+
+@dataclass
+class UprobeAttachment:
+    """Uprobe perf events this client opened for a gadget's programs."""
+
+    fds: List[int] = field(default_factory=list)
+    described: List[str] = field(default_factory=list)
+
+    def attach(self, points: Sequence[ProbePoint], prog_ids: Mapping[str, int]) -> None:
+        kernel = _Kernel()
+        try:
+            with open(os.path.join(UPROBE_PMU, "type")) as handle:
+                pmu_type = int(handle.read())
+        except OSError as exc:
+            raise AttachError("this kernel has no uprobe PMU (CONFIG_UPROBE_EVENTS)") from exc
+        # Release and return probes first, so no acquisition is seen without them.
+        ordered = sorted(points, key=lambda p: (not (p.retprobe or "unlock" in p.symbol), p.program))
+        for point in ordered:
+            path = resolve_library(point.library)
+            offset = symbol_offset(path, point.symbol)
+            try:
+                perf_fd = kernel.uprobe_event(pmu_type, path.encode(), offset, point.retprobe)
+            except OSError as exc:
+                self.detach()
+                raise AttachError(f"uprobe on {path}:{point.symbol}: {exc.strerror}") from exc
+            self.fds.append(perf_fd)
+            try:
+                prog_fd = kernel.prog_fd(prog_ids[point.program])
+                try:
+                    fcntl.ioctl(perf_fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
+                    fcntl.ioctl(perf_fd, PERF_EVENT_IOC_ENABLE, 0)
+                finally:
+                    os.close(prog_fd)
+            except OSError as exc:
+                self.detach()
+                raise AttachError(f"attaching {point.program} to {path}:{point.symbol}: {exc.strerror}") from exc
+            kind = "uretprobe" if point.retprobe else "uprobe"
+            self.described.append(f"{kind} {path}:{point.symbol} -> {point.program}")
+
+    def detach(self) -> None:
+        while self.fds:
+            try:
+                os.close(self.fds.pop())
+            except OSError:
+                pass
+
+    def __enter__(self) -> "UprobeAttachment":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()

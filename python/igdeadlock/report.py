@@ -1,0 +1,221 @@
+"""Findings -> reports: a TSan-like text explanation and versioned JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from igdeadlock.decode import ACQUIRE_HOW_NAMES, LOCK_KIND_NAMES, LOCK_MODE_NAMES
+from igdeadlock.graph import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION, Cycle, LockId
+from igdeadlock.symbolize import Frame
+
+SCHEMA = "igdeadlock/report/v1"
+
+StackLookup = Callable[[int], Optional[List[Frame]]]
+
+
+def hex_address(value: int) -> str:
+    return f"0x{value:x}"
+
+
+@dataclass(frozen=True)
+class EdgeView:
+    from_lock: LockId
+    to_lock: LockId
+    tid: int
+    comm: str
+    from_mode: int
+    to_mode: int
+    how: int
+    held: Tuple[LockId, ...]  # the other locks the thread held then
+    from_stack: Optional[List[Frame]]  # where from_lock was acquired
+    to_stack: Optional[List[Frame]]  # where to_lock was requested
+
+
+@dataclass(frozen=True)
+class FindingView:
+    kind: str
+    suppressed: Optional[str]
+    pid: int
+    process_start: int
+    comm: str
+    mntns_id: int
+    locks: Tuple[LockId, ...]
+    lock_kinds: Tuple[int, ...]
+    threads: Tuple[int, ...]
+    edges: Tuple[EdgeView, ...]
+    gate_locks: Tuple[LockId, ...] = ()
+
+
+def build_findings(cycles: Iterable[Cycle], stack_of: StackLookup) -> List[FindingView]:
+    findings = []
+    for cycle in cycles:
+        edges = tuple(
+            EdgeView(
+                from_lock=step.from_lock,
+                to_lock=step.to_lock,
+                tid=step.evidence.tid,
+                comm=step.evidence.comm,
+                from_mode=step.evidence.from_mode,
+                to_mode=step.evidence.to_mode,
+                how=step.evidence.to_how,
+                held=tuple(sorted(lock for lock, _ in step.evidence.held if lock != step.from_lock)),
+                from_stack=stack_of(step.evidence.from_site),
+                to_stack=stack_of(step.evidence.to_site),
+            )
+            for step in cycle.steps
+        )
+        findings.append(FindingView(
+            kind=cycle.kind,
+            suppressed=cycle.suppressed,
+            pid=cycle.process.pid,
+            process_start=cycle.process.start,
+            comm=cycle.comm,
+            mntns_id=cycle.mntns_id,
+            locks=cycle.locks,
+            lock_kinds=cycle.lock_kinds or tuple(0 for _ in cycle.locks),
+            threads=cycle.threads,
+            edges=edges,
+            gate_locks=cycle.gate_locks,
+        ))
+    return findings
+
+
+def _frames_json(frames: Optional[List[Frame]]) -> Optional[List[Dict[str, object]]]:
+    return None if frames is None else [f.to_json() for f in frames]
+
+
+def finding_to_json(f: FindingView) -> Dict[str, object]:
+    return {
+        "kind": f.kind,
+        "suppressed": f.suppressed,
+        "pid": f.pid,
+        "comm": f.comm,
+        "mntns_id": f.mntns_id,
+        "mutexes": [hex_address(lock) for lock, _ in f.locks],
+        "generations": [gen for _, gen in f.locks],
+        "lock_kinds": [LOCK_KIND_NAMES.get(k, str(k)) for k in f.lock_kinds],
+        "threads": list(f.threads),
+        "gate_locks": [hex_address(lock) for lock, _ in f.gate_locks],
+        "edges": [
+            {
+                "from": hex_address(e.from_lock[0]),
+                "to": hex_address(e.to_lock[0]),
+                "tid": e.tid,
+                "comm": e.comm,
+                "from_mode": LOCK_MODE_NAMES.get(e.from_mode, str(e.from_mode)),
+                "to_mode": LOCK_MODE_NAMES.get(e.to_mode, str(e.to_mode)),
+                "acquire": ACQUIRE_HOW_NAMES.get(e.how, str(e.how)),
+                "held": [hex_address(lock) for lock, _ in e.held],
+                "from_stack": _frames_json(e.from_stack),
+                "to_stack": _frames_json(e.to_stack),
+            }
+            for e in f.edges
+        ],
+    }
+
+
+def report_to_json(findings: Sequence[FindingView], stats: Mapping[str, object]) -> Dict[str, object]:
+    return {"schema": SCHEMA, "findings": [finding_to_json(f) for f in findings], "stats": dict(stats)}
+
+
+def render_json(findings: Sequence[FindingView], stats: Mapping[str, object]) -> str:
+    return json.dumps(report_to_json(findings, stats), indent=2, sort_keys=False) + "\n"
+
+
+# --- text ------------------------------------------------------------------------
+
+_TITLES = {
+    POTENTIAL_DEADLOCK: "lock-order inversion (potential deadlock)",
+    SINGLE_THREAD_INVERSION: "lock-order inversion in a single thread (deadlocks once two threads run it)",
+}
+_SUPPRESSION_REASONS = {
+    "gate-lock": "every thread holds a common gate lock, so the critical sections cannot interleave",
+    "read-read": "the cycle only closes through read locks, which do not block each other",
+    "timed-lock": "a lock in the cycle is requested with a timeout, so the wait ends by itself",
+}
+
+
+def _lock_word(kind: int) -> str:
+    return {0: "Mutex", 1: "RWLock", 2: "Spinlock"}.get(kind, "Lock")
+
+
+def _stack_lines(frames: Optional[List[Frame]], indent: str = "    ") -> List[str]:
+    if not frames:
+        return [indent + "(stack unknown)"]
+    return [f"{indent}#{i} {frame.describe()}" for i, frame in enumerate(frames)]
+
+
+def render_finding(f: FindingView) -> str:
+    names: Dict[LockId, str] = {lock: f"M{i}" for i, lock in enumerate(f.locks)}
+    kinds = dict(zip(f.locks, f.lock_kinds))
+
+    def label(lock: LockId) -> str:
+        name = names.get(lock)
+        address = hex_address(lock[0]) + (f" gen {lock[1]}" if lock[1] else "")
+        return f"{name} ({address})" if name else address
+
+    title = _TITLES.get(f.kind, f.kind)
+    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm})"]
+    if f.suppressed:
+        reason = _SUPPRESSION_REASONS.get(f.suppressed, f.suppressed)
+        lines.append(f"  Suppressed ({f.suppressed}): {reason}")
+        if f.gate_locks:
+            lines.append("  Gate lock(s): " + ", ".join(label(g) for g in f.gate_locks))
+    ring = " => ".join(label(lock) for lock in f.locks) + f" => {names[f.locks[0]]}"
+    lines.append(f"  Cycle in lock order graph: {ring}")
+    for e in f.edges:
+        target = f"{_lock_word(kinds.get(e.to_lock, 0))} {names[e.to_lock]}"
+        source = f"{_lock_word(kinds.get(e.from_lock, 0)).lower()} {names[e.from_lock]}"
+        mode = f" for {LOCK_MODE_NAMES.get(e.to_mode)}" if kinds.get(e.to_lock) == 1 else ""
+        how = {1: " (trylock)", 2: " (with a timeout)"}.get(e.how, "")
+        held_mode = f" (held for {LOCK_MODE_NAMES.get(e.from_mode)})" if kinds.get(e.from_lock) == 1 else ""
+        lines.append("")
+        lines.append(f"  {target} acquired here{mode}{how} while holding {source}{held_mode} "
+                     f"in thread {e.tid} ({e.comm}):")
+        lines.extend(_stack_lines(e.to_stack))
+        lines.append(f"  {_lock_word(kinds.get(e.from_lock, 0))} {names[e.from_lock]} previously acquired "
+                     f"by the same thread here:")
+        lines.extend(_stack_lines(e.from_stack))
+        if e.held:
+            lines.append("  Other locks held: " + ", ".join(label(h) for h in e.held))
+    lines.append("")
+    lines.append(f"  SUMMARY: igdeadlock: {title}{_summary_site(f)}")
+    lines.append("=" * 18)
+    return "\n".join(lines) + "\n"
+
+
+def _summary_site(f: FindingView) -> str:
+    for e in f.edges:
+        for frame in e.to_stack or []:
+            if frame.function:
+                where = f" {frame.source}" if frame.source else f" {os.path.basename(frame.file or '')}"
+                return f"{where} in {frame.function}"
+    return ""
+
+
+def render_text(findings: Sequence[FindingView], stats: Mapping[str, object], show_suppressed: bool = False) -> str:
+    shown = [f for f in findings if show_suppressed or not f.suppressed]
+    parts = [render_finding(f) for f in shown]
+    potential = sum(1 for f in findings if f.kind == POTENTIAL_DEADLOCK and not f.suppressed)
+    single = sum(1 for f in findings if f.kind == SINGLE_THREAD_INVERSION and not f.suppressed)
+    suppressed = sum(1 for f in findings if f.suppressed)
+    summary = (f"igdeadlock: {potential} potential deadlock(s), {single} single-thread inversion(s), "
+               f"{suppressed} suppressed")
+    if suppressed and not show_suppressed:
+        summary += " (--show-suppressed to see them)"
+    parts.append(summary + "\n" + render_stats(stats))
+    return "\n".join(parts)
+
+
+def render_stats(stats: Mapping[str, object]) -> str:
+    pieces = []
+    for key, value in stats.items():
+        if isinstance(value, Mapping):
+            inner = ", ".join(f"{k}={v}" for k, v in value.items())
+            pieces.append(f"{key}: {inner or 'none'}")
+        else:
+            pieces.append(f"{key}={value}")
+    return "stats: " + "; ".join(pieces) + "\n"

@@ -1,0 +1,356 @@
+"""Running the gadget: connect, start, attach, collect, stop.
+
+:class:`Collector` turns decoded records into graphs and findings (no I/O);
+:func:`trace_command` runs one command under the gadget from start to report.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+from igdeadlock import attach as attach_mod
+from igdeadlock.daemon import DaemonError, PrivateDaemon, find_ig
+from igdeadlock.decode import (
+    COUNTER_NAMES,
+    Counter,
+    FetchTick,
+    LockEdge,
+    LogMessage,
+    MappedFile,
+    ProcessExit,
+    StackTrace,
+    StreamDecoder,
+)
+from igdeadlock.graph import Cycle, LockGraphStore
+from igdeadlock.proto import api_pb2
+from igdeadlock.report import FindingView, build_findings
+from igdeadlock.symbolize import Frame, Symbolizer
+from igdeadlock.wire import (
+    DEFAULT_DAEMON_ADDRESS,
+    Address,
+    GadgetRun,
+    GadgetService,
+    TlsConfig,
+    WireError,
+    parse_address,
+)
+
+DEFAULT_IMAGE = os.environ.get("IGDEADLOCK_IMAGE", "localhost/igdeadlock:latest")
+MAP_ITERATORS = ("edges", "stacks", "files", "counters")
+_LOST_SAMPLES = re.compile(r"lost (\d+) samples")
+# ig warnings that only say what host mode means (no container runtime needed)
+_EXPECTED_WARNINGS = ("container-collection isn't available",)
+
+
+class TraceError(RuntimeError):
+    """Tracing could not start or went wrong; the message says what to do."""
+
+
+class Collector:
+    """Everything one gadget run reported: lock graphs, stacks, files, loss counters."""
+
+    def __init__(self, keep: Optional[Callable[[LockEdge], bool]] = None) -> None:
+        self.store = LockGraphStore(keep)
+        self.stacks: Dict[int, StackTrace] = {}
+        self.files: Dict[int, MappedFile] = {}
+        self.counters: Dict[str, int] = {name: 0 for name in COUNTER_NAMES.values()}
+        self.ticks: Dict[str, int] = {}
+        self.ring_buffer_lost = 0
+        self.warnings: List[str] = []
+
+    def consume(self, output: object) -> List[Cycle]:
+        """Take one decoder output; returns the findings it completed."""
+        if isinstance(output, LockEdge):
+            self.store.add_edge(output)
+        elif isinstance(output, StackTrace):
+            self.stacks[output.site] = output
+        elif isinstance(output, MappedFile):
+            self.files[output.file_id] = output
+        elif isinstance(output, ProcessExit):
+            self.store.process_exited(output)
+        elif isinstance(output, Counter):
+            self.counters[output.name] = self.counters.get(output.name, 0) + output.count
+        elif isinstance(output, FetchTick):
+            self.ticks[output.datasource] = self.ticks.get(output.datasource, 0) + 1
+            if output.datasource == "edges":
+                return self.store.analyse()
+        elif isinstance(output, LogMessage):
+            lost = _LOST_SAMPLES.search(output.text)
+            if lost:
+                self.ring_buffer_lost += int(lost.group(1))
+            elif output.level <= 3 and not any(h in output.text for h in _EXPECTED_WARNINGS):
+                self.warnings.append(output.text)
+        return []
+
+    def stats(self, decoder: StreamDecoder) -> Dict[str, object]:
+        lost = {
+            "server_dropped": decoder.stats.dropped_by_server,
+            "ring_buffer_lost": self.ring_buffer_lost,
+            "decoder_rejected": decoder.stats.rejected,
+            "unknown_datasource": decoder.stats.unknown_datasource,
+            "before_gadget_info": decoder.stats.before_info,
+        }
+        lost.update(self.counters)
+        return {
+            "edges_seen": self.store.stats.edges_seen,
+            "processes_seen": self.store.stats.processes_seen,
+            "processes_exited": self.store.stats.processes_exited,
+            "processes_tracked": len(self.store.graphs),
+            "fetches": self.ticks.get("edges", 0),
+            "events_lost": lost,
+        }
+
+    def findings(self) -> List[FindingView]:
+        symbolizer = Symbolizer(self.files)
+        cache: Dict[int, Optional[List[Frame]]] = {}
+
+        def stack_of(site: int) -> Optional[List[Frame]]:
+            if site not in cache:
+                stack = self.stacks.get(site)
+                cache[site] = symbolizer.resolve(stack) if stack is not None else None
+            return cache[site]
+
+        return build_findings(self.store.all_findings(), stack_of)
+
+
+@dataclass
+class TraceOptions:
+    command: Sequence[str]
+    image: str = DEFAULT_IMAGE
+    remote: Optional[str] = None
+    tls: Optional[TlsConfig] = None
+    timeout: Optional[float] = None
+    fetch_interval_ms: int = 250
+    attach: str = "auto"  # auto | client | ig
+    ig: Optional[str] = None
+    daemon_log: Optional[str] = None
+    command_stdout: Optional[int] = None  # file descriptor for the command's stdout
+
+
+@dataclass
+class TraceOutcome:
+    findings: List[FindingView]
+    stats: Dict[str, object]
+    command_status: Optional[int]
+    ended_by: str  # "exit", "timeout" or "interrupt"
+    notes: List[str] = field(default_factory=list)
+
+
+def gadget_params(fetch_interval_ms: int, image: str) -> Dict[str, str]:
+    params = {
+        # the command runs on the host, not in a container
+        "operator.LocalManager.host": "true",
+        "operator.oci.ebpf.map-fetch-interval": f"{fetch_interval_ms}ms",
+    }
+    if image.startswith("localhost/"):
+        params["operator.oci.pull"] = "never"  # a local build: nothing to pull
+    return params
+
+
+def explain_image_error(image: str, error: Exception) -> TraceError:
+    text = str(error)
+    if "not found" in text or "pull" in text or "manifest unknown" in text:
+        return TraceError(f"the gadget image {image} is not in the daemon's image store: build it with "
+                          f"`make gadget` (or `sudo ig image build --local -t {image} .` in the checkout)")
+    return TraceError(f"the daemon could not start the gadget {image}: {text}")
+
+
+class _EventPump:
+    """Reads a gadget's event stream on a thread so the caller can wait with timeouts."""
+
+    def __init__(self, run: GadgetRun) -> None:
+        self.run = run
+        self.queue: "queue.Queue[object]" = queue.Queue()
+        self.error: Optional[Exception] = None
+        self.ended = False
+        self._thread = threading.Thread(target=self._read, name="gadget-events", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self.run.events():
+                self.queue.put(event)
+        except Exception as exc:  # the stream broke: reported by the caller
+            self.error = exc
+        self.queue.put(None)
+
+    def next(self, timeout: float) -> Optional[api_pb2.GadgetEvent]:
+        """The next event, or None on timeout or end of stream (see ``ended``)."""
+        try:
+            item = self.queue.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+        if item is None:
+            self.ended = True
+            return None
+        return item  # type: ignore[return-value]
+
+
+def _local_daemon_answers(address: Address) -> bool:
+    if not os.path.exists(address.location):
+        return False
+    try:
+        with GadgetService(address) as service:
+            service.server_info(timeout=2.0)
+        return True
+    except WireError:
+        return False
+
+
+def _terminate(process: subprocess.Popen, grace: float = 2.0) -> None:
+    if process.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def trace_command(options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
+    """Trace ``options.command`` and its process tree; report when it ends."""
+    if not options.command:
+        raise TraceError("no command to trace: igdeadlock trace [OPTIONS] -- COMMAND [ARG...]")
+    local = options.remote is None or options.remote.startswith("unix://") or options.remote.startswith("/")
+    if local and os.geteuid() != 0:
+        raise TraceError("igdeadlock trace needs root to trace with eBPF: run it with sudo")
+
+    private: Optional[PrivateDaemon] = None
+    if options.remote is not None:
+        address = parse_address(options.remote)
+    elif _local_daemon_answers(parse_address(DEFAULT_DAEMON_ADDRESS)):
+        address = parse_address(DEFAULT_DAEMON_ADDRESS)
+    else:
+        try:
+            private = PrivateDaemon(find_ig(options.ig), log_path=options.daemon_log)
+            address = private.start()
+        except DaemonError as exc:
+            raise TraceError(str(exc)) from exc
+    try:
+        return _trace_with(address, options, say)
+    finally:
+        if private is not None:
+            private.stop()
+
+
+def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
+    interval = options.fetch_interval_ms / 1000.0
+    params = gadget_params(options.fetch_interval_ms, options.image)
+    with GadgetService(address, options.tls) as service:
+        try:
+            service.server_info(timeout=5.0)
+        except WireError as exc:
+            raise TraceError(f"{exc}: is `ig daemon` running there?") from exc
+        try:
+            info = service.gadget_info(options.image, params, extra_info=True)
+        except WireError as exc:
+            raise explain_image_error(options.image, exc) from exc
+
+        client_attach = options.attach == "client" or (
+            options.attach == "auto" and not attach_mod.kernel_has_kprobes())
+        points = attach_mod.probe_points(info.extraInfo.data["ebpf.programs"].content) \
+            if client_attach and "ebpf.programs" in info.extraInfo.data else []
+        before = attach_mod.program_ids() if client_attach else set()
+
+        command_pid: List[int] = []
+        collector = Collector(keep=lambda edge: bool(command_pid) and edge.session_id == command_pid[0])
+        decoder = StreamDecoder()
+        run = service.run_gadget(options.image, params)
+        pump = _EventPump(run)
+        attachment = attach_mod.UprobeAttachment()
+        process: Optional[subprocess.Popen] = None
+        ended_by = "exit"
+        notes: List[str] = []
+        try:
+            _wait_until_live(pump, decoder, collector, interval)
+            if client_attach:
+                ids = attach_mod.find_programs({p.program for p in points}, before, timeout=30.0)
+                attachment.attach(points, ids)
+                say("igdeadlock: this kernel has no kprobes, so ig cannot attach uprobes; "
+                    f"attached the gadget's {len(attachment.described)} uprobes from the client")
+            process = subprocess.Popen(list(options.command), start_new_session=True,
+                                       stdout=options.command_stdout)
+            command_pid.append(process.pid)
+            deadline = None if options.timeout is None else time.monotonic() + options.timeout
+            try:
+                while process.poll() is None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        ended_by = "timeout"
+                        break
+                    _pump_once(pump, decoder, collector, 0.05)
+                    if pump.ended:
+                        raise TraceError(_stream_end_message(pump))
+            except KeyboardInterrupt:
+                ended_by = "interrupt"
+            _terminate(process)
+            # the last edges are in the kernel maps: wait for two more fetches of each
+            _final_fetch(pump, decoder, collector, interval)
+        finally:
+            attachment.detach()
+            run.stop()
+            _drain(pump, decoder, collector, timeout=5.0)
+            run.cancel()
+            if process is not None:
+                _terminate(process)
+        collector.store.analyse()
+        stats = collector.stats(decoder)
+        stats["command_exit_status"] = process.returncode if process is not None else None
+        notes.extend(collector.warnings)
+        return TraceOutcome(collector.findings(), stats, process.returncode if process else None, ended_by, notes)
+
+
+def _feed(event: api_pb2.GadgetEvent, decoder: StreamDecoder, collector: Collector) -> None:
+    for output in decoder.feed(event):
+        collector.consume(output)
+
+
+def _pump_once(pump: _EventPump, decoder: StreamDecoder, collector: Collector, timeout: float) -> None:
+    event = pump.next(timeout)
+    while event is not None:
+        _feed(event, decoder, collector)
+        event = pump.next(0)
+
+
+def _stream_end_message(pump: _EventPump) -> str:
+    if pump.error is not None:
+        return f"the gadget stream ended: {pump.error}"
+    return "the gadget stopped unexpectedly"
+
+
+def _wait_until_live(pump: _EventPump, decoder: StreamDecoder, collector: Collector, interval: float) -> None:
+    """Wait for the gadget's first fetch: its programs are loaded (and, if ig can, attached)."""
+    deadline = time.monotonic() + 60.0 + interval
+    while collector.ticks.get("edges", 0) == 0:
+        if time.monotonic() > deadline:
+            raise TraceError("the gadget did not start within 60s")
+        _pump_once(pump, decoder, collector, 0.1)
+        if pump.ended:
+            raise TraceError(_stream_end_message(pump))
+
+
+def _final_fetch(pump: _EventPump, decoder: StreamDecoder, collector: Collector, interval: float) -> None:
+    target = {name: collector.ticks.get(name, 0) + 2 for name in MAP_ITERATORS}
+    deadline = time.monotonic() + 10 * interval + 5.0
+    while any(collector.ticks.get(name, 0) < want for name, want in target.items()):
+        if time.monotonic() > deadline or pump.ended:
+            return
+        _pump_once(pump, decoder, collector, 0.05)
+
+
+def _drain(pump: _EventPump, decoder: StreamDecoder, collector: Collector, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not pump.ended and time.monotonic() < deadline:
+        _pump_once(pump, decoder, collector, 0.1)

@@ -1,0 +1,147 @@
+"""Stack frames (mapped file + offset) -> function+offset and file:line.
+
+The gadget resolves every frame to the file it points into and the offset in
+that file while the process still runs, so frames can be symbolized after the
+process is gone. Names come from the ELF symbol tables; source lines come from
+binutils' addr2line when the file has DWARF line information.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from igdeadlock.decode import MappedFile, StackTrace
+from igdeadlock.elf import ElfError, ElfFile
+
+
+@dataclass(frozen=True)
+class Frame:
+    address: int  # offset in the file (or the raw address when no file is known)
+    file: Optional[str] = None
+    function: Optional[str] = None
+    function_offset: int = 0
+    source: Optional[str] = None  # "file.c:12"
+
+    def describe(self) -> str:
+        where = self.function + (f"+0x{self.function_offset:x}" if self.function_offset else "") \
+            if self.function else f"0x{self.address:x}"
+        text = where
+        if self.file:
+            text += f" ({self.file}+0x{self.address:x})" if not self.function else f" ({os.path.basename(self.file)})"
+        if self.source:
+            text += f" {self.source}"
+        return text
+
+    def to_json(self) -> Dict[str, object]:
+        return {
+            "address": f"0x{self.address:x}",
+            "file": self.file,
+            "function": self.function,
+            "offset": self.function_offset if self.function else None,
+            "source": self.source,
+        }
+
+
+def _demangle(names: Sequence[str]) -> Dict[str, str]:
+    mangled = sorted({n for n in names if n.startswith("_Z")})
+    tool = shutil.which("c++filt")
+    if not mangled or tool is None:
+        return {}
+    try:
+        out = subprocess.run([tool], input="\n".join(mangled), capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    lines = out.stdout.splitlines()
+    return dict(zip(mangled, lines)) if len(lines) == len(mangled) else {}
+
+
+class Symbolizer:
+    """Resolves frames of one run; caches ELF files and source lookups."""
+
+    def __init__(self, files: Mapping[int, MappedFile], use_addr2line: bool = True) -> None:
+        self.files = files
+        self._elves: Dict[Tuple[str, int], Optional[Tuple[str, ElfFile]]] = {}
+        self._lines: Dict[Tuple[str, int], Optional[str]] = {}
+        self._addr2line = shutil.which("addr2line") if use_addr2line else None
+
+    def _open(self, mapped: MappedFile, pid: int) -> Optional[Tuple[str, ElfFile]]:
+        key = (mapped.path, pid)
+        if key in self._elves:
+            return self._elves[key]
+        result = None
+        if mapped.path:
+            # the file as the process saw it (its mount namespace), then as we see it
+            for candidate in (f"/proc/{pid}/root{mapped.path}", mapped.path):
+                try:
+                    st = os.stat(candidate)
+                    if mapped.inode and st.st_ino != mapped.inode:
+                        continue
+                    result = (candidate, ElfFile.open(candidate))
+                    break
+                except (OSError, ElfError):
+                    continue
+        self._elves[key] = result
+        return result
+
+    def resolve(self, stack: StackTrace) -> List[Frame]:
+        # Every frame is a return address: it points just after the call, so
+        # names and lines are looked up at the address before it.
+        located = []
+        wanted: Dict[str, set] = {}
+        for file_id, offset in stack.frames:
+            mapped = self.files.get(file_id) if file_id else None
+            opened = self._open(mapped, stack.pid) if mapped is not None else None
+            vaddr = opened[1].offset_to_vaddr(offset) if opened is not None else None
+            located.append((offset, mapped, opened, vaddr))
+            if opened is not None and vaddr is not None and opened[1].has_debug_lines:
+                wanted.setdefault(opened[0], set()).add(vaddr - 1)
+        sources = self._sources(wanted)
+        frames: List[Frame] = []
+        for offset, mapped, opened, vaddr in located:
+            if mapped is None:
+                frames.append(Frame(address=offset))
+                continue
+            if opened is None or vaddr is None:
+                frames.append(Frame(address=offset, file=mapped.path or None))
+                continue
+            hit = opened[1].symbol_at(vaddr - 1)
+            function, function_offset = (hit[0].name, hit[1] + 1) if hit else (None, 0)
+            frames.append(Frame(offset, mapped.path, function, function_offset, sources.get((opened[0], vaddr - 1))))
+        names = _demangle([f.function for f in frames if f.function])
+        if names:
+            frames = [Frame(f.address, f.file, names.get(f.function or "", f.function), f.function_offset, f.source)
+                      for f in frames]
+        return frames
+
+    def _sources(self, wanted: Mapping[str, Iterable[int]]) -> Dict[Tuple[str, int], Optional[str]]:
+        result: Dict[Tuple[str, int], Optional[str]] = {}
+        for path, addresses in wanted.items():
+            todo = sorted({a for a in addresses if (path, a) not in self._lines})
+            if todo and self._addr2line:
+                try:
+                    out = subprocess.run(
+                        [self._addr2line, "-e", path] + [f"0x{a:x}" for a in todo],
+                        capture_output=True, text=True, timeout=30, check=True,
+                    ).stdout.splitlines()
+                except (OSError, subprocess.SubprocessError):
+                    out = []
+                for address, line in zip(todo, out):
+                    self._lines[(path, address)] = _short_source(line)
+            for a in addresses:
+                result[(path, a)] = self._lines.get((path, a))
+        return result
+
+
+def _short_source(line: str) -> Optional[str]:
+    """``/src/dir/file.c:12 (discriminator 1)`` -> ``file.c:12``; None if unknown."""
+    line = line.split(" (", 1)[0].strip()
+    if not line or line.startswith("??"):
+        return None
+    path, _, number = line.rpartition(":")
+    if not number.isdigit() or number == "0":
+        return None
+    return f"{os.path.basename(path)}:{number}"

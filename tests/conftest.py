@@ -1,0 +1,90 @@
+"""Shared test helpers: compiling the C test programs, a real ig daemon, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROGRAMS = REPO / "tests" / "programs"
+BIN_CACHE = REPO / "tests" / ".bin"
+IGDEADLOCK = [sys.executable, "-m", "igdeadlock"]
+IMAGE = os.environ.get("IGDEADLOCK_IMAGE", "localhost/igdeadlock:latest")
+
+
+def compile_program(name: str, flags: Sequence[str] = ("-O0", "-g", "-fno-omit-frame-pointer")) -> Path:
+    """Compile tests/programs/NAME.c (or .cc) once per source and flags."""
+    source = next(p for p in (PROGRAMS / f"{name}.c", PROGRAMS / f"{name}.cc") if p.exists())
+    compiler = "g++" if source.suffix == ".cc" else "gcc"
+    digest = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    BIN_CACHE.mkdir(exist_ok=True)
+    binary = BIN_CACHE / f"{name}-{digest}"
+    if not binary.exists():
+        tmp = binary.with_suffix(".tmp")
+        subprocess.run([compiler, *flags, "-pthread", "-o", str(tmp), str(source)], check=True)
+        tmp.rename(binary)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def program():
+    return compile_program
+
+
+def program_facts(output: str) -> Dict[str, List[int]]:
+    """Lines like "mutex A 0x55.. B 0x55.." and "thread ab 1234" -> {"A": [...], "ab": [...]}."""
+    facts: Dict[str, List[int]] = {}
+    for line in output.splitlines():
+        words = line.split()
+        if not words or words[0] not in ("mutex", "thread", "pid"):
+            continue
+        for name, value in zip(words[1::2], words[2::2]):
+            facts.setdefault(name, []).append(int(value, 0))
+    return facts
+
+
+def require_root_and_ig() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests trace with eBPF and need root (run `make test` as root)")
+
+
+@pytest.fixture(scope="session")
+def ig_daemon(tmp_path_factory):
+    """One real `ig daemon` (private socket) shared by the end-to-end tests."""
+    require_root_and_ig()
+    from igdeadlock.daemon import PrivateDaemon, find_ig
+
+    log = tmp_path_factory.mktemp("ig") / "daemon.log"
+    daemon = PrivateDaemon(find_ig(), log_path=str(log))
+    address = daemon.start()
+    yield str(address)
+    daemon.stop()
+
+
+def run_cli(args: Sequence[str], timeout: float = 120, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*IGDEADLOCK, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def trace_json(daemon: Optional[str], command: Sequence[str], *extra: str,
+               timeout: float = 120) -> Tuple[dict, str]:
+    """`igdeadlock trace --format json` through the daemon; returns (report, stderr)."""
+    args = ["trace", "--format", "json", "--image", IMAGE, *extra]
+    if daemon is not None:
+        args += ["--remote", daemon]
+    result = run_cli([*args, "--", *map(str, command)], timeout=timeout)
+    assert result.returncode == 0, f"igdeadlock failed ({result.returncode}):\n{result.stderr}"
+    report = json.loads(result.stdout)
+    assert report["schema"].startswith("igdeadlock/report/")
+    return report, result.stderr
+
+
+def unsuppressed(report: dict) -> List[dict]:
+    return [f for f in report["findings"] if f["suppressed"] is None]
