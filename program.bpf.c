@@ -21,7 +21,6 @@
 #include <bpf/bpf_tracing.h>
 
 #include <gadget/buffer.h>
-#include <gadget/filesystem.h>
 #include <gadget/filter.h>
 #include <gadget/macros.h>
 #include <gadget/types.h>
@@ -29,7 +28,8 @@
 #define MAX_HELD_LOCKS 16 /* nesting depth tracked per thread */
 #define DEP_CACHE_SLOTS 8 /* per-thread cache of known dependencies */
 #define MAX_STACK_FRAMES 16 /* user frames kept per acquisition site */
-#define FILE_PATH_MAX 256 /* longest mapped-file path reported */
+#define FILE_PATH_MAX 256 /* longest mapped-file path reported (power of 2) */
+#define MAX_PATH_PARTS 32 /* directory levels walked for a path (power of 2) */
 
 #define MAX_THREADS 16384
 #define MAX_KNOWN_DEPS 65536
@@ -38,6 +38,17 @@
 #define MAX_FILES 1024 /* new mapped files between two fetches */
 #define MAX_SEEN_FILES 4096
 #define MAX_LOCK_GENERATIONS 16384
+#define MAX_BLOCKED_THREADS 4096
+
+/* What futex waits tell about a lock (glibc, x86-64 and aarch64 layouts). */
+#define LOCK_OBJECT_SPAN 64 /* pthread_rwlock_t (56) and pthread_mutex_t (40) fit */
+#define MUTEX_OWNER_OFFSET 8 /* struct __pthread_mutex_s.__owner */
+#define RWLOCK_WRITER_OFFSET 24 /* struct __pthread_rwlock_arch_t.__cur_writer */
+#define FUTEX_CMD_MASK 0x7f /* without FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME */
+#define FUTEX_WAIT 0
+#define FUTEX_LOCK_PI 6
+#define FUTEX_WAIT_BITSET 9
+#define FUTEX_LOCK_PI2 13
 
 /* How a lock is held or requested. */
 #define LOCK_MODE_EXCLUSIVE 0 /* mutex, spinlock, rwlock write */
@@ -58,8 +69,8 @@
 #define STAT_THREADS_FULL 1 /* a thread not tracked: thread map full */
 #define STAT_EDGES_FULL 2 /* an edge lost: edge map full */
 #define STAT_SITES_FULL 3 /* a stack lost: stack map full */
-#define STAT_UNLOCK_UNKNOWN 4 /* unlock of a lock not seen acquired */
-#define STAT_GENERATIONS_FULL 5 /* a destroy not recorded */
+#define STAT_GENERATIONS_FULL 4 /* a destroy not recorded */
+#define STAT_BLOCKED_FULL 5 /* a blocked thread not recorded */
 
 #define GOLDEN_RATIO_64 0x9E3779B97F4A7C15ULL
 
@@ -92,13 +103,28 @@ struct pending_acquire {
 	__u8 mode;
 	__u8 kind;
 	__u8 active;
-	__u8 __pad;
+	__u8 recursive; /* the lock is already held: success only adds depth */
+};
+
+/* The acquisition the thread may be blocked in: set when a blocking or timed
+ * lock function is entered, cleared by the thread's next release or by the
+ * return of a timed one. A futex wait on that lock means it is blocked. */
+struct wait_state {
+	__u64 lock;
+	__u64 site;
+	__u64 since; /* boot time of the first futex wait of this acquisition */
+	__u32 gen;
+	__u8 mode;
+	__u8 kind;
+	__u8 how;
+	__u8 waiting; /* inside a futex wait on the lock right now */
 };
 
 struct thread_locks {
 	struct held_lock held[MAX_HELD_LOCKS];
 	struct dep_cache_slot cache[DEP_CACHE_SLOTS];
 	struct pending_acquire pending;
+	struct wait_state wait;
 	__u64 held_hash; /* order-independent hash of the held set */
 	__u32 nheld;
 	__u32 epoch; /* destroy_epoch the cache was filled under */
@@ -249,20 +275,46 @@ struct {
 	__type(value, struct counter_value);
 } counters SEC(".maps");
 
-/* scratch space for records too big for the BPF stack */
-struct scratch_buffers {
-	struct lock_edge edge;
-	struct stack_frames stack;
-	struct file_info file;
-	__u64 raw_frames[MAX_STACK_FRAMES + 1];
+struct blocked_key {
+	gadget_tid tid;
 };
 
+struct blocked_thread {
+	gadget_mntns_id mntns_id;
+	__u64 process_start;
+	__u64 lock; /* the lock the thread waits for */
+	__u64 site; /* stackmap key of where it requested the lock */
+	__u64 since; /* boot time (ns) it started waiting */
+	__u64 observed; /* boot time (ns) of the wait that made this record */
+	gadget_pid pid;
+	__u32 gen;
+	__u32 owner_tid; /* glibc's owner of the lock (mutex, rwlock writer), 0 if none */
+	__u32 session_id;
+	__u8 mode;
+	__u8 kind;
+	__u8 how;
+	__u8 held_count;
+	__u32 __pad;
+	gadget_comm comm[TASK_COMM_LEN];
+	/* the locks the thread holds while it waits */
+	__u64 held_locks[MAX_HELD_LOCKS];
+	__u32 held_gens[MAX_HELD_LOCKS];
+	__u8 held_modes[MAX_HELD_LOCKS];
+};
+
+/* thread -> the lock it is blocked on; user space keeps it until "resumed" */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct scratch_buffers);
-} scratch_space SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BLOCKED_THREADS);
+	__type(key, struct blocked_key);
+	__type(value, struct blocked_thread);
+} blocked_threads SEC(".maps");
+
+struct resumed_thread {
+	gadget_pid pid;
+	gadget_tid tid;
+	__u64 lock;
+};
 
 struct dead_pid {
 	gadget_pid pid;
@@ -272,13 +324,33 @@ struct dead_pid {
 	gadget_comm comm[TASK_COMM_LEN];
 };
 
+/* scratch space for records too big for the BPF stack */
+struct scratch_buffers {
+	struct lock_edge edge;
+	struct blocked_thread blocked;
+	struct stack_frames stack;
+	struct file_info file;
+	__u64 raw_frames[MAX_STACK_FRAMES + 1];
+	char path[2 * FILE_PATH_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch_buffers);
+} scratch_space SEC(".maps");
+
 GADGET_TRACER_MAP(dead_pids, 1024 * 256);
+GADGET_TRACER_MAP(resumed_threads, 1024 * 64);
 
 GADGET_MAPITER(edges, edges);
 GADGET_MAPITER(stacks, stackmap);
 GADGET_MAPITER(files, files);
 GADGET_MAPITER(counters, counters);
+GADGET_MAPITER(blocked, blocked_threads);
 GADGET_TRACER(dead_pids, dead_pids, dead_pid);
+GADGET_TRACER(resumed, resumed_threads, resumed_thread);
 
 /* Bumped by every destroy: tells threads their dependency cache is stale. */
 volatile __u32 destroy_epoch = 0;
@@ -443,12 +515,98 @@ static long resolve_vma(struct task_struct *task, struct vm_area_struct *vma,
 	return 0;
 }
 
-/* Send the path of a mapped file the first time a frame points into it. */
-static __noinline int send_file_path(__u64 file_id, struct file *file)
+/* Walking a file's path upwards: dentries, crossing mount points. */
+struct path_walk {
+	struct dentry *dentry;
+	struct vfsmount *vfsmnt;
+	struct mount *mnt;
+	struct dentry *parts[MAX_PATH_PARTS]; /* leaf first */
+	__u32 count;
+};
+
+static __always_inline struct mount *mount_of(struct vfsmount *vfsmnt)
 {
+	return (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+}
+
+/* One bpf_loop step: record a path component or climb to the parent mount. */
+static long collect_path_part(__u32 index, struct path_walk *walk)
+{
+	struct dentry *dentry = walk->dentry;
+	struct vfsmount *vfsmnt = walk->vfsmnt;
+	struct mount *mnt = walk->mnt, *up;
+	struct dentry *root = BPF_CORE_READ(vfsmnt, mnt_root);
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+
+	if (dentry == root || dentry == parent) {
+		up = BPF_CORE_READ(mnt, mnt_parent);
+		if (dentry != root || up == mnt)
+			return 1; /* the root of everything */
+		walk->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		walk->mnt = up;
+		walk->vfsmnt = (void *)up + bpf_core_field_offset(struct mount, mnt);
+		return 0;
+	}
+	if (walk->count >= MAX_PATH_PARTS)
+		return 1;
+	walk->parts[walk->count & (MAX_PATH_PARTS - 1)] = dentry;
+	walk->count++;
+	walk->dentry = parent;
+	return 0;
+}
+
+struct path_writer {
+	struct path_walk *walk;
+	char *buf; /* 2 * FILE_PATH_MAX bytes */
+	__u32 length;
+};
+
+/* One bpf_loop step: append "/name" for the next component, root first. */
+static long append_path_part(__u32 index, struct path_writer *w)
+{
+	__u32 count = w->walk->count;
+	struct dentry *dentry;
+	const unsigned char *name;
+	long copied;
+
+	if (index >= count || w->length >= FILE_PATH_MAX - 1)
+		return 1;
+	dentry = w->walk->parts[(count - 1 - index) & (MAX_PATH_PARTS - 1)];
+	name = BPF_CORE_READ(dentry, d_name.name);
+	w->buf[w->length & (FILE_PATH_MAX - 1)] = '/';
+	w->length++;
+	copied = bpf_probe_read_kernel_str(&w->buf[w->length & (FILE_PATH_MAX - 1)],
+					   FILE_PATH_MAX, name);
+	if (copied > 1)
+		w->length += copied - 1;
+	return 0;
+}
+
+/* Path of a mapped file as its process sees it (bounded, best effort). */
+static __always_inline void read_file_path(struct file *file, char *buf, char *out)
+{
+	struct path_walk walk = {};
+	struct path_writer writer = { .walk = &walk, .buf = buf };
+
+	walk.dentry = BPF_CORE_READ(file, f_path.dentry);
+	walk.vfsmnt = BPF_CORE_READ(file, f_path.mnt);
+	walk.mnt = mount_of(walk.vfsmnt);
+	bpf_loop(2 * MAX_PATH_PARTS, collect_path_part, &walk, 0);
+	bpf_loop(MAX_PATH_PARTS, append_path_part, &writer, 0);
+	if (writer.length > FILE_PATH_MAX - 1)
+		writer.length = FILE_PATH_MAX - 1;
+	buf[writer.length & (FILE_PATH_MAX - 1)] = '\0';
+	bpf_probe_read_kernel(out, FILE_PATH_MAX, buf);
+	out[FILE_PATH_MAX - 1] = '\0';
+}
+
+/* Send the path of a mapped file the first time a frame points into it.
+ * A global function: the verifier checks it once, not at every call. */
+__noinline int send_file_path(__u64 file_id, __u64 file_pointer)
+{
+	struct file *file = (struct file *)file_pointer;
 	struct scratch_buffers *s;
 	struct file_key key = { .file_id = file_id };
-	char *path;
 
 	if (bpf_map_lookup_elem(&seen_files, &file_id))
 		return 0;
@@ -458,10 +616,7 @@ static __noinline int send_file_path(__u64 file_id, struct file *file)
 	__builtin_memset(&s->file, 0, sizeof(s->file));
 	s->file.inode = BPF_CORE_READ(file, f_inode, i_ino);
 	s->file.device = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
-	path = get_path_str(&file->f_path);
-	if (path)
-		bpf_probe_read_kernel_str(s->file.path, sizeof(s->file.path),
-					  path);
+	read_file_path(file, s->path, s->file.path);
 	if (!bpf_map_update_elem(&files, &key, &s->file, BPF_ANY))
 		bpf_map_update_elem(&seen_files, &file_id, &(__u8){ 1 },
 				    BPF_ANY);
@@ -524,7 +679,7 @@ static __noinline __u64 capture_site(struct pt_regs *ctx, bool at_entry)
 		s->stack.frame_offsets[i] = lookup.offset;
 		s->stack.frame_files[i] = lookup.file_id;
 		if (lookup.file)
-			send_file_path(lookup.file_id, lookup.file);
+			send_file_path(lookup.file_id, (__u64)lookup.file);
 	}
 
 	key.site = new_site_id();
@@ -671,12 +826,28 @@ static __always_inline void push_held(struct thread_locks *t, __u64 lock,
 	t->held_hash ^= held_lock_hash(lock, gen, mode);
 }
 
+/* Remember the acquisition a futex wait may belong to. */
+static __always_inline void note_wait(struct thread_locks *t, __u64 lock,
+				      __u32 gen, __u64 site, __u8 mode,
+				      __u8 kind, __u8 how)
+{
+	t->wait.lock = lock;
+	t->wait.site = site;
+	t->wait.since = 0;
+	t->wait.gen = gen;
+	t->wait.mode = mode;
+	t->wait.kind = kind;
+	t->wait.how = how;
+	t->wait.waiting = 0;
+}
+
 /* Entry of a lock function. */
 static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 					  __u8 mode, __u8 kind, __u8 how)
 {
 	gadget_tid tid = (__u32)bpf_get_current_pid_tgid();
 	struct thread_locks *t;
+	struct held_lock *held;
 	__u64 site;
 	__u32 gen = 0;
 	int i;
@@ -690,14 +861,22 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	i = find_held(t, lock);
 	if (i >= 0) {
 		/* recursive acquisition: no self edge, count the depth */
-		if (how == ACQUIRE_BLOCKING)
-			t->held[held_slot(i)].depth++;
-		else
-			t->pending.active = 0;
+		held = &t->held[held_slot(i)];
+		if (how != ACQUIRE_TRY)
+			note_wait(t, lock, held->gen, held->site, mode, kind, how);
+		if (how == ACQUIRE_BLOCKING) {
+			held->depth++;
+		} else {
+			t->pending.lock = lock;
+			t->pending.recursive = 1;
+			t->pending.active = 1;
+		}
 		return 0;
 	}
 
 	site = note_dependency(ctx, t, lock, mode, kind, how, &gen);
+	if (how != ACQUIRE_TRY)
+		note_wait(t, lock, gen, site, mode, kind, how);
 	if (how == ACQUIRE_BLOCKING) {
 		push_held(t, lock, gen, site, mode, kind);
 		return 0;
@@ -708,38 +887,39 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	t->pending.site = site;
 	t->pending.mode = mode;
 	t->pending.kind = kind;
+	t->pending.recursive = 0;
 	t->pending.active = 1;
 	return 0;
 }
 
 /* Return of a try or timed lock function: 0 means acquired. */
-static __always_inline int lock_returned(struct pt_regs *ctx, __u64 lock)
+static __always_inline int lock_returned(struct pt_regs *ctx)
 {
 	gadget_tid tid = (__u32)bpf_get_current_pid_tgid();
 	struct thread_locks *t;
 	int i;
 
 	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
-	if (!t)
+	if (!t || !t->pending.active)
 		return 0;
-	if (!t->pending.active) {
-		/* recursive try/timed acquisition of a lock already held */
-		if (PT_REGS_RC(ctx) != 0)
-			return 0;
-		i = find_held(t, lock);
+	t->pending.active = 0;
+	t->wait.lock = 0;
+	if (PT_REGS_RC(ctx) != 0)
+		return 0;
+	if (t->pending.recursive) {
+		i = find_held(t, t->pending.lock);
 		if (i >= 0)
 			t->held[held_slot(i)].depth++;
 		return 0;
 	}
-	t->pending.active = 0;
-	if (PT_REGS_RC(ctx) != 0)
-		return 0;
 	push_held(t, t->pending.lock, t->pending.gen, t->pending.site,
 		  t->pending.mode, t->pending.kind);
 	return 0;
 }
 
-/* Entry of an unlock function. */
+/* Entry of an unlock function. A lock it does not know was taken before
+ * tracing started (or is pthread_spin_init, which shares pthread_spin_unlock's
+ * code): nothing to do. */
 static __always_inline int lock_released(__u64 lock)
 {
 	gadget_tid tid = (__u32)bpf_get_current_pid_tgid();
@@ -751,11 +931,10 @@ static __always_inline int lock_released(__u64 lock)
 	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
 	if (!t)
 		return 0;
+	t->wait.lock = 0;
 	i = find_held(t, lock);
-	if (i < 0) {
-		count_stat(STAT_UNLOCK_UNKNOWN);
+	if (i < 0)
 		return 0;
-	}
 	held = &t->held[held_slot(i)];
 	if (held->depth > 1) {
 		held->depth--;
@@ -794,6 +973,108 @@ static __always_inline int lock_destroyed(__u64 lock)
 	return 0;
 }
 
+static __always_inline bool is_futex_wait(__u64 op)
+{
+	op &= FUTEX_CMD_MASK;
+	return op == FUTEX_WAIT || op == FUTEX_WAIT_BITSET ||
+	       op == FUTEX_LOCK_PI || op == FUTEX_LOCK_PI2;
+}
+
+/* The owner glibc records in the lock itself (0 if none or unknown). */
+static __always_inline __u32 lock_owner(__u64 lock, __u8 kind)
+{
+	__u32 owner = 0;
+
+	if (kind == LOCK_KIND_MUTEX)
+		bpf_probe_read_user(&owner, sizeof(owner),
+				    (void *)(lock + MUTEX_OWNER_OFFSET));
+	else if (kind == LOCK_KIND_RWLOCK)
+		bpf_probe_read_user(&owner, sizeof(owner),
+				    (void *)(lock + RWLOCK_WRITER_OFFSET));
+	return owner;
+}
+
+/* A tracked thread starts a futex wait inside the lock it is acquiring: it
+ * is blocked. Record it (user space builds the wait-for graph). */
+static __always_inline int futex_wait_started(__u64 uaddr, __u64 op)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct blocked_key key = { .tid = (__u32)pid_tgid };
+	struct thread_locks *t;
+	struct blocked_thread *b;
+	struct scratch_buffers *s;
+	__u32 nheld;
+
+	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &key.tid);
+	if (!t || !t->wait.lock || !is_futex_wait(op) ||
+	    uaddr - t->wait.lock >= LOCK_OBJECT_SPAN)
+		return 0;
+	s = bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
+	if (!s)
+		return 0;
+	if (!t->wait.since)
+		t->wait.since = bpf_ktime_get_boot_ns();
+	t->wait.waiting = 1;
+
+	b = &s->blocked;
+	__builtin_memset(b, 0, sizeof(*b));
+	b->mntns_id = gadget_get_current_mntns_id();
+	b->process_start = current_process_start();
+	b->lock = t->wait.lock;
+	b->site = t->wait.site;
+	b->since = t->wait.since;
+	b->observed = bpf_ktime_get_boot_ns();
+	b->pid = pid_tgid >> 32;
+	b->gen = t->wait.gen;
+	b->owner_tid = lock_owner(t->wait.lock, t->wait.kind);
+	b->session_id = current_session_id();
+	b->mode = t->wait.mode;
+	b->kind = t->wait.kind;
+	b->how = t->wait.how;
+	bpf_get_current_comm(b->comm, sizeof(b->comm));
+	nheld = t->nheld;
+	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
+		if (i >= nheld)
+			break;
+		/* a blocking lock is pushed at entry: it is waited for, not held */
+		if (t->held[i].lock == t->wait.lock && t->held[i].depth == 1 &&
+		    t->wait.how == ACQUIRE_BLOCKING)
+			continue;
+		b->held_locks[b->held_count & (MAX_HELD_LOCKS - 1)] = t->held[i].lock;
+		b->held_gens[b->held_count & (MAX_HELD_LOCKS - 1)] = t->held[i].gen;
+		b->held_modes[b->held_count & (MAX_HELD_LOCKS - 1)] = t->held[i].mode;
+		b->held_count++;
+	}
+	if (bpf_map_update_elem(&blocked_threads, &key, b, BPF_ANY))
+		count_stat(STAT_BLOCKED_FULL);
+	return 0;
+}
+
+/* The futex wait ended. If user space already saw the thread blocked (the
+ * fetch took its record), tell it the thread moved on. */
+static __always_inline int futex_wait_ended(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct blocked_key key = { .tid = (__u32)pid_tgid };
+	struct resumed_thread *event;
+	struct thread_locks *t;
+
+	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &key.tid);
+	if (!t || !t->wait.waiting)
+		return 0;
+	t->wait.waiting = 0;
+	if (!bpf_map_delete_elem(&blocked_threads, &key))
+		return 0; /* never fetched: nobody needs to know */
+	event = gadget_reserve_buf(&resumed_threads, sizeof(*event));
+	if (!event)
+		return 0;
+	event->pid = pid_tgid >> 32;
+	event->tid = key.tid;
+	event->lock = t->wait.lock;
+	gadget_submit_buf(ctx, &resumed_threads, event, sizeof(*event));
+	return 0;
+}
+
 static long forget_process_lock(struct bpf_map *map, struct lock_id *id,
 				__u32 *gen, __u32 *pid)
 {
@@ -812,6 +1093,7 @@ static __always_inline int thread_exited(void *ctx)
 	struct dead_pid *event;
 
 	bpf_map_delete_elem(&thread_to_held_mutexes, &tid);
+	bpf_map_delete_elem(&blocked_threads, &tid);
 
 	/* signal->live drops to 0 when the last thread of the group exits */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
@@ -832,6 +1114,8 @@ static __always_inline int thread_exited(void *ctx)
 	return 0;
 }
 
+/* pthread mutexes (C11 mtx_* and C++ std::mutex call these) */
+
 SEC("uprobe/libc:pthread_mutex_lock")
 int BPF_KPROBE(trace_uprobe_mutex_lock, void *mutex)
 {
@@ -839,11 +1123,212 @@ int BPF_KPROBE(trace_uprobe_mutex_lock, void *mutex)
 			      LOCK_KIND_MUTEX, ACQUIRE_BLOCKING);
 }
 
+SEC("uprobe/libc:pthread_mutex_trylock")
+int BPF_KPROBE(trace_uprobe_mutex_trylock, void *mutex)
+{
+	return lock_requested(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_MUTEX, ACQUIRE_TRY);
+}
+
+SEC("uretprobe/libc:pthread_mutex_trylock")
+int BPF_KRETPROBE(trace_uretprobe_mutex_trylock)
+{
+	return lock_returned(ctx);
+}
+
+SEC("uprobe/libc:pthread_mutex_timedlock")
+int BPF_KPROBE(trace_uprobe_mutex_timedlock, void *mutex)
+{
+	return lock_requested(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_MUTEX, ACQUIRE_TIMED);
+}
+
+SEC("uretprobe/libc:pthread_mutex_timedlock")
+int BPF_KRETPROBE(trace_uretprobe_mutex_timedlock)
+{
+	return lock_returned(ctx);
+}
+
+SEC("uprobe/libc:pthread_mutex_clocklock")
+int BPF_KPROBE(trace_uprobe_mutex_clocklock, void *mutex)
+{
+	return lock_requested(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_MUTEX, ACQUIRE_TIMED);
+}
+
+SEC("uretprobe/libc:pthread_mutex_clocklock")
+int BPF_KRETPROBE(trace_uretprobe_mutex_clocklock)
+{
+	return lock_returned(ctx);
+}
+
 SEC("uprobe/libc:pthread_mutex_unlock")
 int BPF_KPROBE(trace_uprobe_mutex_unlock, void *mutex)
 {
 	return lock_released((__u64)mutex);
 }
+
+SEC("uprobe/libc:pthread_mutex_destroy")
+int BPF_KPROBE(trace_uprobe_mutex_destroy, void *mutex)
+{
+	return lock_destroyed((__u64)mutex);
+}
+
+/* pthread rwlocks (C++ std::shared_mutex calls these) */
+
+SEC("uprobe/libc:pthread_rwlock_rdlock")
+int BPF_KPROBE(trace_uprobe_rwlock_rdlock, void *rwlock)
+{
+	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
+			      LOCK_KIND_RWLOCK, ACQUIRE_BLOCKING);
+}
+
+SEC("uprobe/libc:pthread_rwlock_wrlock")
+int BPF_KPROBE(trace_uprobe_rwlock_wrlock, void *rwlock)
+{
+	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_RWLOCK, ACQUIRE_BLOCKING);
+}
+
+SEC("uprobe/libc:pthread_rwlock_tryrdlock")
+int BPF_KPROBE(trace_uprobe_rwlock_tryrdlock, void *rwlock)
+{
+	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
+			      LOCK_KIND_RWLOCK, ACQUIRE_TRY);
+}
+
+SEC("uretprobe/libc:pthread_rwlock_tryrdlock")
+int BPF_KRETPROBE(trace_uretprobe_rwlock_tryrdlock)
+{
+	return lock_returned(ctx);
+}
+
+SEC("uprobe/libc:pthread_rwlock_trywrlock")
+int BPF_KPROBE(trace_uprobe_rwlock_trywrlock, void *rwlock)
+{
+	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_RWLOCK, ACQUIRE_TRY);
+}
+
+SEC("uretprobe/libc:pthread_rwlock_trywrlock")
+int BPF_KRETPROBE(trace_uretprobe_rwlock_trywrlock)
+{
+	return lock_returned(ctx);
+}
+
+SEC("uprobe/libc:pthread_rwlock_timedrdlock")
+int BPF_KPROBE(trace_uprobe_rwlock_timedrdlock, void *rwlock)
+{
+	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
+			      LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+}
+
+SEC("uretprobe/libc:pthread_rwlock_timedrdlock")
+int BPF_KRETPROBE(trace_uretprobe_rwlock_timedrdlock)
+{
+	return lock_returned(ctx);
+}
+
+SEC("uprobe/libc:pthread_rwlock_timedwrlock")
+int BPF_KPROBE(trace_uprobe_rwlock_timedwrlock, void *rwlock)
+{
+	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+}
+
+SEC("uretprobe/libc:pthread_rwlock_timedwrlock")
+int BPF_KRETPROBE(trace_uretprobe_rwlock_timedwrlock)
+{
+	return lock_returned(ctx);
+}
+
+SEC("uprobe/libc:pthread_rwlock_clockrdlock")
+int BPF_KPROBE(trace_uprobe_rwlock_clockrdlock, void *rwlock)
+{
+	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
+			      LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+}
+
+SEC("uretprobe/libc:pthread_rwlock_clockrdlock")
+int BPF_KRETPROBE(trace_uretprobe_rwlock_clockrdlock)
+{
+	return lock_returned(ctx);
+}
+
+SEC("uprobe/libc:pthread_rwlock_clockwrlock")
+int BPF_KPROBE(trace_uprobe_rwlock_clockwrlock, void *rwlock)
+{
+	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+}
+
+SEC("uretprobe/libc:pthread_rwlock_clockwrlock")
+int BPF_KRETPROBE(trace_uretprobe_rwlock_clockwrlock)
+{
+	return lock_returned(ctx);
+}
+
+SEC("uprobe/libc:pthread_rwlock_unlock")
+int BPF_KPROBE(trace_uprobe_rwlock_unlock, void *rwlock)
+{
+	return lock_released((__u64)rwlock);
+}
+
+SEC("uprobe/libc:pthread_rwlock_destroy")
+int BPF_KPROBE(trace_uprobe_rwlock_destroy, void *rwlock)
+{
+	return lock_destroyed((__u64)rwlock);
+}
+
+/* pthread spinlocks */
+
+SEC("uprobe/libc:pthread_spin_lock")
+int BPF_KPROBE(trace_uprobe_spin_lock, void *spinlock)
+{
+	return lock_requested(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING);
+}
+
+SEC("uprobe/libc:pthread_spin_trylock")
+int BPF_KPROBE(trace_uprobe_spin_trylock, void *spinlock)
+{
+	return lock_requested(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_SPINLOCK, ACQUIRE_TRY);
+}
+
+SEC("uretprobe/libc:pthread_spin_trylock")
+int BPF_KRETPROBE(trace_uretprobe_spin_trylock)
+{
+	return lock_returned(ctx);
+}
+
+SEC("uprobe/libc:pthread_spin_unlock")
+int BPF_KPROBE(trace_uprobe_spin_unlock, void *spinlock)
+{
+	return lock_released((__u64)spinlock);
+}
+
+SEC("uprobe/libc:pthread_spin_destroy")
+int BPF_KPROBE(trace_uprobe_spin_destroy, void *spinlock)
+{
+	return lock_destroyed((__u64)spinlock);
+}
+
+/* futex waits: which tracked threads are blocked in a lock right now */
+
+SEC("tracepoint/syscalls/sys_enter_futex")
+int trace_futex_wait_start(struct syscall_trace_enter *ctx)
+{
+	return futex_wait_started(ctx->args[0], ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_futex")
+int trace_futex_wait_end(struct syscall_trace_exit *ctx)
+{
+	return futex_wait_ended(ctx);
+}
+
+/* process and thread exits */
 
 SEC("tracepoint/sched/sched_process_exit")
 int trace_sched_process_exit(void *ctx)

@@ -40,11 +40,15 @@ def program():
 
 
 def program_facts(output: str) -> Dict[str, List[int]]:
-    """Lines like "mutex A 0x55.. B 0x55.." and "thread ab 1234" -> {"A": [...], "ab": [...]}."""
+    """Lines like "mutex A 0x55.. B 0x55.." and "thread ab 1234" -> {"A": [...], "ab": [...]};
+    "mntns N" -> {"mntns": [N]}."""
     facts: Dict[str, List[int]] = {}
     for line in output.splitlines():
         words = line.split()
-        if not words or words[0] not in ("mutex", "thread", "pid"):
+        if len(words) == 2 and words[0] == "mntns":
+            facts.setdefault("mntns", []).append(int(words[1]))
+            continue
+        if not words or words[0] not in ("mutex", "thread", "pid", "mntns"):
             continue
         for name, value in zip(words[1::2], words[2::2]):
             facts.setdefault(name, []).append(int(value, 0))

@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import json
 import os
 import platform
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
+from igdeadlock.bpfsys import Bpf, BpfError, ProgramInfo
 from igdeadlock.elf import ElfError, ElfFile
 
 # syscall numbers
 _SYSCALLS = {
-    "x86_64": {"perf_event_open": 298, "bpf": 321},
-    "aarch64": {"perf_event_open": 241, "bpf": 280},
+    "x86_64": {"perf_event_open": 298},
+    "aarch64": {"perf_event_open": 241},
 }
-BPF_PROG_GET_FD_BY_ID = 13
+ENOTSUPP = 524  # the kernel cannot place a uprobe on that instruction
 PERF_FLAG_FD_CLOEXEC = 8
 PERF_EVENT_IOC_ENABLE = 0x2400
 PERF_EVENT_IOC_SET_BPF = 0x40042408
@@ -89,6 +92,7 @@ def _machine() -> str:
     return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
 
 
+@functools.lru_cache(maxsize=None)
 def resolve_library(name: str) -> str:
     """A library path for a section's library part (a path or a bare name like ``libc``)."""
     if name.startswith("/"):
@@ -115,12 +119,17 @@ def resolve_library(name: str) -> str:
     raise AttachError(f"cannot find library {name!r} on this host")
 
 
-def symbol_offset(path: str, symbol: str) -> int:
-    """File offset of a function, as the uprobe PMU wants it."""
+@functools.lru_cache(maxsize=8)
+def _elf(path: str) -> ElfFile:
     try:
-        elf = ElfFile.open(path)
+        return ElfFile.open(path)
     except (OSError, ElfError) as exc:
         raise AttachError(f"cannot read {path}: {exc}") from exc
+
+
+def symbol_offset(path: str, symbol: str) -> int:
+    """File offset of a function, as the uprobe PMU wants it."""
+    elf = _elf(path)
     sym = elf.find_function(symbol)
     if sym is None:
         raise AttachError(f"{path} has no function {symbol}")
@@ -130,28 +139,11 @@ def symbol_offset(path: str, symbol: str) -> int:
     return offset
 
 
-@dataclass(frozen=True)
-class LoadedProgram:
-    id: int
-    name: str
-    map_ids: tuple
-
-
-def loaded_programs() -> List[LoadedProgram]:
-    """BPF programs loaded on this host (full names come from their BTF, via bpftool)."""
-    tool = shutil.which("bpftool") or next(
-        (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool") if os.path.exists(p)), None)
-    if tool is None:
-        raise AttachError("bpftool is needed to find the gadget's programs (Debian/Ubuntu: apt install bpftool)")
-    try:
-        out = subprocess.run([tool, "-j", "prog", "show"], capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise AttachError(f"bpftool prog show failed: {exc}") from exc
-    return [LoadedProgram(p["id"], p.get("name", ""), tuple(p.get("map_ids", ()))) for p in json.loads(out or "[]")]
-
-
 def program_ids() -> Set[int]:
-    return {p.id for p in loaded_programs()}
+    try:
+        return set(Bpf().program_ids())
+    except BpfError as exc:
+        raise AttachError(f"cannot list BPF programs: {exc}") from exc
 
 
 def find_programs(names: Iterable[str], exclude: Set[int], timeout: float) -> Dict[str, int]:
@@ -162,9 +154,11 @@ def find_programs(names: Iterable[str], exclude: Set[int], timeout: float) -> Di
     """
     wanted = set(names)
     deadline = time.monotonic() + timeout
+    bpf = Bpf()
     while True:
-        fresh = [p for p in loaded_programs() if p.name in wanted and p.id not in exclude]
-        chosen: Dict[str, LoadedProgram] = {}
+        fresh = [p for p in (bpf.program(i) for i in bpf.program_ids() if i not in exclude)
+                 if p is not None and p.name in wanted]
+        chosen: Dict[str, ProgramInfo] = {}
         for prog in sorted(fresh, key=lambda p: p.id, reverse=True):
             if prog.name in chosen:
                 continue
@@ -177,6 +171,13 @@ def find_programs(names: Iterable[str], exclude: Set[int], timeout: float) -> Di
             missing = ", ".join(sorted(wanted - set(chosen)))
             raise AttachError(f"the gadget's programs did not appear on this host within {timeout:g}s: {missing}")
         time.sleep(0.1)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 class _Kernel:
@@ -194,11 +195,6 @@ class _Kernel:
             errno = ctypes.get_errno()
             raise OSError(errno, os.strerror(errno))
         return result
-
-    def prog_fd(self, prog_id: int) -> int:
-        attr = ctypes.create_string_buffer(16)
-        ctypes.c_uint32.from_buffer(attr, 0).value = prog_id
-        return self.syscall("bpf", ctypes.c_long(BPF_PROG_GET_FD_BY_ID), attr, ctypes.c_long(16))
 
     def uprobe_event(self, pmu_type: int, path: bytes, offset: int, retprobe: bool) -> int:
         path_buf = ctypes.create_string_buffer(path)
@@ -219,6 +215,7 @@ class UprobeAttachment:
 
     fds: List[int] = field(default_factory=list)
     described: List[str] = field(default_factory=list)
+    unprobeable: List[str] = field(default_factory=list)  # functions whose entry takes no uprobe
 
     def attach(self, points: Sequence[ProbePoint], prog_ids: Mapping[str, int]) -> None:
         kernel = _Kernel()
@@ -235,11 +232,15 @@ class UprobeAttachment:
             try:
                 perf_fd = kernel.uprobe_event(pmu_type, path.encode(), offset, point.retprobe)
             except OSError as exc:
+                if exc.errno == ENOTSUPP:
+                    # e.g. x86-64 glibc's pthread_spin_lock starts with a locked instruction
+                    self.unprobeable.append(f"{os.path.basename(path)}:{point.symbol}")
+                    continue
                 self.detach()
                 raise AttachError(f"uprobe on {path}:{point.symbol}: {exc.strerror}") from exc
             self.fds.append(perf_fd)
             try:
-                prog_fd = kernel.prog_fd(prog_ids[point.program])
+                prog_fd = Bpf().program_fd(prog_ids[point.program])
                 try:
                     fcntl.ioctl(perf_fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
                     fcntl.ioctl(perf_fd, PERF_EVENT_IOC_ENABLE, 0)
@@ -252,11 +253,14 @@ class UprobeAttachment:
             self.described.append(f"{kind} {path}:{point.symbol} -> {point.program}")
 
     def detach(self) -> None:
-        while self.fds:
-            try:
-                os.close(self.fds.pop())
-            except OSError:
-                pass
+        """Close the perf events. Each close waits for the kernel to retire the
+        uprobe (an RCU grace period), so they are closed in parallel."""
+        fds, self.fds = self.fds, []
+        closers = [threading.Thread(target=_close_quietly, args=(fd,)) for fd in fds]
+        for closer in closers:
+            closer.start()
+        for closer in closers:
+            closer.join()
 
     def __enter__(self) -> "UprobeAttachment":
         return self

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after SECONDS, terminating COMMAND")
     trace.add_argument("--show-suppressed", action="store_true",
                        help="text report: also show cycles that are not deadlocks, with the reason")
+    trace.add_argument("--stop-on-deadlock", action="store_true",
+                       help="end the trace (terminating COMMAND) as soon as threads are deadlocked")
     trace.add_argument("--exit-code", action="store_true",
                        help="exit with status 1 when a potential deadlock is found")
     trace.add_argument("--image", default=DEFAULT_IMAGE, help=f"gadget image (default: {DEFAULT_IMAGE})")
@@ -107,6 +109,7 @@ def run_trace(args: argparse.Namespace) -> int:
         ig=args.ig,
         daemon_log=args.daemon_log,
         command_stdout=command_stdout,
+        stop_on_deadlock=args.stop_on_deadlock,
     )
     # SIGTERM ends the trace like Ctrl-C: the report is still written.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -119,6 +122,8 @@ def run_trace(args: argparse.Namespace) -> int:
         _say(f"igdeadlock: ig: {note}")
     if outcome.ended_by == "timeout":
         _say(f"igdeadlock: --timeout reached after {args.timeout:g}s; the command was terminated")
+    elif outcome.ended_by == "deadlock":
+        _say("igdeadlock: stopped at the deadlock (--stop-on-deadlock); the command was terminated")
     elif outcome.ended_by == "interrupt":
         _say("igdeadlock: interrupted; the command was terminated")
     if args.format == "json":
@@ -126,7 +131,8 @@ def run_trace(args: argparse.Namespace) -> int:
     else:
         text = render_text(outcome.findings, outcome.stats, show_suppressed=args.show_suppressed)
     _write(text, args.output)
-    found = any(f.kind == "potential-deadlock" and not f.suppressed for f in outcome.findings)
+    found = any(f.kind in ("potential-deadlock", "actual-deadlock") and not f.suppressed
+                for f in outcome.findings)
     return EXIT_FINDINGS if args.exit_code and found else EXIT_OK
 
 

@@ -269,8 +269,8 @@ COUNTER_NAMES = {
     1: "thread_map_full",
     2: "edge_map_full",
     3: "stack_map_full",
-    4: "unlock_of_unknown_lock",
-    5: "generation_map_full",
+    4: "generation_map_full",
+    5: "blocked_map_full",
 }
 
 
@@ -280,6 +280,37 @@ class Counter:
 
     name: str
     count: int
+
+
+@dataclass(frozen=True)
+class BlockedThread:
+    """Thread ``tid`` is blocked in a futex wait for ``lock`` (seen at a fetch)."""
+
+    pid: int
+    tid: int
+    comm: str
+    mntns_id: int
+    process_start: int
+    session_id: int
+    lock: int
+    gen: int
+    mode: int
+    kind: int
+    how: int
+    site: int
+    since: int  # boot time (ns) the wait started
+    observed: int  # boot time (ns) of the wait that made the record
+    owner_tid: int  # glibc's owner of the lock, 0 if unknown
+    held: Tuple[HeldLock, ...]
+
+
+@dataclass(frozen=True)
+class ThreadResumed:
+    """A thread reported blocked is not waiting any more."""
+
+    pid: int
+    tid: int
+    lock: int
 
 
 @dataclass(frozen=True)
@@ -302,7 +333,7 @@ class LogMessage:
         return LOG_LEVEL_NAMES[self.level] if self.level < len(LOG_LEVEL_NAMES) else str(self.level)
 
 
-Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter]
+Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed]
 
 
 def _int(values: Mapping[str, Value], name: str) -> int:
@@ -324,14 +355,14 @@ def _text(values: Mapping[str, Value], name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _held(v: Mapping[str, Value]) -> Tuple[HeldLock, ...]:
+    locks, gens, modes = _ints(v, "held_locks"), _ints(v, "held_gens"), _ints(v, "held_modes")
+    count = min(_int(v, "held_count"), len(locks), len(gens), len(modes))
+    return tuple(HeldLock(lock, gen, mode) for lock, gen, mode in zip(locks[:count], gens[:count], modes[:count]))
+
+
 def lock_edge_from_fields(v: Mapping[str, Value]) -> LockEdge:
-    count = min(_int(v, "held_count"), len(_ints(v, "held_locks")))
-    held = tuple(
-        HeldLock(lock, gen, mode)
-        for lock, gen, mode in zip(
-            _ints(v, "held_locks")[:count], _ints(v, "held_gens")[:count], _ints(v, "held_modes")[:count]
-        )
-    )
+    held = _held(v)
     return LockEdge(
         pid=_int(v, "pid"),
         tid=_int(v, "tid"),
@@ -352,6 +383,31 @@ def lock_edge_from_fields(v: Mapping[str, Value]) -> LockEdge:
         to_site=_int(v, "to_site"),
         held=held,
     )
+
+
+def blocked_thread_from_fields(v: Mapping[str, Value]) -> BlockedThread:
+    return BlockedThread(
+        pid=_int(v, "pid"),
+        tid=_int(v, "tid"),
+        comm=_text(v, "comm"),
+        mntns_id=_int(v, "mntns_id"),
+        process_start=_int(v, "process_start"),
+        session_id=_int(v, "session_id"),
+        lock=_int(v, "lock"),
+        gen=_int(v, "gen"),
+        mode=_int(v, "mode"),
+        kind=_int(v, "kind"),
+        how=_int(v, "how"),
+        site=_int(v, "site"),
+        since=_int(v, "since"),
+        observed=_int(v, "observed"),
+        owner_tid=_int(v, "owner_tid"),
+        held=_held(v),
+    )
+
+
+def thread_resumed_from_fields(v: Mapping[str, Value]) -> ThreadResumed:
+    return ThreadResumed(pid=_int(v, "pid"), tid=_int(v, "tid"), lock=_int(v, "lock"))
 
 
 def process_exit_from_fields(v: Mapping[str, Value]) -> ProcessExit:
@@ -395,6 +451,8 @@ RECORD_BUILDERS: Dict[str, Callable[[Mapping[str, Value]], Record]] = {
     "stacks": stack_trace_from_fields,
     "files": mapped_file_from_fields,
     "counters": counter_from_fields,
+    "blocked": blocked_thread_from_fields,
+    "resumed": thread_resumed_from_fields,
 }
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from igdeadlock.decode import ACQUIRE_HOW_NAMES, LOCK_KIND_NAMES, LOCK_MODE_NAMES
-from igdeadlock.graph import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION, Cycle, LockId
+from igdeadlock.graph import (
+    ACTUAL_DEADLOCK,
+    POTENTIAL_DEADLOCK,
+    SINGLE_THREAD_INVERSION,
+    Cycle,
+    Deadlock,
+    LockId,
+    ProcessKey,
+)
 from igdeadlock.symbolize import Frame
 
 SCHEMA = "igdeadlock/report/v1"
@@ -35,6 +44,21 @@ class EdgeView:
 
 
 @dataclass(frozen=True)
+class WaitView:
+    """One thread of an actual deadlock: it holds ``holds`` and waits for ``waits_for``."""
+
+    tid: int
+    comm: str
+    holds: LockId
+    waits_for: LockId
+    held_by: int  # the next thread of the cycle
+    mode: int
+    blocked_for: Optional[float]  # seconds, when known
+    owner_tid: int
+    stack: Optional[List[Frame]]  # where it waits
+
+
+@dataclass(frozen=True)
 class FindingView:
     kind: str
     suppressed: Optional[str]
@@ -47,6 +71,72 @@ class FindingView:
     threads: Tuple[int, ...]
     edges: Tuple[EdgeView, ...]
     gate_locks: Tuple[LockId, ...] = ()
+    waits: Tuple[WaitView, ...] = ()
+    id: str = ""
+    related: Optional[str] = None  # the matching potential/actual deadlock
+
+
+def finding_id(kind: str, process: ProcessKey, locks: Iterable[LockId]) -> str:
+    """Stable id of a finding: the same cycle in the same process gets the same id."""
+    text = f"{kind}:{process.pid}:{process.start}:" + ",".join(f"{a:x}.{g}" for a, g in sorted(locks))
+    prefix = {ACTUAL_DEADLOCK: "ad", POTENTIAL_DEADLOCK: "pd", SINGLE_THREAD_INVERSION: "st"}.get(kind, "f")
+    return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def build_deadlock_findings(deadlocks: Iterable[Deadlock], stack_of: StackLookup,
+                            now_boot_ns: Optional[int], lock_kinds: Optional[Mapping[LockId, int]] = None,
+                            ) -> List[FindingView]:
+    findings = []
+    for deadlock in deadlocks:
+        steps = deadlock.steps
+        waits = tuple(
+            WaitView(
+                tid=step.tid,
+                comm=step.comm,
+                holds=step.holds,
+                waits_for=step.waits_for,
+                held_by=steps[(i + 1) % len(steps)].tid,
+                mode=step.mode,
+                blocked_for=max(0.0, (now_boot_ns - step.since) / 1e9) if now_boot_ns and step.since else None,
+                owner_tid=step.owner_tid,
+                stack=stack_of(step.site),
+            )
+            for i, step in enumerate(steps)
+        )
+        edges = tuple(
+            EdgeView(from_lock=w.holds, to_lock=w.waits_for, tid=w.tid, comm=w.comm, from_mode=0, to_mode=w.mode,
+                     how=0, held=(), from_stack=None, to_stack=w.stack)
+            for w in waits
+        )
+        findings.append(FindingView(
+            kind=ACTUAL_DEADLOCK,
+            suppressed=None,
+            pid=deadlock.process.pid,
+            process_start=deadlock.process.start,
+            comm=deadlock.comm,
+            mntns_id=deadlock.mntns_id,
+            locks=deadlock.locks,
+            lock_kinds=tuple(step.kind for step in steps),
+            threads=deadlock.threads,
+            edges=edges,
+            waits=waits,
+            id=finding_id(ACTUAL_DEADLOCK, deadlock.process, deadlock.locks),
+        ))
+    return findings
+
+
+def link_related(findings: Sequence[FindingView]) -> List[FindingView]:
+    """Point each actual deadlock and the potential deadlock on the same locks at each other."""
+    potential = {(f.pid, f.process_start, frozenset(f.locks)): f for f in findings
+                 if f.kind == POTENTIAL_DEADLOCK}
+    links: Dict[str, str] = {}
+    for f in findings:
+        if f.kind == ACTUAL_DEADLOCK:
+            match = potential.get((f.pid, f.process_start, frozenset(f.locks)))
+            if match is not None:
+                links[f.id] = match.id
+                links[match.id] = f.id
+    return [replace(f, related=links.get(f.id)) for f in findings]
 
 
 def build_findings(cycles: Iterable[Cycle], stack_of: StackLookup) -> List[FindingView]:
@@ -79,6 +169,7 @@ def build_findings(cycles: Iterable[Cycle], stack_of: StackLookup) -> List[Findi
             threads=cycle.threads,
             edges=edges,
             gate_locks=cycle.gate_locks,
+            id=finding_id(cycle.kind, cycle.process, cycle.locks),
         ))
     return findings
 
@@ -88,7 +179,8 @@ def _frames_json(frames: Optional[List[Frame]]) -> Optional[List[Dict[str, objec
 
 
 def finding_to_json(f: FindingView) -> Dict[str, object]:
-    return {
+    out: Dict[str, object] = {
+        "id": f.id,
         "kind": f.kind,
         "suppressed": f.suppressed,
         "pid": f.pid,
@@ -114,7 +206,24 @@ def finding_to_json(f: FindingView) -> Dict[str, object]:
             }
             for e in f.edges
         ],
+        "related": f.related,
     }
+    if f.kind == ACTUAL_DEADLOCK:
+        out["blocked"] = [
+            {
+                "tid": w.tid,
+                "comm": w.comm,
+                "waits_for": hex_address(w.waits_for[0]),
+                "mode": LOCK_MODE_NAMES.get(w.mode, str(w.mode)),
+                "holds": hex_address(w.holds[0]),
+                "held_by": w.held_by,
+                "owner_tid": w.owner_tid or None,
+                "blocked_for_seconds": None if w.blocked_for is None else round(w.blocked_for, 3),
+                "stack": _frames_json(w.stack),
+            }
+            for w in f.waits
+        ]
+    return out
 
 
 def report_to_json(findings: Sequence[FindingView], stats: Mapping[str, object]) -> Dict[str, object]:
@@ -128,6 +237,7 @@ def render_json(findings: Sequence[FindingView], stats: Mapping[str, object]) ->
 # --- text ------------------------------------------------------------------------
 
 _TITLES = {
+    ACTUAL_DEADLOCK: "deadlock: threads are blocked in a lock cycle right now",
     POTENTIAL_DEADLOCK: "lock-order inversion (potential deadlock)",
     SINGLE_THREAD_INVERSION: "lock-order inversion in a single thread (deadlocks once two threads run it)",
 }
@@ -148,7 +258,33 @@ def _stack_lines(frames: Optional[List[Frame]], indent: str = "    ") -> List[st
     return [f"{indent}#{i} {frame.describe()}" for i, frame in enumerate(frames)]
 
 
+def render_deadlock(f: FindingView) -> str:
+    names: Dict[LockId, str] = {lock: f"M{i}" for i, lock in enumerate(f.locks)}
+    kinds = dict(zip(f.locks, f.lock_kinds))
+    title = _TITLES[ACTUAL_DEADLOCK]
+    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]"]
+    ring = " -> ".join(f"thread {w.tid}" for w in f.waits) + f" -> thread {f.waits[0].tid}"
+    lines.append(f"  Wait-for cycle: {ring}")
+    for w in f.waits:
+        lock = f"{_lock_word(kinds.get(w.waits_for, 0)).lower()} {names[w.waits_for]} ({hex_address(w.waits_for[0])})"
+        mode = f" for {LOCK_MODE_NAMES.get(w.mode)}" if kinds.get(w.waits_for) == 1 else ""
+        since = f", blocked for {w.blocked_for:.1f}s" if w.blocked_for is not None else ""
+        holder = "itself" if w.held_by == w.tid else f"thread {w.held_by}"
+        lines.append("")
+        lines.append(f"  Thread {w.tid} ({w.comm}) waits{mode} for {lock}, held by {holder}{since}, at:")
+        lines.extend(_stack_lines(w.stack))
+    if f.related:
+        lines.append("")
+        lines.append(f"  The lock-order cycle behind it is reported as potential deadlock {f.related}.")
+    lines.append("")
+    lines.append(f"  SUMMARY: igdeadlock: deadlock{_summary_site(f)}")
+    lines.append("=" * 18)
+    return "\n".join(lines) + "\n"
+
+
 def render_finding(f: FindingView) -> str:
+    if f.kind == ACTUAL_DEADLOCK:
+        return render_deadlock(f)
     names: Dict[LockId, str] = {lock: f"M{i}" for i, lock in enumerate(f.locks)}
     kinds = dict(zip(f.locks, f.lock_kinds))
 
@@ -158,7 +294,7 @@ def render_finding(f: FindingView) -> str:
         return f"{name} ({address})" if name else address
 
     title = _TITLES.get(f.kind, f.kind)
-    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm})"]
+    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]"]
     if f.suppressed:
         reason = _SUPPRESSION_REASONS.get(f.suppressed, f.suppressed)
         lines.append(f"  Suppressed ({f.suppressed}): {reason}")
@@ -181,6 +317,9 @@ def render_finding(f: FindingView) -> str:
         lines.extend(_stack_lines(e.from_stack))
         if e.held:
             lines.append("  Other locks held: " + ", ".join(label(h) for h in e.held))
+    if f.related:
+        lines.append("")
+        lines.append(f"  Threads are deadlocked on this cycle right now: see {f.related}.")
     lines.append("")
     lines.append(f"  SUMMARY: igdeadlock: {title}{_summary_site(f)}")
     lines.append("=" * 18)
@@ -199,10 +338,12 @@ def _summary_site(f: FindingView) -> str:
 def render_text(findings: Sequence[FindingView], stats: Mapping[str, object], show_suppressed: bool = False) -> str:
     shown = [f for f in findings if show_suppressed or not f.suppressed]
     parts = [render_finding(f) for f in shown]
+    actual = sum(1 for f in findings if f.kind == ACTUAL_DEADLOCK)
     potential = sum(1 for f in findings if f.kind == POTENTIAL_DEADLOCK and not f.suppressed)
     single = sum(1 for f in findings if f.kind == SINGLE_THREAD_INVERSION and not f.suppressed)
     suppressed = sum(1 for f in findings if f.suppressed)
-    summary = (f"igdeadlock: {potential} potential deadlock(s), {single} single-thread inversion(s), "
+    summary = (f"igdeadlock: {actual} actual deadlock(s), {potential} potential deadlock(s), "
+               f"{single} single-thread inversion(s), "
                f"{suppressed} suppressed")
     if suppressed and not show_suppressed:
         summary += " (--show-suppressed to see them)"

@@ -20,6 +20,7 @@ from igdeadlock import attach as attach_mod
 from igdeadlock.daemon import DaemonError, PrivateDaemon, find_ig
 from igdeadlock.decode import (
     COUNTER_NAMES,
+    BlockedThread,
     Counter,
     FetchTick,
     LockEdge,
@@ -28,10 +29,11 @@ from igdeadlock.decode import (
     ProcessExit,
     StackTrace,
     StreamDecoder,
+    ThreadResumed,
 )
-from igdeadlock.graph import Cycle, LockGraphStore
+from igdeadlock.graph import Cycle, Deadlock, LockGraphStore, WaitForTracker
 from igdeadlock.proto import api_pb2
-from igdeadlock.report import FindingView, build_findings
+from igdeadlock.report import FindingView, build_deadlock_findings, build_findings, link_related
 from igdeadlock.symbolize import Frame, Symbolizer
 from igdeadlock.wire import (
     DEFAULT_DAEMON_ADDRESS,
@@ -44,7 +46,7 @@ from igdeadlock.wire import (
 )
 
 DEFAULT_IMAGE = os.environ.get("IGDEADLOCK_IMAGE", "localhost/igdeadlock:latest")
-MAP_ITERATORS = ("edges", "stacks", "files", "counters")
+MAP_ITERATORS = ("edges", "stacks", "files", "counters", "blocked")
 _LOST_SAMPLES = re.compile(r"lost (\d+) samples")
 # ig warnings that only say what host mode means (no container runtime needed)
 _EXPECTED_WARNINGS = ("container-collection isn't available",)
@@ -57,8 +59,11 @@ class TraceError(RuntimeError):
 class Collector:
     """Everything one gadget run reported: lock graphs, stacks, files, loss counters."""
 
-    def __init__(self, keep: Optional[Callable[[LockEdge], bool]] = None) -> None:
+    def __init__(self, keep: Optional[Callable[[object], bool]] = None,
+                 on_deadlock: Optional[Callable[[Deadlock], None]] = None) -> None:
         self.store = LockGraphStore(keep)
+        self.waits = WaitForTracker(keep)
+        self.on_deadlock = on_deadlock
         self.stacks: Dict[int, StackTrace] = {}
         self.files: Dict[int, MappedFile] = {}
         self.counters: Dict[str, int] = {name: 0 for name in COUNTER_NAMES.values()}
@@ -66,22 +71,33 @@ class Collector:
         self.ring_buffer_lost = 0
         self.warnings: List[str] = []
 
-    def consume(self, output: object) -> List[Cycle]:
+    def consume(self, output: object) -> List[object]:
         """Take one decoder output; returns the findings it completed."""
         if isinstance(output, LockEdge):
             self.store.add_edge(output)
+        elif isinstance(output, BlockedThread):
+            self.waits.thread_blocked(output)
+        elif isinstance(output, ThreadResumed):
+            self.waits.thread_resumed(output.tid)
         elif isinstance(output, StackTrace):
             self.stacks[output.site] = output
         elif isinstance(output, MappedFile):
             self.files[output.file_id] = output
         elif isinstance(output, ProcessExit):
             self.store.process_exited(output)
+            self.waits.process_exited(output.pid)
         elif isinstance(output, Counter):
             self.counters[output.name] = self.counters.get(output.name, 0) + output.count
         elif isinstance(output, FetchTick):
             self.ticks[output.datasource] = self.ticks.get(output.datasource, 0) + 1
             if output.datasource == "edges":
-                return self.store.analyse()
+                return list(self.store.analyse())
+            if output.datasource == "blocked":
+                deadlocks = self.waits.tick()
+                for deadlock in deadlocks:
+                    if self.on_deadlock is not None:
+                        self.on_deadlock(deadlock)
+                return list(deadlocks)
         elif isinstance(output, LogMessage):
             lost = _LOST_SAMPLES.search(output.text)
             if lost:
@@ -108,7 +124,9 @@ class Collector:
             "events_lost": lost,
         }
 
-    def findings(self) -> List[FindingView]:
+    def findings(self, now_boot_ns: Optional[int] = None) -> List[FindingView]:
+        """All findings, symbolized; ``now_boot_ns`` (the traced host's boot clock)
+        gives blocked threads their waiting time."""
         symbolizer = Symbolizer(self.files)
         cache: Dict[int, Optional[List[Frame]]] = {}
 
@@ -118,7 +136,8 @@ class Collector:
                 cache[site] = symbolizer.resolve(stack) if stack is not None else None
             return cache[site]
 
-        return build_findings(self.store.all_findings(), stack_of)
+        actual = build_deadlock_findings(self.waits.deadlocks.values(), stack_of, now_boot_ns)
+        return link_related(actual + build_findings(self.store.all_findings(), stack_of))
 
 
 @dataclass
@@ -133,6 +152,7 @@ class TraceOptions:
     ig: Optional[str] = None
     daemon_log: Optional[str] = None
     command_stdout: Optional[int] = None  # file descriptor for the command's stdout
+    stop_on_deadlock: bool = False  # end the trace once threads are deadlocked
 
 
 @dataclass
@@ -140,7 +160,7 @@ class TraceOutcome:
     findings: List[FindingView]
     stats: Dict[str, object]
     command_status: Optional[int]
-    ended_by: str  # "exit", "timeout" or "interrupt"
+    ended_by: str  # "exit", "timeout", "deadlock" or "interrupt"
     notes: List[str] = field(default_factory=list)
 
 
@@ -266,7 +286,16 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         before = attach_mod.program_ids() if client_attach else set()
 
         command_pid: List[int] = []
-        collector = Collector(keep=lambda edge: bool(command_pid) and edge.session_id == command_pid[0])
+        deadlocked: List[Deadlock] = []
+
+        def on_deadlock(deadlock: Deadlock) -> None:
+            deadlocked.append(deadlock)
+            threads = ", ".join(str(t) for t in deadlock.threads)
+            say(f"igdeadlock: deadlock: threads {threads} of pid {deadlock.process.pid} "
+                f"({deadlock.comm}) are blocked in a lock cycle")
+
+        collector = Collector(keep=lambda record: bool(command_pid) and record.session_id == command_pid[0],
+                              on_deadlock=on_deadlock)
         decoder = StreamDecoder()
         run = service.run_gadget(options.image, params)
         pump = _EventPump(run)
@@ -277,10 +306,17 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         try:
             _wait_until_live(pump, decoder, collector, interval)
             if client_attach:
-                ids = attach_mod.find_programs({p.program for p in points}, before, timeout=30.0)
-                attachment.attach(points, ids)
+                try:
+                    ids = attach_mod.find_programs({p.program for p in points}, before, timeout=30.0)
+                    attachment.attach(points, ids)
+                except attach_mod.AttachError as exc:
+                    raise TraceError(f"{exc} (the client attaches uprobes itself on kernels without "
+                                     f"kprobes, and must run on the daemon's host for that)") from exc
                 say("igdeadlock: this kernel has no kprobes, so ig cannot attach uprobes; "
                     f"attached the gadget's {len(attachment.described)} uprobes from the client")
+                if attachment.unprobeable:
+                    say("igdeadlock: these functions cannot carry a uprobe at their entry and are not "
+                        "traced: " + ", ".join(attachment.unprobeable))
             process = subprocess.Popen(list(options.command), start_new_session=True,
                                        stdout=options.command_stdout)
             command_pid.append(process.pid)
@@ -289,6 +325,9 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
                 while process.poll() is None:
                     if deadline is not None and time.monotonic() >= deadline:
                         ended_by = "timeout"
+                        break
+                    if options.stop_on_deadlock and deadlocked:
+                        ended_by = "deadlock"
                         break
                     _pump_once(pump, decoder, collector, 0.05)
                     if pump.ended:
@@ -309,7 +348,8 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         stats = collector.stats(decoder)
         stats["command_exit_status"] = process.returncode if process is not None else None
         notes.extend(collector.warnings)
-        return TraceOutcome(collector.findings(), stats, process.returncode if process else None, ended_by, notes)
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if address.scheme == "unix" else None
+        return TraceOutcome(collector.findings(now), stats, process.returncode if process else None, ended_by, notes)
 
 
 def _feed(event: api_pb2.GadgetEvent, decoder: StreamDecoder, collector: Collector) -> None:

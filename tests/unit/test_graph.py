@@ -141,3 +141,64 @@ def test_same_addresses_in_two_processes_are_different_locks():
     for edge in [*acquire(1, [(0xA, W)], 0xB, pid=1), *acquire(2, [(0xB, W)], 0xA, pid=2)]:
         store.add_edge(edge)
     assert store.analyse() == []
+
+
+# --- actual deadlocks ------------------------------------------------------------
+
+from igdeadlock.decode import BlockedThread  # noqa: E402
+from igdeadlock.graph import WaitForTracker, find_wait_cycles  # noqa: E402
+
+
+def blocked(tid: int, waits_for: int, holds: Sequence[Tuple[int, int]], mode: int = W, how: int = 0,
+            owner: int = 0, pid: int = PID) -> BlockedThread:
+    return BlockedThread(pid=pid, tid=tid, comm="t", mntns_id=1, process_start=1, session_id=pid, lock=waits_for,
+                         gen=0, mode=mode, kind=0, how=how, site=0, since=10, observed=20, owner_tid=owner,
+                         held=tuple(HeldLock(l, 0, m) for l, m in holds))
+
+
+def test_two_threads_waiting_for_each_other_form_a_wait_cycle():
+    (deadlock,) = find_wait_cycles([blocked(1, 0xB, [(0xA, W)]), blocked(2, 0xA, [(0xB, W)])])
+    assert deadlock.threads == (1, 2)
+    assert [(s.holds[0], s.waits_for[0]) for s in deadlock.steps] == [(0xA, 0xB), (0xB, 0xA)]
+
+
+def test_owner_from_glibc_closes_the_cycle_without_held_sets():
+    cycles = find_wait_cycles([blocked(1, 0xB, [], owner=2), blocked(2, 0xA, [], owner=1)])
+    assert [d.threads for d in cycles] == [(1, 2)]
+
+
+def test_readers_do_not_block_readers_and_timed_waits_end():
+    assert find_wait_cycles([blocked(1, 0xB, [(0xA, R)], mode=R), blocked(2, 0xA, [(0xB, R)], mode=R)]) == []
+    assert find_wait_cycles([blocked(1, 0xB, [(0xA, W)], how=2), blocked(2, 0xA, [(0xB, W)])]) == []
+
+
+def test_waiting_for_a_running_owner_is_no_deadlock():
+    assert find_wait_cycles([blocked(1, 0xA, [], owner=7)]) == []
+
+
+def test_relocking_a_held_lock_is_a_self_deadlock():
+    (deadlock,) = find_wait_cycles([blocked(1, 0xA, [(0xA, W)], owner=1)])
+    assert deadlock.threads == (1,)
+
+
+def test_tracker_reports_only_cycles_that_persist_across_two_fetches():
+    tracker = WaitForTracker()
+    tracker.thread_blocked(blocked(1, 0xB, [(0xA, W)]))
+    tracker.thread_blocked(blocked(2, 0xA, [(0xB, W)]))
+    assert tracker.tick() == []  # first sight: a candidate
+    (deadlock,) = tracker.tick()  # still there one fetch later
+    assert deadlock.threads == (1, 2)
+    assert tracker.tick() == []  # reported once
+
+
+def test_tracker_forgets_a_cycle_that_resolves():
+    tracker = WaitForTracker()
+    tracker.thread_blocked(blocked(1, 0xB, [(0xA, W)]))
+    tracker.thread_blocked(blocked(2, 0xA, [(0xB, W)]))
+    assert tracker.tick() == []
+    tracker.thread_resumed(1)
+    assert tracker.tick() == []
+    tracker.thread_blocked(blocked(1, 0xB, [(0xA, W)]))
+    assert tracker.tick() == []  # a new candidate, not yet confirmed
+    tracker.process_exited(PID)
+    assert tracker.blocked == {}

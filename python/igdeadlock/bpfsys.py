@@ -1,0 +1,169 @@
+"""The bpf(2) calls the client needs: list loaded programs with their full
+names (from BTF), their maps and their run-time statistics."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import struct
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
+
+BPF_PROG_GET_NEXT_ID = 11
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_BTF_GET_FD_BY_ID = 19
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+
+# struct bpf_prog_info (include/uapi/linux/bpf.h): the offsets used here
+PROG_INFO_SIZE = 232
+_ID, _NR_MAP_IDS, _MAP_IDS, _NAME = 4, 52, 56, 64
+_BTF_ID, _FUNC_INFO_REC_SIZE, _FUNC_INFO, _NR_FUNC_INFO = 128, 132, 136, 144
+_RUN_TIME_NS, _RUN_CNT = 192, 200
+MAX_MAP_IDS = 64
+
+# BTF kinds and the size of what follows each struct btf_type (12 bytes)
+BTF_KIND_FUNC = 12
+_BTF_EXTRA = {1: lambda vlen: 4, 3: lambda vlen: 12, 4: lambda vlen: 12 * vlen, 5: lambda vlen: 12 * vlen,
+              6: lambda vlen: 8 * vlen, 13: lambda vlen: 8 * vlen, 14: lambda vlen: 4,
+              15: lambda vlen: 12 * vlen, 17: lambda vlen: 4, 19: lambda vlen: 12 * vlen}
+
+
+class BpfError(OSError):
+    """A bpf(2) call failed."""
+
+
+def _machine() -> str:
+    machine = platform.machine()
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class ProgramInfo:
+    id: int
+    name: str  # the full name from BTF when the kernel's 15-character copy is cut
+    map_ids: Tuple[int, ...]
+    run_time_ns: int  # with sysctl kernel.bpf_stats_enabled=1
+    run_count: int
+
+
+class Bpf:
+    def __init__(self) -> None:
+        number = _SYS_BPF.get(_machine())
+        if number is None:
+            raise BpfError(0, f"bpf(2) calls are not supported on {_machine()}")
+        self._number = number
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.syscall.restype = ctypes.c_long
+        self._btf_names: Dict[int, Dict[int, str]] = {}
+
+    def call(self, command: int, attr: ctypes.Array) -> int:
+        result = self._libc.syscall(ctypes.c_long(self._number), ctypes.c_long(command), attr,
+                                    ctypes.c_long(len(attr)))
+        if result < 0:
+            errno = ctypes.get_errno()
+            raise BpfError(errno, os.strerror(errno))
+        return result
+
+    def program_fd(self, prog_id: int) -> int:
+        attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<I", attr, 0, prog_id)
+        return self.call(BPF_PROG_GET_FD_BY_ID, attr)
+
+    def program_ids(self) -> Iterator[int]:
+        current = 0
+        while True:
+            attr = ctypes.create_string_buffer(16)
+            struct.pack_into("<I", attr, 0, current)
+            try:
+                self.call(BPF_PROG_GET_NEXT_ID, attr)
+            except BpfError:
+                return  # ENOENT: no more
+            current = struct.unpack_from("<I", attr, 4)[0]
+            yield current
+
+    def _info(self, fd: int, buffer: ctypes.Array) -> None:
+        attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<IIQ", attr, 0, fd, len(buffer), ctypes.addressof(buffer))
+        self.call(BPF_OBJ_GET_INFO_BY_FD, attr)
+
+    def program(self, prog_id: int) -> Optional[ProgramInfo]:
+        """Information about one program, or None if it is gone."""
+        try:
+            fd = self.program_fd(prog_id)
+        except BpfError:
+            return None
+        try:
+            maps = (ctypes.c_uint32 * MAX_MAP_IDS)()
+            func_info = (ctypes.c_uint32 * 2)()
+            info = ctypes.create_string_buffer(PROG_INFO_SIZE)
+            struct.pack_into("<I", info, _NR_MAP_IDS, MAX_MAP_IDS)
+            struct.pack_into("<Q", info, _MAP_IDS, ctypes.addressof(maps))
+            struct.pack_into("<I", info, _FUNC_INFO_REC_SIZE, 8)  # struct bpf_func_info
+            struct.pack_into("<Q", info, _FUNC_INFO, ctypes.addressof(func_info))
+            struct.pack_into("<I", info, _NR_FUNC_INFO, 1)
+            self._info(fd, info)
+        except BpfError:
+            return None
+        finally:
+            os.close(fd)
+        name = info.raw[_NAME:_NAME + 16].split(b"\0", 1)[0].decode("utf-8", "replace")
+        nr_maps = min(struct.unpack_from("<I", info, _NR_MAP_IDS)[0], MAX_MAP_IDS)
+        btf_id = struct.unpack_from("<I", info, _BTF_ID)[0]
+        has_func_info = struct.unpack_from("<I", info, _NR_FUNC_INFO)[0] > 0
+        if len(name) >= 15 and btf_id and has_func_info:
+            name = self._btf_name(btf_id, func_info[1]) or name
+        run_time, run_count = struct.unpack_from("<QQ", info, _RUN_TIME_NS)
+        return ProgramInfo(prog_id, name, tuple(maps[:nr_maps]), run_time, run_count)
+
+    def programs(self) -> List[ProgramInfo]:
+        return [p for p in (self.program(i) for i in self.program_ids()) if p is not None]
+
+    def _btf_name(self, btf_id: int, type_id: int) -> Optional[str]:
+        names = self._btf_names.get(btf_id)
+        if names is None:
+            names = self._btf_names[btf_id] = self._btf_function_names(btf_id)
+        return names.get(type_id)
+
+    def _btf_function_names(self, btf_id: int) -> Dict[int, str]:
+        attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<I", attr, 0, btf_id)
+        try:
+            fd = self.call(BPF_BTF_GET_FD_BY_ID, attr)
+        except BpfError:
+            return {}
+        try:
+            info = ctypes.create_string_buffer(32)
+            self._info(fd, info)  # first call: learn the size
+            size = struct.unpack_from("<I", info, 8)[0]
+            data = ctypes.create_string_buffer(size)
+            info = ctypes.create_string_buffer(32)
+            struct.pack_into("<QI", info, 0, ctypes.addressof(data), size)
+            self._info(fd, info)
+        except BpfError:
+            return {}
+        finally:
+            os.close(fd)
+        return parse_btf_function_names(data.raw)
+
+
+def parse_btf_function_names(raw: bytes) -> Dict[int, str]:
+    """Type id -> name of every BTF_KIND_FUNC in a raw BTF blob."""
+    if len(raw) < 24 or struct.unpack_from("<H", raw, 0)[0] != 0xEB9F:
+        return {}
+    hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<IIIII", raw, 4)
+    types = raw[hdr_len + type_off:hdr_len + type_off + type_len]
+    strings = raw[hdr_len + str_off:hdr_len + str_off + str_len]
+    names: Dict[int, str] = {}
+    offset, type_id = 0, 1
+    while offset + 12 <= len(types):
+        name_off, info, _ = struct.unpack_from("<III", types, offset)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        if kind == BTF_KIND_FUNC:
+            end = strings.find(b"\0", name_off)
+            names[type_id] = strings[name_off:end if end >= 0 else None].decode("utf-8", "replace")
+        offset += 12 + _BTF_EXTRA.get(kind, lambda v: 0)(vlen)
+        type_id += 1
+    return names

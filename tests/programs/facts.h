@@ -1,0 +1,20 @@
+/* Test programs print what the tests check, on lines the tests parse:
+ * "mutex NAME 0xADDR ..." and "thread NAME TID". */
+#ifndef FACTS_H
+#define FACTS_H
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <unistd.h>
+
+static inline void say_mutex(const char *name, const void *address)
+{
+	printf("mutex %s %p\n", name, address);
+	fflush(stdout);
+}
+
+static inline void say_thread(const char *name)
+{
+	printf("thread %s %d\n", name, gettid());
+	fflush(stdout);
+}
+#endif
