@@ -149,8 +149,8 @@ def program_ids() -> Set[int]:
 def find_programs(names: Iterable[str], exclude: Set[int], timeout: float) -> Dict[str, int]:
     """Wait until programs with all these names, not in ``exclude``, are loaded.
 
-    If several runs load programs of the same names, the newest ones (highest
-    ids) sharing maps with each other win.
+    Programs of one gadget run share maps: they are grouped by the maps they
+    use, and the newest group (highest ids) that has every name wins.
     """
     wanted = set(names)
     deadline = time.monotonic() + timeout
@@ -158,19 +158,41 @@ def find_programs(names: Iterable[str], exclude: Set[int], timeout: float) -> Di
     while True:
         fresh = [p for p in (bpf.program(i) for i in bpf.program_ids() if i not in exclude)
                  if p is not None and p.name in wanted]
-        chosen: Dict[str, ProgramInfo] = {}
-        for prog in sorted(fresh, key=lambda p: p.id, reverse=True):
-            if prog.name in chosen:
-                continue
-            if chosen and not any(set(prog.map_ids) & set(c.map_ids) for c in chosen.values()):
-                continue
-            chosen[prog.name] = prog
-        if set(chosen) == wanted:
-            return {name: prog.id for name, prog in chosen.items()}
+        for group in sorted(_share_maps(fresh), key=lambda g: max(p.id for p in g), reverse=True):
+            newest: Dict[str, ProgramInfo] = {}
+            for prog in group:
+                if prog.name not in newest or prog.id > newest[prog.name].id:
+                    newest[prog.name] = prog
+            if set(newest) == wanted:
+                return {name: prog.id for name, prog in newest.items()}
         if time.monotonic() > deadline:
-            missing = ", ".join(sorted(wanted - set(chosen)))
+            found = {p.name for p in fresh}
+            missing = ", ".join(sorted(wanted - found)) or "(all present, but not as one gadget run)"
             raise AttachError(f"the gadget's programs did not appear on this host within {timeout:g}s: {missing}")
         time.sleep(0.1)
+
+
+def _share_maps(programs: Sequence[ProgramInfo]) -> List[List[ProgramInfo]]:
+    """Programs grouped by shared maps (connected components)."""
+    parent = list(range(len(programs)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: Dict[int, int] = {}
+    for i, prog in enumerate(programs):
+        for map_id in prog.map_ids:
+            if map_id in owner:
+                parent[root(i)] = root(owner[map_id])
+            else:
+                owner[map_id] = i
+    groups: Dict[int, List[ProgramInfo]] = {}
+    for i, prog in enumerate(programs):
+        groups.setdefault(root(i), []).append(prog)
+    return list(groups.values())
 
 
 def _close_quietly(fd: int) -> None:

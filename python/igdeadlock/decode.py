@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
@@ -85,71 +85,6 @@ def decode_value(kind: int, raw: bytes, byte_order: str, name: str = "?") -> Val
     raise DecodeError(f"field {name}: unknown kind {kind}")
 
 
-class _PayloadPlan:
-    """Decodes the fixed-size fields of one payload buffer with a single unpack.
-
-    Fields that overlap another one (a nested struct and its members) or that
-    have no fixed size (operator-added fields) are decoded one by one.
-    """
-
-    def __init__(self, fields: List[FieldSpec], byte_order: str) -> None:
-        fmt = [byte_order]
-        self.packed: List[Tuple[str, int, int]] = []  # (name, kind, item count)
-        self.single: List[FieldSpec] = []
-        cursor = 0
-        for f in sorted(fields, key=lambda f: (f.offset, -f.size)):
-            code = self._code(f)
-            if code is None or f.offset < cursor:
-                self.single.append(f)
-                continue
-            if f.offset > cursor:
-                fmt.append(f"{f.offset - cursor}x")
-            fmt.append(code[0])
-            self.packed.append((f.name, f.kind, code[1]))
-            cursor = f.offset + f.size
-        self.struct = struct.Struct("".join(fmt))
-        self.byte_order = byte_order
-
-    @staticmethod
-    def _code(f: FieldSpec) -> Optional[Tuple[str, int]]:
-        if f.size == 0:
-            return None
-        if f.kind & KIND_ARRAY_FLAG:
-            element = _SCALARS.get(f.kind & ~KIND_ARRAY_FLAG)
-            if element is None or f.size % element[1]:
-                return None
-            count = f.size // element[1]
-            return f"{count}{element[0]}", count
-        if f.kind in _SCALARS:
-            char, size = _SCALARS[f.kind]
-            return (char, 1) if size == f.size else None
-        if f.kind in (KIND_STRING, KIND_CSTRING, KIND_BYTES):
-            return f"{f.size}s", 1
-        return None
-
-    def decode(self, payloads: List[bytes], index: int, out: Dict[str, Value]) -> None:
-        if self.packed:
-            buf = payloads[index] if index < len(payloads) else b""
-            if len(buf) < self.struct.size:
-                raise DecodeError(f"payload {index}: {len(buf)} bytes, fields need {self.struct.size}")
-            values = self.struct.unpack_from(buf)
-            pos = 0
-            for name, kind, count in self.packed:
-                if kind & KIND_ARRAY_FLAG:
-                    out[name] = values[pos:pos + count]
-                    pos += count
-                    continue
-                value = values[pos]
-                pos += 1
-                if kind == KIND_CSTRING:
-                    value = value.split(b"\0", 1)[0].decode("utf-8", "replace")
-                elif kind == KIND_STRING:
-                    value = value.decode("utf-8", "replace")
-                out[name] = value
-        for f in self.single:
-            out[f.name] = f.decode(payloads, self.byte_order)
-
-
 @dataclass(frozen=True)
 class DataSourceLayout:
     id: int
@@ -170,21 +105,17 @@ class DataSourceLayout:
         return cls(ds.id, ds.name, ds.type, order, fields, dict(ds.annotations))
 
     @cached_property
-    def _plans(self) -> Tuple[Tuple[int, _PayloadPlan], ...]:
-        by_payload: Dict[int, List[FieldSpec]] = {}
-        for f in self.fields:
-            by_payload.setdefault(f.payload_index, []).append(f)
-        return tuple((index, _PayloadPlan(fields, self.byte_order)) for index, fields in sorted(by_payload.items()))
+    def _all_fields(self) -> Tuple[Tuple[str, ...], Callable[[api_pb2.DataElement], Tuple[Value, ...]]]:
+        names = tuple(f.name for f in self.fields)
+        return names, compile_extractor(self, [(name, None) for name in names])
 
     def decode_element(self, element: api_pb2.DataElement) -> Dict[str, Value]:
-        payloads = list(element.payload)
-        out: Dict[str, Value] = {}
+        """Every field of one element, by name."""
+        names, extract = self._all_fields
         try:
-            for index, plan in self._plans:
-                plan.decode(payloads, index, out)
-        except struct.error as exc:
+            return dict(zip(names, extract(element)))
+        except (IndexError, struct.error) as exc:
             raise DecodeError(f"datasource {self.name}: {exc}") from exc
-        return out
 
     def parse_payload(self, payload: bytes) -> List[api_pb2.DataElement]:
         """The elements of one payload event (one for single, many for arrays)."""
@@ -201,21 +132,23 @@ class DataSourceLayout:
 
 
 # --- typed records -------------------------------------------------------------
+#
+# Each record type declares the fields it needs (by name and category); the
+# decoder compiles, per datasource layout, one function that unpacks exactly
+# those fields from an element. Records are named tuples: cheap to build.
 
 LOCK_MODE_NAMES = {0: "write", 1: "read"}
 LOCK_KIND_NAMES = {0: "mutex", 1: "rwlock", 2: "spinlock"}
 ACQUIRE_HOW_NAMES = {0: "blocking", 1: "try", 2: "timed"}
 
 
-@dataclass(frozen=True)
-class HeldLock:
+class HeldLock(NamedTuple):
     lock: int
     gen: int
     mode: int
 
 
-@dataclass(frozen=True)
-class LockEdge:
+class LockEdge(NamedTuple):
     """Thread ``tid`` requested ``to_lock`` while holding ``from_lock`` (and ``held``)."""
 
     pid: int
@@ -238,16 +171,14 @@ class LockEdge:
     held: Tuple[HeldLock, ...]
 
 
-@dataclass(frozen=True)
-class ProcessExit:
+class ProcessExit(NamedTuple):
     pid: int
     process_start: int
     mntns_id: int
     comm: str
 
 
-@dataclass(frozen=True)
-class StackTrace:
+class StackTrace(NamedTuple):
     """An acquisition site: frames as (file_id, offset); file_id 0 = raw address."""
 
     site: int
@@ -255,8 +186,7 @@ class StackTrace:
     frames: Tuple[Tuple[int, int], ...]
 
 
-@dataclass(frozen=True)
-class MappedFile:
+class MappedFile(NamedTuple):
     file_id: int
     inode: int
     device: int
@@ -274,16 +204,14 @@ COUNTER_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class Counter:
+class Counter(NamedTuple):
     """How often the gadget could not track something, since the last fetch."""
 
     name: str
     count: int
 
 
-@dataclass(frozen=True)
-class BlockedThread:
+class BlockedThread(NamedTuple):
     """Thread ``tid`` is blocked in a futex wait for ``lock`` (seen at a fetch)."""
 
     pid: int
@@ -304,8 +232,7 @@ class BlockedThread:
     held: Tuple[HeldLock, ...]
 
 
-@dataclass(frozen=True)
-class ThreadResumed:
+class ThreadResumed(NamedTuple):
     """A thread reported blocked is not waiting any more."""
 
     pid: int
@@ -335,125 +262,127 @@ class LogMessage:
 
 Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed]
 
-
-def _int(values: Mapping[str, Value], name: str) -> int:
-    value = values[name]
-    if not isinstance(value, int):
-        raise DecodeError(f"field {name}: expected an integer, got {type(value).__name__}")
-    return value
+INT, TEXT, INTS = "int", "text", "ints"  # field categories a record can ask for
+_INT_KINDS = frozenset(range(1, 10))  # bool and the integer kinds
+_TEXT_KINDS = frozenset((KIND_STRING, KIND_CSTRING))
 
 
-def _ints(values: Mapping[str, Value], name: str) -> Tuple[int, ...]:
-    value = values[name]
-    if not isinstance(value, tuple):
-        raise DecodeError(f"field {name}: expected an array")
-    return value
+@dataclass(frozen=True)
+class RecordSchema:
+    """The fields a record type is built from, in order, and how to build it."""
+
+    fields: Tuple[Tuple[str, str], ...]  # (field name, category)
+    make: Callable[[Tuple[Value, ...]], Record]
 
 
-def _text(values: Mapping[str, Value], name: str) -> str:
-    value = values.get(name, "")
-    return value if isinstance(value, str) else ""
+def _held(count: int, locks: Tuple[int, ...], gens: Tuple[int, ...], modes: Tuple[int, ...]
+          ) -> Tuple[HeldLock, ...]:
+    n = min(count, len(locks), len(gens), len(modes))
+    return tuple(map(HeldLock._make, zip(locks[:n], gens[:n], modes[:n])))
 
 
-def _held(v: Mapping[str, Value]) -> Tuple[HeldLock, ...]:
-    locks, gens, modes = _ints(v, "held_locks"), _ints(v, "held_gens"), _ints(v, "held_modes")
-    count = min(_int(v, "held_count"), len(locks), len(gens), len(modes))
-    return tuple(HeldLock(lock, gen, mode) for lock, gen, mode in zip(locks[:count], gens[:count], modes[:count]))
+_HELD_FIELDS = (("held_count", INT), ("held_locks", INTS), ("held_gens", INTS), ("held_modes", INTS))
 
-
-def lock_edge_from_fields(v: Mapping[str, Value]) -> LockEdge:
-    held = _held(v)
-    return LockEdge(
-        pid=_int(v, "pid"),
-        tid=_int(v, "tid"),
-        comm=_text(v, "comm"),
-        mntns_id=_int(v, "mntns_id"),
-        process_start=_int(v, "process_start"),
-        session_id=_int(v, "session_id"),
-        from_lock=_int(v, "from_lock"),
-        from_gen=_int(v, "from_gen"),
-        from_mode=_int(v, "from_mode"),
-        from_kind=_int(v, "from_kind"),
-        from_site=_int(v, "from_site"),
-        to_lock=_int(v, "to_lock"),
-        to_gen=_int(v, "to_gen"),
-        to_mode=_int(v, "to_mode"),
-        to_kind=_int(v, "to_kind"),
-        to_how=_int(v, "to_how"),
-        to_site=_int(v, "to_site"),
-        held=held,
-    )
-
-
-def blocked_thread_from_fields(v: Mapping[str, Value]) -> BlockedThread:
-    return BlockedThread(
-        pid=_int(v, "pid"),
-        tid=_int(v, "tid"),
-        comm=_text(v, "comm"),
-        mntns_id=_int(v, "mntns_id"),
-        process_start=_int(v, "process_start"),
-        session_id=_int(v, "session_id"),
-        lock=_int(v, "lock"),
-        gen=_int(v, "gen"),
-        mode=_int(v, "mode"),
-        kind=_int(v, "kind"),
-        how=_int(v, "how"),
-        site=_int(v, "site"),
-        since=_int(v, "since"),
-        observed=_int(v, "observed"),
-        owner_tid=_int(v, "owner_tid"),
-        held=_held(v),
-    )
-
-
-def thread_resumed_from_fields(v: Mapping[str, Value]) -> ThreadResumed:
-    return ThreadResumed(pid=_int(v, "pid"), tid=_int(v, "tid"), lock=_int(v, "lock"))
-
-
-def process_exit_from_fields(v: Mapping[str, Value]) -> ProcessExit:
-    return ProcessExit(
-        pid=_int(v, "pid"),
-        process_start=_int(v, "process_start"),
-        mntns_id=_int(v, "mntns_id"),
-        comm=_text(v, "comm"),
-    )
-
-
-def stack_trace_from_fields(v: Mapping[str, Value]) -> StackTrace:
-    offsets = _ints(v, "frame_offsets")
-    files = _ints(v, "frame_files")
-    count = min(_int(v, "frame_count"), len(offsets), len(files))
-    return StackTrace(
-        site=_int(v, "site"),
-        pid=_int(v, "stack_pid"),
-        frames=tuple(zip(files[:count], offsets[:count])),
-    )
-
-
-def mapped_file_from_fields(v: Mapping[str, Value]) -> MappedFile:
-    return MappedFile(
-        file_id=_int(v, "file_id"),
-        inode=_int(v, "inode"),
-        device=_int(v, "device"),
-        path=_text(v, "path"),
-    )
-
-
-def counter_from_fields(v: Mapping[str, Value]) -> Counter:
-    index = _int(v, "counter")
-    return Counter(name=COUNTER_NAMES.get(index, f"counter_{index}"), count=_int(v, "count"))
-
-
-# datasource name -> record builder
-RECORD_BUILDERS: Dict[str, Callable[[Mapping[str, Value]], Record]] = {
-    "edges": lock_edge_from_fields,
-    "dead_pids": process_exit_from_fields,
-    "stacks": stack_trace_from_fields,
-    "files": mapped_file_from_fields,
-    "counters": counter_from_fields,
-    "blocked": blocked_thread_from_fields,
-    "resumed": thread_resumed_from_fields,
+RECORD_SCHEMAS: Dict[str, RecordSchema] = {
+    "edges": RecordSchema(
+        tuple((name, TEXT if name == "comm" else INT) for name in LockEdge._fields[:-1]) + _HELD_FIELDS,
+        lambda v: LockEdge(*v[:17], _held(*v[17:])),
+    ),
+    "blocked": RecordSchema(
+        tuple((name, TEXT if name == "comm" else INT) for name in BlockedThread._fields[:-1]) + _HELD_FIELDS,
+        lambda v: BlockedThread(*v[:15], _held(*v[15:])),
+    ),
+    "resumed": RecordSchema(tuple((name, INT) for name in ThreadResumed._fields), ThreadResumed._make),
+    "dead_pids": RecordSchema(
+        (("pid", INT), ("process_start", INT), ("mntns_id", INT), ("comm", TEXT)), ProcessExit._make),
+    "stacks": RecordSchema(
+        (("site", INT), ("stack_pid", INT), ("frame_count", INT), ("frame_files", INTS), ("frame_offsets", INTS)),
+        lambda v: StackTrace(v[0], v[1], tuple(zip(v[3][:v[2]], v[4][:v[2]]))),
+    ),
+    "files": RecordSchema(
+        (("file_id", INT), ("inode", INT), ("device", INT), ("path", TEXT)), MappedFile._make),
+    "counters": RecordSchema(
+        (("counter", INT), ("count", INT)),
+        lambda v: Counter(COUNTER_NAMES.get(v[0], f"counter_{v[0]}"), v[1]),
+    ),
 }
+
+
+def _cstring(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Optional[str]]]
+                      ) -> Callable[[api_pb2.DataElement], Tuple[Value, ...]]:
+    """A function: element -> the values of ``fields`` (name, category or None
+    for any kind), in order. Fixed-size fields of a payload are unpacked at once.
+
+    Raises DecodeError when the layout lacks a field or gives it another
+    kind: then no element of that datasource can make a record.
+    """
+    specs = {f.name: f for f in layout.fields}
+    namespace: Dict[str, object] = {"_cstring": _cstring, "_text": _text}
+    wanted: Dict[int, List[Tuple[FieldSpec, int]]] = {}
+    for position, (name, category) in enumerate(fields):
+        spec = specs.get(name)
+        if spec is None:
+            raise DecodeError(f"datasource {layout.name} has no field {name}")
+        kind = spec.kind & ~KIND_ARRAY_FLAG if spec.kind & KIND_ARRAY_FLAG else spec.kind
+        is_array = bool(spec.kind & KIND_ARRAY_FLAG)
+        ok = {INT: not is_array and kind in _INT_KINDS and spec.size > 0,
+              INTS: is_array and kind in _INT_KINDS and spec.size > 0,
+              TEXT: not is_array and kind in _TEXT_KINDS,
+              None: kind in _SCALARS or (not is_array and kind in (KIND_STRING, KIND_CSTRING, KIND_BYTES))}[category]
+        if not ok:
+            raise DecodeError(f"datasource {layout.name}: field {name} has kind {spec.kind}, not {category}")
+        wanted.setdefault(spec.payload_index, []).append((spec, position))
+
+    expressions: List[str] = [""] * len(fields)
+    lines = ["def extract(element):", "    p = element.payload"]
+    for index, members in sorted(wanted.items()):
+        fmt, cursor, item = [layout.byte_order], 0, 0
+        members.sort(key=lambda m: m[0].offset)
+        unpacked = []
+        for spec, position in members:
+            if spec.size == 0 or spec.offset < cursor:
+                # an operator-added field (the whole payload), or one that overlaps
+                # another wanted field (a nested struct): decode it on its own
+                namespace[f"f{position}"] = spec
+                expressions[position] = f"f{position}.decode(list(p), {layout.byte_order!r})"
+                continue
+            if spec.offset > cursor:
+                fmt.append(f"{spec.offset - cursor}x")
+            if spec.kind & KIND_ARRAY_FLAG:
+                char, size = _SCALARS[spec.kind & ~KIND_ARRAY_FLAG]
+                count = spec.size // size
+                fmt.append(f"{count}{char}")
+                expressions[position] = f"a{index}[{item}:{item + count}]"
+                item += count
+            elif spec.kind in (KIND_STRING, KIND_CSTRING, KIND_BYTES):
+                fmt.append(f"{spec.size}s")
+                convert = {KIND_CSTRING: "_cstring", KIND_STRING: "_text", KIND_BYTES: ""}[spec.kind]
+                expressions[position] = f"{convert}(a{index}[{item}])"
+                item += 1
+            else:
+                char, size = _SCALARS[spec.kind]
+                if size != spec.size:
+                    raise DecodeError(f"datasource {layout.name}: field {spec.name} is {spec.size} bytes")
+                fmt.append(char)
+                expressions[position] = f"a{index}[{item}]"
+                item += 1
+            unpacked.append(spec)
+            cursor = spec.offset + spec.size
+        if unpacked:
+            namespace[f"u{index}"] = struct.Struct("".join(fmt)).unpack_from
+            lines.append(f"    a{index} = u{index}(p[{index}])")
+    lines.append("    return (" + "".join(e + ", " for e in expressions) + ")")
+    # The generated code names only local slots and integer positions.
+    exec(compile("\n".join(lines), f"<extract {layout.name}>", "exec"), namespace)
+    return namespace["extract"]  # type: ignore[return-value]
 
 
 @dataclass
@@ -477,22 +406,31 @@ class StreamDecoder:
     (a whole batch that does not parse counts once per batch).
     """
 
-    def __init__(self, builders: Optional[Mapping[str, Callable[[Mapping[str, Value]], Record]]] = None) -> None:
-        self.builders = dict(RECORD_BUILDERS if builders is None else builders)
+    def __init__(self, schemas: Optional[Mapping[str, RecordSchema]] = None) -> None:
+        self.schemas = dict(RECORD_SCHEMAS if schemas is None else schemas)
         self.stats = DecodeStats()
         self.info: Optional[api_pb2.GadgetInfo] = None
         self.layouts: Dict[int, DataSourceLayout] = {}
+        self.problems: Dict[str, str] = {}  # datasource -> why its records cannot be built
+        self._builders: Dict[int, Tuple[Callable, Callable]] = {}
         self._last_seq: Optional[int] = None
 
     def set_info(self, info: api_pb2.GadgetInfo) -> None:
         self.info = info
-        layouts: Dict[int, DataSourceLayout] = {}
+        self.layouts, self._builders, self.problems = {}, {}, {}
         for ds in info.dataSources:
             try:
-                layouts[ds.id] = DataSourceLayout.from_proto(ds)
+                layout = DataSourceLayout.from_proto(ds)
             except (ValueError, TypeError):
                 continue
-        self.layouts = layouts
+            self.layouts[ds.id] = layout
+            schema = self.schemas.get(layout.name)
+            if schema is None:
+                continue
+            try:
+                self._builders[ds.id] = (compile_extractor(layout, schema.fields), schema.make)
+            except (DecodeError, KeyError, ValueError, struct.error) as exc:
+                self.problems[layout.name] = str(exc)
 
     def feed(self, event: api_pb2.GadgetEvent) -> List[Output]:
         self.stats.events += 1
@@ -530,14 +468,17 @@ class StreamDecoder:
             self.stats.rejected += 1
             return []
         out: List[Output] = []
-        builder = self.builders.get(layout.name)
+        builder = self._builders.get(event.dataSourceID)
         if builder is not None:
+            extract, make = builder
             for element in elements:
                 try:
-                    out.append(builder(layout.decode_element(element)))
-                except (DecodeError, KeyError, TypeError, ValueError):
+                    out.append(make(extract(element)))
+                except (DecodeError, IndexError, TypeError, ValueError, struct.error):
                     self.stats.rejected += 1
             self.stats.records += len(out)
+        elif layout.name in self.problems:
+            self.stats.rejected += len(elements)
         if layout.type == DATASOURCE_TYPE_ARRAY:
             out.append(FetchTick(layout.name, len(elements)))
         return out

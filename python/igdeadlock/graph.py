@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Callable, Deque, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Deque, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 import networkx as nx
 
@@ -42,7 +42,8 @@ SUPPRESSED_READ_READ = "read-read"
 SUPPRESSED_TIMED_LOCK = "timed-lock"
 
 MAX_CYCLE_LENGTH = 16  # longest cycle looked for (TSan stops at 20)
-MAX_CYCLES_PER_COMPONENT = 2000  # candidate cycles examined per strongly connected component
+MAX_CYCLES_PER_COMPONENT = 2000  # wait-for cycles examined per process
+ANALYSIS_BUDGET = 2_000_000  # graph steps per analysis of one process; the rest waits for the next
 MAX_EVIDENCE_PER_EDGE = 256
 MAX_ASSIGNMENT_STEPS = 20000  # backtracking budget per cycle and constraint set
 MAX_REMEMBERED_EXITS = 65536  # exits remembered for edges that arrive after them
@@ -54,18 +55,9 @@ class ProcessKey:
     start: int  # start time of the process: tells a reused pid apart
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """One observation of an edge: a thread holding ``held`` requested the target lock."""
-
-    tid: int
-    comm: str
-    from_mode: int
-    to_mode: int
-    to_how: int
-    held: FrozenSet[Tuple[LockId, int]]  # every lock held then (source included), with its mode
-    from_site: int
-    to_site: int
+# One observation of an edge is the LockEdge record itself: thread ``tid``,
+# holding ``held`` [(lock, gen, mode)], requested the target lock.
+Evidence = LockEdge
 
 
 @dataclass(frozen=True)
@@ -105,86 +97,213 @@ class Cycle:
         return (self.process, self.locks)
 
 
-def _evidence_of(record: LockEdge) -> Evidence:
-    held = frozenset(((h.lock, h.gen), h.mode) for h in record.held)
-    return Evidence(
-        tid=record.tid,
-        comm=record.comm,
-        from_mode=record.from_mode,
-        to_mode=record.to_mode,
-        to_how=record.to_how,
-        held=held,
-        from_site=record.from_site,
-        to_site=record.to_site,
-    )
-
-
 def _conflicts(mode_a: int, mode_b: int) -> bool:
     """Two holders (or a holder and a requester) exclude each other."""
     return mode_a == WRITE or mode_b == WRITE
 
 
-@dataclass
-class ProcessGraph:
-    """The lock-order graph of one process."""
+def held_modes(evidence: Evidence) -> Dict[LockId, int]:
+    """The locks held when the edge was made, with the mode each was held in."""
+    return {(lock, gen): mode for lock, gen, mode in evidence.held}
 
-    key: ProcessKey
-    comm: str = ""
-    mntns_id: int = 0
-    graph: nx.DiGraph = field(default_factory=nx.DiGraph)
-    evidence_dropped: int = 0
+
+def _no_common_lock(a: Evidence, b: Evidence) -> bool:
+    """No lock held by both in conflicting modes (that would be a gate lock)."""
+    modes = held_modes(a)
+    for lock, gen, mode in b.held:
+        other = modes.get((lock, gen))
+        if other is not None and _conflicts(other, mode):
+            return False
+    return True
+
+
+class ProcessGraph:
+    """The lock-order graph of one process: lock -> lock -> {identity: evidence}.
+
+    Plain dictionaries keep ingest cheap; :meth:`to_networkx` gives a networkx
+    view. Edges that got new evidence since the last analysis are ``dirty``:
+    analysis looks for cycles through them only.
+    """
+
+    def __init__(self, key: ProcessKey) -> None:
+        self.key = key
+        self.comm = ""
+        self.mntns_id = 0
+        self.succ: Dict[LockId, Dict[LockId, Dict[tuple, Evidence]]] = {}
+        self.kinds: Dict[LockId, int] = {}
+        self.dirty: Set[Tuple[LockId, LockId]] = set()
+        self.edge_count = 0
+        self.evidence_dropped = 0
 
     def add(self, record: LockEdge) -> bool:
         """Add one edge observation; True if it taught us something new."""
-        if record.comm:
-            self.comm = record.comm
-        self.mntns_id = record.mntns_id or self.mntns_id
         source = (record.from_lock, record.from_gen)
         target = (record.to_lock, record.to_gen)
         if source == target:
             return False
-        for node, kind in ((source, record.from_kind), (target, record.to_kind)):
-            if node not in self.graph:
-                self.graph.add_node(node, kind=kind)
-        data = self.graph.get_edge_data(source, target)
-        if data is None:
-            self.graph.add_edge(source, target, evidence={})
-            data = self.graph[source][target]
-        evidence = _evidence_of(record)
-        bucket: Dict[Tuple, Evidence] = data["evidence"]
-        identity = (evidence.tid, evidence.from_mode, evidence.to_mode, evidence.to_how, evidence.held)
+        targets = self.succ.get(source)
+        if targets is None:
+            targets = self.succ[source] = {}
+            self.kinds[source] = record.from_kind
+        bucket = targets.get(target)
+        if bucket is None:
+            bucket = targets[target] = {}
+            self.edge_count += 1
+            if target not in self.kinds:
+                self.kinds[target] = record.to_kind
+                self.succ.setdefault(target, {})
+        identity = (record.tid, record.from_mode, record.to_mode, record.to_how, record.held)
         if identity in bucket:
             return False
         if len(bucket) >= MAX_EVIDENCE_PER_EDGE:
             self.evidence_dropped += 1
             return False
-        bucket[identity] = evidence
+        bucket[identity] = record
+        self.dirty.add((source, target))
+        if record.comm:
+            self.comm = record.comm
+        if record.mntns_id:
+            self.mntns_id = record.mntns_id
         return True
 
     @property
-    def edge_count(self) -> int:
-        return self.graph.number_of_edges()
-
-    @property
     def lock_count(self) -> int:
-        return self.graph.number_of_nodes()
+        return len(self.kinds)
 
     def evidence(self, source: LockId, target: LockId) -> List[Evidence]:
-        return list(self.graph[source][target]["evidence"].values())
+        return list(self.succ[source][target].values())
 
-    def find_cycles(self) -> List[Cycle]:
-        """Every classified cycle, at most one per set of locks, in a stable order."""
+    def to_networkx(self) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        for lock, kind in self.kinds.items():
+            graph.add_node(lock, kind=kind)
+        for source, targets in self.succ.items():
+            for target, bucket in targets.items():
+                graph.add_edge(source, target, evidence=list(bucket.values()))
+        return graph
+
+    def find_cycles(self, budget: int = ANALYSIS_BUDGET) -> List[Cycle]:
+        """Witness cycles through the edges that changed since the last call.
+
+        Never enumerates all cycles: per changed edge in a strongly connected
+        component, the shortest cycle through it is classified and, if that is
+        not a potential deadlock, a bounded search looks for a longer cycle
+        through the edge that distinct threads can close. ``budget`` bounds the
+        work; edges it did not reach stay dirty for the next call.
+        """
+        if not self.dirty:
+            return []
+        component = strongly_connected(self.succ)
         found: Dict[Tuple[LockId, ...], Cycle] = {}
-        for component in _components(self.graph):
-            sub = self.graph.subgraph(component)
-            for nodes in islice(nx.simple_cycles(sub, length_bound=MAX_CYCLE_LENGTH), MAX_CYCLES_PER_COMPONENT):
-                ring = _rotate(tuple(nodes))
-                if ring in found:
-                    continue
-                cycle = self.classify(ring)
-                if cycle is not None:
-                    found[ring] = cycle
+        covered: Set[Tuple[LockId, LockId]] = set()
+        work = [budget]
+        left: Set[Tuple[LockId, LockId]] = set()
+        for edge in sorted(self.dirty):
+            if work[0] <= 0:
+                left.add(edge)
+                continue
+            source, target = edge
+            group = component.get(source)
+            if group is None or component.get(target) != group or edge in covered:
+                continue
+            cycle = self._witness(source, target, component, group, work)
+            if cycle is None:
+                continue
+            ring = cycle.locks
+            found.setdefault(ring, cycle)
+            covered.update(zip(ring, ring[1:] + ring[:1]))
+        self.dirty = left
         return [found[ring] for ring in sorted(found)]
+
+    def _witness(self, source: LockId, target: LockId, component: Dict[LockId, int], group: int,
+                 work: List[int]) -> Optional[Cycle]:
+        path = self._shortest_path(target, source, component, group, work)
+        if path is None:
+            return None
+        shortest = self.classify(_rotate(tuple([source] + path[:-1])))
+        if shortest is not None and shortest.kind == POTENTIAL_DEADLOCK and shortest.suppressed is None:
+            return shortest
+        longer = self._distinct_thread_cycle(source, target, component, group, work)
+        return longer if longer is not None else shortest
+
+    def _shortest_path(self, start: LockId, goal: LockId, component: Dict[LockId, int], group: int,
+                       work: List[int]) -> Optional[List[LockId]]:
+        """Breadth-first path start -> ... -> goal inside the component (goal included)."""
+        parent: Dict[LockId, Optional[LockId]] = {start: None}
+        frontier = [start]
+        for _ in range(MAX_CYCLE_LENGTH - 1):
+            following = []
+            for node in frontier:
+                for nxt in self.succ.get(node, ()):
+                    work[0] -= 1
+                    if nxt in parent or component.get(nxt) != group:
+                        continue
+                    parent[nxt] = node
+                    if nxt == goal:
+                        path = [nxt]
+                        while parent[path[-1]] is not None:
+                            path.append(parent[path[-1]])  # type: ignore[arg-type]
+                        return path[::-1]
+                    following.append(nxt)
+            if not following or work[0] <= 0:
+                return None
+            frontier = following
+        return None
+
+    def _distinct_thread_cycle(self, source: LockId, target: LockId, component: Dict[LockId, int],
+                               group: int, work: List[int]) -> Optional[Cycle]:
+        """Depth-first search for a cycle through source -> target whose edges distinct
+        threads, with no gate lock and blocking modes, can close (bounded by ``work``)."""
+        first_options = [e for e in self.succ[source][target].values() if e.to_how != TIMED]
+        ring: List[LockId] = [source, target]
+        chosen: List[Evidence] = []
+
+        def compatible(ev: Evidence) -> bool:
+            if not _conflicts(chosen[-1].to_mode, ev.from_mode):
+                return False
+            return all(ev.tid != c.tid and _no_common_lock(ev, c) for c in chosen)
+
+        def extend(node: LockId) -> bool:
+            for nxt, bucket in self.succ[node].items():
+                if component.get(nxt) != group:
+                    continue
+                closing = nxt == source
+                if not closing and (nxt in ring or len(ring) >= MAX_CYCLE_LENGTH):
+                    continue
+                for ev in bucket.values():
+                    work[0] -= 1
+                    if work[0] <= 0:
+                        return False
+                    if ev.to_how == TIMED or not compatible(ev):
+                        continue
+                    if closing:
+                        if _conflicts(ev.to_mode, chosen[0].from_mode):
+                            chosen.append(ev)
+                            return True
+                        continue
+                    chosen.append(ev)
+                    ring.append(nxt)
+                    if extend(nxt):
+                        return True
+                    ring.pop()
+                    chosen.pop()
+            return False
+
+        for first in first_options:
+            chosen[:] = [first]
+            if extend(target):
+                steps = tuple(CycleStep(ring[i], ring[(i + 1) % len(ring)], ev) for i, ev in enumerate(chosen))
+                return self._cycle(POTENTIAL_DEADLOCK, None, steps)
+            if work[0] <= 0:
+                break
+        return None
+
+    def _cycle(self, kind: str, suppressed: Optional[str], steps: Tuple[CycleStep, ...],
+               gates: Tuple[LockId, ...] = ()) -> Cycle:
+        start = min(range(len(steps)), key=lambda i: steps[i].from_lock)
+        steps = steps[start:] + steps[:start]
+        kinds = tuple(self.kinds.get(step.from_lock, 0) for step in steps)
+        return Cycle(self.key, self.comm, self.mntns_id, kind, suppressed, steps, gates, kinds)
 
     def classify(self, ring: Sequence[LockId]) -> Optional[Cycle]:
         """What the cycle ``ring[0] -> ring[1] -> ... -> ring[0]`` means, or None."""
@@ -193,8 +312,7 @@ class ProcessGraph:
 
         def build(kind: str, suppressed: Optional[str], chosen: List[Evidence], gates: Tuple[LockId, ...] = ()) -> Cycle:
             steps = tuple(CycleStep(a, b, ev) for (a, b), ev in zip(pairs, chosen))
-            kinds = tuple(self.graph.nodes[lock].get("kind", 0) for lock in ring)
-            return Cycle(self.key, self.comm, self.mntns_id, kind, suppressed, steps, gates, kinds)
+            return self._cycle(kind, suppressed, steps, gates)
 
         chosen = _assign(options, distinct=True, gate_free=True, blocking=True, no_deadline=True)
         if chosen is not None:
@@ -222,12 +340,58 @@ class ProcessGraph:
         return None
 
 
-def _components(graph: nx.DiGraph) -> List[List[LockId]]:
-    """Strongly connected components that can hold a cycle, in a stable order."""
-    return sorted(
-        (sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1),
-        key=lambda c: c[0],
-    )
+def strongly_connected(succ: Mapping[LockId, Mapping[LockId, object]]) -> Dict[LockId, int]:
+    """Node -> component number, for nodes of components that can hold a cycle.
+
+    Tarjan's algorithm without recursion (graphs can be deep), linear time.
+    """
+    index: Dict[LockId, int] = {}
+    low: Dict[LockId, int] = {}
+    on_stack: Set[LockId] = set()
+    stack: List[LockId] = []
+    component: Dict[LockId, int] = {}
+    counter = 0
+    groups = 0
+    for root in succ:
+        if root in index:
+            continue
+        work = [(root, iter(succ[root]))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            advanced = False
+            for child in children:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(succ.get(child, ()))))
+                    advanced = True
+                    break
+                if child in on_stack and index[child] < low[node]:
+                    low[node] = index[child]
+            if advanced:
+                continue
+            work.pop()
+            if work and low[node] < low[work[-1][0]]:
+                low[work[-1][0]] = low[node]
+            if low[node] == index[node]:
+                members = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    members.append(member)
+                    if member == node:
+                        break
+                if len(members) > 1:
+                    for member in members:
+                        component[member] = groups
+                    groups += 1
+    return component
 
 
 def _rotate(ring: Tuple[LockId, ...]) -> Tuple[LockId, ...]:
@@ -238,11 +402,12 @@ def _rotate(ring: Tuple[LockId, ...]) -> Tuple[LockId, ...]:
 def _gate_locks(chosen: Sequence[Evidence]) -> Tuple[LockId, ...]:
     gates: Set[LockId] = set()
     for i, a in enumerate(chosen):
-        modes_a = dict(a.held)
+        modes_a = held_modes(a)
         for b in chosen[i + 1:]:
-            for lock, mode in b.held:
-                if lock in modes_a and _conflicts(modes_a[lock], mode):
-                    gates.add(lock)
+            for lock, gen, mode in b.held:
+                other = modes_a.get((lock, gen))
+                if other is not None and _conflicts(other, mode):
+                    gates.add((lock, gen))
     return tuple(sorted(gates))
 
 
@@ -281,11 +446,8 @@ def _assign(
                 return False
             if same_thread and other.tid != ev.tid:
                 return False
-            if gate_free:
-                modes = dict(other.held)
-                for lock, mode in ev.held:
-                    if lock in modes and _conflicts(modes[lock], mode):
-                        return False
+            if gate_free and not _no_common_lock(other, ev):
+                return False
         return True
 
     def search(i: int) -> bool:
@@ -374,10 +536,11 @@ class LockGraphStore:
             if graph is None:
                 continue
             for cycle in graph.find_cycles():
-                if cycle.key not in self.findings:
-                    self.findings[cycle.key] = cycle
+                known = self.findings.get(cycle.key)
+                if known is None or (known.kind, known.suppressed) != (cycle.kind, cycle.suppressed):
+                    self.findings[cycle.key] = cycle  # new, or more evidence changed what it means
                     new.append(cycle)
-        self._dirty.clear()
+        self._dirty = {key for key in self._dirty if key in self.graphs and self.graphs[key].dirty}
         for key in sorted(self._exited):
             if self.graphs.pop(key, None) is not None:
                 self.stats.processes_exited += 1

@@ -151,7 +151,8 @@ def build_findings(cycles: Iterable[Cycle], stack_of: StackLookup) -> List[Findi
                 from_mode=step.evidence.from_mode,
                 to_mode=step.evidence.to_mode,
                 how=step.evidence.to_how,
-                held=tuple(sorted(lock for lock, _ in step.evidence.held if lock != step.from_lock)),
+                held=tuple(sorted((lock, gen) for lock, gen, _ in step.evidence.held
+                                  if (lock, gen) != step.from_lock)),
                 from_stack=stack_of(step.evidence.from_site),
                 to_stack=stack_of(step.evidence.to_site),
             )

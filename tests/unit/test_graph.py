@@ -202,3 +202,41 @@ def test_tracker_forgets_a_cycle_that_resolves():
     assert tracker.tick() == []  # a new candidate, not yet confirmed
     tracker.process_exited(PID)
     assert tracker.blocked == {}
+
+
+# --- scale: witnesses, not enumeration -------------------------------------------
+
+import random  # noqa: E402
+import time  # noqa: E402
+
+from igdeadlock.graph import strongly_connected  # noqa: E402
+
+
+def test_strongly_connected_components():
+    succ = {1: {2: 0}, 2: {3: 0}, 3: {1: 0, 4: 0}, 4: {5: 0}, 5: {4: 0}, 6: {1: 0}}
+    component = strongly_connected(succ)
+    assert component[1] == component[2] == component[3]
+    assert component[4] == component[5] != component[1]
+    assert 6 not in component
+
+
+def test_dense_graph_gets_witnesses_without_enumerating_cycles():
+    # every thread i holds lock a and requests lock b for all a != b among 14 locks:
+    # billions of simple cycles, one witness per pair of locks suffices
+    locks = range(14)
+    edges = [e for a in locks for b in locks if a != b for e in acquire(100 + a * 20 + b, [(a, W)], b)]
+    g = graph_of(edges)
+    started = time.monotonic()
+    cycles = g.find_cycles()
+    assert time.monotonic() - started < 10  # generous: a regression would take hours
+    assert cycles and all(c.kind == POTENTIAL_DEADLOCK and len(c.steps) == 2 for c in cycles)
+    assert len(cycles) == 14 * 13 // 2
+
+
+def test_only_changed_edges_are_analysed_again():
+    g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(2, [(0xB, W)], 0xA))
+    assert len(g.find_cycles()) == 1
+    assert g.find_cycles() == []  # nothing changed
+    for edge in acquire(3, [(0xB, W)], 0xC):
+        g.add(edge)
+    assert g.find_cycles() == []  # the new edge closes no cycle
