@@ -4,6 +4,7 @@
 #   make gadget    build the gadget image (only when its sources changed)
 #   make test      set up, build, run the whole test suite
 #   make demo      set up, build, trace an example program with a lock-order inversion
+#   make bench     measure the cost of tracing (BPF time per lock/unlock pair) and the analysis
 #   make diagrams  regenerate DEVELOPER.md's program-map diagrams from the built image
 #
 # Everything here runs as root: eBPF and `ig daemon` need it.
@@ -23,10 +24,10 @@ DEB_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool binutils gcc g++ make util-l
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python gadget test unit-test e2e-test demo diagrams proto clean
+.PHONY: help setup setup-packages setup-ig setup-python gadget test unit-test e2e-test demo bench diagrams proto clean
 
 help:
-	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: setup-packages setup-ig setup-python
 
@@ -81,6 +82,9 @@ demo: setup gadget
 	@mkdir -p $(BUILD)/examples
 	gcc -g -O0 -fno-omit-frame-pointer -pthread -o $(BUILD)/examples/lock_inversion examples/lock_inversion.c
 	$(VENV)/bin/igdeadlock trace -- $(BUILD)/examples/lock_inversion
+
+bench: setup gadget
+	cd bench && ../$(VENV)/bin/python bench.py --json ../$(BUILD)/bench/results.json
 
 # DEVELOPER.md's diagrams come from the built image, never from hand edits.
 diagrams: gadget

@@ -31,7 +31,8 @@
 #define FILE_PATH_MAX 256 /* longest mapped-file path reported (power of 2) */
 #define MAX_PATH_PARTS 32 /* directory levels walked for a path (power of 2) */
 
-#define MAX_THREADS 16384
+#define MAX_THREADS 16384 /* power of 2: slots are picked by masking */
+#define THREAD_SLOT_PROBES 8 /* slots tried for a new thread */
 #define MAX_KNOWN_DEPS 65536
 #define MAX_EDGES 8192 /* new edges buffered between two fetches */
 #define MAX_SITES 8192 /* new acquisition stacks between two fetches */
@@ -128,15 +129,48 @@ struct thread_locks {
 	__u64 held_hash; /* order-independent hash of the held set */
 	__u32 nheld;
 	__u32 epoch; /* destroy_epoch the cache was filled under */
+	gadget_tid owner; /* thread whose state this slot holds, 0 if free */
+	__u32 __pad;
 };
 
-/* thread id -> locks that thread holds */
+/* slot -> the lock state of the thread that claimed it */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, __u32);
+	__type(value, struct thread_locks);
+} thread_slots SEC(".maps");
+
+/* thread id -> its slot in thread_slots */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_THREADS);
 	__type(key, gadget_tid);
-	__type(value, struct thread_locks);
+	__type(value, __u32);
 } thread_to_held_mutexes SEC(".maps");
+
+/* slot -> thread that claimed it: a slot is claimed by an insert only one
+ * thread can win */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, __u32);
+	__type(value, gadget_tid);
+} slot_owners SEC(".maps");
+
+struct cpu_thread {
+	gadget_tid tid;
+	__u32 slot;
+};
+
+/* per CPU: the thread that last used the tracer here and its slot, so the
+ * hot path finds a thread's state without a hash lookup */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cpu_thread);
+} last_thread SEC(".maps");
 
 struct dep_key {
 	__u64 context; /* held_hash of the requesting thread */
@@ -409,6 +443,13 @@ static __always_inline __u32 current_session_id(void)
 	return BPF_CORE_READ(task, signal, pids[PIDTYPE_SID], numbers[0].nr);
 }
 
+/* The current thread id: a field of the task, cheaper to reach than through
+ * bpf_get_current_pid_tgid() (helper calls dominate the hot path). */
+static __always_inline gadget_tid current_tid(void)
+{
+	return bpf_get_current_task_btf()->pid;
+}
+
 /* Filters cost nothing unless the user set one (the constants are frozen). */
 static __always_inline bool current_is_filtered_out(void)
 {
@@ -422,24 +463,87 @@ static __always_inline bool current_is_filtered_out(void)
 /* Initial state of a thread: too big for the BPF stack, so kept read-only. */
 static const struct thread_locks empty_thread = {};
 
-/* The thread's lock state, created on its first lock operation. */
-static __always_inline struct thread_locks *get_thread_locks(gadget_tid tid)
+/* Claim a free slot for a new thread (first lock operation): only one thread
+ * can insert a given slot into slot_owners. */
+static __always_inline struct thread_locks *claim_slot(gadget_tid tid,
+							__u32 *claimed)
 {
 	struct thread_locks *t;
+	__u32 index;
 
-	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
-	if (t)
+	for (int probe = 0; probe < THREAD_SLOT_PROBES; probe++) {
+		index = (mix64(tid) + probe) & (MAX_THREADS - 1);
+		if (bpf_map_update_elem(&slot_owners, &index, &tid, BPF_NOEXIST))
+			continue;
+		bpf_map_update_elem(&thread_slots, &index, &empty_thread, BPF_ANY);
+		t = bpf_map_lookup_elem(&thread_slots, &index);
+		if (!t || bpf_map_update_elem(&thread_to_held_mutexes, &tid, &index,
+					      BPF_NOEXIST)) {
+			bpf_map_delete_elem(&slot_owners, &index);
+			return NULL;
+		}
+		t->owner = tid;
+		*claimed = index;
 		return t;
-	if (current_is_filtered_out())
-		return NULL;
-
-	if (bpf_map_update_elem(&thread_to_held_mutexes, &tid, &empty_thread,
-				BPF_NOEXIST) &&
-	    !bpf_map_lookup_elem(&thread_to_held_mutexes, &tid)) {
-		count_stat(STAT_THREADS_FULL);
-		return NULL;
 	}
-	return bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
+	return NULL;
+}
+
+/* Give a thread's slot back (it exited, or left the traced set). */
+static __always_inline void release_thread(gadget_tid tid)
+{
+	struct thread_locks *t;
+	__u32 *slot, index;
+
+	slot = bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
+	if (!slot)
+		return;
+	index = *slot;
+	t = bpf_map_lookup_elem(&thread_slots, &index);
+	if (t && t->owner == tid)
+		t->owner = 0;
+	bpf_map_delete_elem(&slot_owners, &index);
+	bpf_map_delete_elem(&thread_to_held_mutexes, &tid);
+}
+
+/*
+ * The thread's lock state. Hot path: this CPU ran the same thread last, and
+ * array lookups compile to plain loads. Otherwise the tid -> slot hash tells;
+ * `create` claims a slot on the thread's first lock operation.
+ */
+static __always_inline struct thread_locks *thread_state(gadget_tid tid,
+							 bool create)
+{
+	struct cpu_thread *last = bpf_map_lookup_elem(&last_thread, &(__u32){ 0 });
+	struct thread_locks *t;
+	__u32 *slot, index;
+
+	if (!last)
+		return NULL;
+	if (last->tid == tid) {
+		index = last->slot;
+		t = bpf_map_lookup_elem(&thread_slots, &index);
+		if (t && t->owner == tid)
+			return t;
+	}
+	slot = bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
+	if (slot) {
+		index = *slot;
+		t = bpf_map_lookup_elem(&thread_slots, &index);
+		if (!t || t->owner != tid)
+			return NULL;
+	} else {
+		if (!create || current_is_filtered_out())
+			return NULL;
+		t = claim_slot(tid, &index);
+		if (!t) {
+			count_stat(STAT_THREADS_FULL);
+			return NULL;
+		}
+	}
+	last->tid = tid;
+	last->slot = index;
+	return t;
 }
 
 /* An index into held[] the verifier can see is in bounds (callers have
@@ -752,9 +856,9 @@ static __always_inline __u64 note_dependency(struct pt_regs *ctx,
 					     __u64 lock, __u8 mode, __u8 kind,
 					     __u8 how, __u32 *gen_out)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 epoch = destroy_epoch;
 	__u32 index = cache_slot(t->held_hash, lock);
+	__u64 pid_tgid;
 	struct dep_cache_slot *slot;
 	struct dep_key key = {};
 	__u64 *known, site;
@@ -775,6 +879,7 @@ static __always_inline __u64 note_dependency(struct pt_regs *ctx,
 		return slot->site;
 	}
 
+	pid_tgid = bpf_get_current_pid_tgid();
 	key.context = t->held_hash;
 	key.lock = lock;
 	key.pid = pid_tgid >> 32;
@@ -845,7 +950,7 @@ static __always_inline void note_wait(struct thread_locks *t, __u64 lock,
 static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 					  __u8 mode, __u8 kind, __u8 how)
 {
-	gadget_tid tid = (__u32)bpf_get_current_pid_tgid();
+	gadget_tid tid = current_tid();
 	struct thread_locks *t;
 	struct held_lock *held;
 	__u64 site;
@@ -854,7 +959,7 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 
 	if (!lock)
 		return 0;
-	t = get_thread_locks(tid);
+	t = thread_state(tid, true);
 	if (!t)
 		return 0;
 
@@ -895,11 +1000,11 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 /* Return of a try or timed lock function: 0 means acquired. */
 static __always_inline int lock_returned(struct pt_regs *ctx)
 {
-	gadget_tid tid = (__u32)bpf_get_current_pid_tgid();
+	gadget_tid tid = current_tid();
 	struct thread_locks *t;
 	int i;
 
-	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
+	t = thread_state(tid, false);
 	if (!t || !t->pending.active)
 		return 0;
 	t->pending.active = 0;
@@ -922,13 +1027,13 @@ static __always_inline int lock_returned(struct pt_regs *ctx)
  * code): nothing to do. */
 static __always_inline int lock_released(__u64 lock)
 {
-	gadget_tid tid = (__u32)bpf_get_current_pid_tgid();
+	gadget_tid tid = current_tid();
 	struct thread_locks *t;
 	struct held_lock *held;
 	__u32 last;
 	int i;
 
-	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &tid);
+	t = thread_state(tid, false);
 	if (!t)
 		return 0;
 	t->wait.lock = 0;
@@ -950,7 +1055,7 @@ static __always_inline int lock_released(__u64 lock)
 	/* A thread that holds nothing and left the traced set (its container
 	 * was unselected) has no state worth keeping. */
 	if (last == 0 && current_is_filtered_out())
-		bpf_map_delete_elem(&thread_to_held_mutexes, &tid);
+		release_thread(tid);
 	return 0;
 }
 
@@ -1005,7 +1110,7 @@ static __always_inline int futex_wait_started(__u64 uaddr, __u64 op)
 	struct scratch_buffers *s;
 	__u32 nheld;
 
-	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &key.tid);
+	t = thread_state(key.tid, false);
 	if (!t || !t->wait.lock || !is_futex_wait(op) ||
 	    uaddr - t->wait.lock >= LOCK_OBJECT_SPAN)
 		return 0;
@@ -1059,7 +1164,7 @@ static __always_inline int futex_wait_ended(void *ctx)
 	struct resumed_thread *event;
 	struct thread_locks *t;
 
-	t = bpf_map_lookup_elem(&thread_to_held_mutexes, &key.tid);
+	t = thread_state(key.tid, false);
 	if (!t || !t->wait.waiting)
 		return 0;
 	t->wait.waiting = 0;
@@ -1092,7 +1197,7 @@ static __always_inline int thread_exited(void *ctx)
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct dead_pid *event;
 
-	bpf_map_delete_elem(&thread_to_held_mutexes, &tid);
+	release_thread(tid);
 	bpf_map_delete_elem(&blocked_threads, &tid);
 
 	/* signal->live drops to 0 when the last thread of the group exits */

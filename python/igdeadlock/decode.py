@@ -9,6 +9,7 @@ here; the typed records are then built from fields looked up by name.
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -143,6 +144,9 @@ ACQUIRE_HOW_NAMES = {0: "blocking", 1: "try", 2: "timed"}
 
 
 class HeldLock(NamedTuple):
+    """A lock held by a thread. Records carry plain (lock, gen, mode) triples,
+    which compare equal to these."""
+
     lock: int
     gen: int
     mode: int
@@ -276,9 +280,8 @@ class RecordSchema:
 
 
 def _held(count: int, locks: Tuple[int, ...], gens: Tuple[int, ...], modes: Tuple[int, ...]
-          ) -> Tuple[HeldLock, ...]:
-    n = min(count, len(locks), len(gens), len(modes))
-    return tuple(map(HeldLock._make, zip(locks[:n], gens[:n], modes[:n])))
+          ) -> Tuple[Tuple[int, int, int], ...]:
+    return tuple(zip(locks[:count], gens[:count], modes[:count]))
 
 
 _HELD_FIELDS = (("held_count", INT), ("held_locks", INTS), ("held_gens", INTS), ("held_modes", INTS))
@@ -316,6 +319,13 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
+def _view(raw: bytes, code: str) -> memoryview:
+    return memoryview(raw).cast(code)
+
+
+_NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
+
+
 def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Optional[str]]]
                       ) -> Callable[[api_pb2.DataElement], Tuple[Value, ...]]:
     """A function: element -> the values of ``fields`` (name, category or None
@@ -325,7 +335,7 @@ def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Opti
     kind: then no element of that datasource can make a record.
     """
     specs = {f.name: f for f in layout.fields}
-    namespace: Dict[str, object] = {"_cstring": _cstring, "_text": _text}
+    namespace: Dict[str, object] = {"_cstring": _cstring, "_text": _text, "_view": _view}
     wanted: Dict[int, List[Tuple[FieldSpec, int]]] = {}
     for position, (name, category) in enumerate(fields):
         spec = specs.get(name)
@@ -359,9 +369,16 @@ def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Opti
             if spec.kind & KIND_ARRAY_FLAG:
                 char, size = _SCALARS[spec.kind & ~KIND_ARRAY_FLAG]
                 count = spec.size // size
-                fmt.append(f"{count}{char}")
-                expressions[position] = f"a{index}[{item}:{item + count}]"
-                item += count
+                if fields[position][1] == INTS and layout.byte_order == _NATIVE_ORDER and char != "?":
+                    # records read only the first few items: view the bytes instead of
+                    # turning every item into an int
+                    fmt.append(f"{spec.size}s")
+                    expressions[position] = f"_view(a{index}[{item}], {char!r})"
+                    item += 1
+                else:
+                    fmt.append(f"{count}{char}")
+                    expressions[position] = f"a{index}[{item}:{item + count}]"
+                    item += count
             elif spec.kind in (KIND_STRING, KIND_CSTRING, KIND_BYTES):
                 fmt.append(f"{spec.size}s")
                 convert = {KIND_CSTRING: "_cstring", KIND_STRING: "_text", KIND_BYTES: ""}[spec.kind]

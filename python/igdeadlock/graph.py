@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Callable, Deque, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Deque, Dict, FrozenSet, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import networkx as nx
 
@@ -43,14 +43,13 @@ SUPPRESSED_TIMED_LOCK = "timed-lock"
 
 MAX_CYCLE_LENGTH = 16  # longest cycle looked for (TSan stops at 20)
 MAX_CYCLES_PER_COMPONENT = 2000  # wait-for cycles examined per process
-ANALYSIS_BUDGET = 2_000_000  # graph steps per analysis of one process; the rest waits for the next
+ANALYSIS_BUDGET = 500_000  # graph steps per analysis of one process; the rest waits for the next
 MAX_EVIDENCE_PER_EDGE = 256
 MAX_ASSIGNMENT_STEPS = 20000  # backtracking budget per cycle and constraint set
 MAX_REMEMBERED_EXITS = 65536  # exits remembered for edges that arrive after them
 
 
-@dataclass(frozen=True, order=True)
-class ProcessKey:
+class ProcessKey(NamedTuple):
     pid: int
     start: int  # start time of the process: tells a reused pid apart
 
@@ -137,22 +136,25 @@ class ProcessGraph:
 
     def add(self, record: LockEdge) -> bool:
         """Add one edge observation; True if it taught us something new."""
-        source = (record.from_lock, record.from_gen)
-        target = (record.to_lock, record.to_gen)
+        (_pid, tid, comm, mntns_id, _start, _session, from_lock, from_gen, from_mode, from_kind, _from_site,
+         to_lock, to_gen, to_mode, to_kind, to_how, _to_site, held) = record  # one unpack: the hot path
+        source = (from_lock, from_gen)
+        target = (to_lock, to_gen)
         if source == target:
             return False
-        targets = self.succ.get(source)
+        succ = self.succ
+        targets = succ.get(source)
         if targets is None:
-            targets = self.succ[source] = {}
-            self.kinds[source] = record.from_kind
+            targets = succ[source] = {}
+            self.kinds[source] = from_kind
         bucket = targets.get(target)
         if bucket is None:
             bucket = targets[target] = {}
             self.edge_count += 1
-            if target not in self.kinds:
-                self.kinds[target] = record.to_kind
-                self.succ.setdefault(target, {})
-        identity = (record.tid, record.from_mode, record.to_mode, record.to_how, record.held)
+            if target not in succ:
+                succ[target] = {}
+                self.kinds[target] = to_kind
+        identity = (tid, from_mode, to_mode, to_how, held)
         if identity in bucket:
             return False
         if len(bucket) >= MAX_EVIDENCE_PER_EDGE:
@@ -160,10 +162,10 @@ class ProcessGraph:
             return False
         bucket[identity] = record
         self.dirty.add((source, target))
-        if record.comm:
-            self.comm = record.comm
-        if record.mntns_id:
-            self.mntns_id = record.mntns_id
+        if comm:
+            self.comm = comm
+        if mntns_id:
+            self.mntns_id = mntns_id
         return True
 
     @property
@@ -497,16 +499,17 @@ class LockGraphStore:
     def add_edge(self, record: LockEdge) -> None:
         if self._keep is not None and not self._keep(record):
             return
-        key = ProcessKey(record.pid, record.process_start)
-        graph = self.graphs.get(key)
+        key = (record.pid, record.process_start)  # equal to ProcessKey(pid, start), cheaper to make
+        graph = self.graphs.get(key)  # type: ignore[call-overload]
         if graph is None:
+            key = ProcessKey(*key)
             graph = self.graphs[key] = ProcessGraph(key)
             self.stats.processes_seen += 1
             if key in self._gone:
                 self._exited.add(key)  # its edges came after its exit: analyse once, then drop
         self.stats.edges_seen += 1
         if graph.add(record):
-            self._dirty.add(key)
+            self._dirty.add(graph.key)
 
     def process_exited(self, record: ProcessExit) -> None:
         key = ProcessKey(record.pid, record.process_start)
@@ -644,7 +647,7 @@ def find_wait_cycles(blocked: Iterable[BlockedThread]) -> List[Deadlock]:
                 continue  # a wait with a deadline ends by itself
             target = (b.lock, b.gen)
             for holder in threads:
-                holds = {(h.lock, h.gen): h.mode for h in holder.held}
+                holds = {(lock, gen): mode for lock, gen, mode in holder.held}
                 if target in holds and _conflicts(holds[target], b.mode):
                     graph.add_edge(b.tid, holder.tid)
             if b.owner_tid in waiting:

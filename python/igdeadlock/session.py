@@ -266,24 +266,112 @@ def trace_command(options: TraceOptions, say: Callable[[str], None]) -> TraceOut
             private.stop()
 
 
+class GadgetSession:
+    """One run of the gadget on one gadget service, feeding a Collector.
+
+    ``start()`` returns once the gadget is live: its first map fetch arrived
+    and, on kernels where ig cannot attach uprobes, this client attached them.
+    """
+
+    def __init__(self, service: GadgetService, image: str, params: Dict[str, str], collector: Collector,
+                 attach: str = "auto", say: Callable[[str], None] = lambda message: None) -> None:
+        self.service = service
+        self.image = image
+        self.params = params
+        self.collector = collector
+        self.decoder = StreamDecoder()
+        self.attach_mode = attach
+        self.say = say
+        self.attachment = attach_mod.UprobeAttachment()
+        self.program_ids: Dict[str, int] = {}  # this run's programs, when the client attached them
+        self.run: Optional[GadgetRun] = None
+        self.pump: Optional[_EventPump] = None
+        interval = params.get("operator.oci.ebpf.map-fetch-interval", "1000ms")
+        self.interval = float(interval[:-2]) / 1000.0 if interval.endswith("ms") else 1.0
+
+    def start(self, timeout: float = 60.0) -> None:
+        try:
+            info = self.service.gadget_info(self.image, self.params, extra_info=True)
+        except WireError as exc:
+            raise explain_image_error(self.image, exc) from exc
+        client_attach = self.attach_mode == "client" or (
+            self.attach_mode == "auto" and not attach_mod.kernel_has_kprobes())
+        points = attach_mod.probe_points(info.extraInfo.data["ebpf.programs"].content) \
+            if client_attach and "ebpf.programs" in info.extraInfo.data else []
+        before = attach_mod.program_ids() if client_attach else set()
+        self.run = self.service.run_gadget(self.image, self.params)
+        self.pump = _EventPump(self.run)
+        self._wait_until_live(timeout)
+        if client_attach:
+            try:
+                self.program_ids = attach_mod.find_programs({p.program for p in points}, before, timeout=30.0)
+                self.attachment.attach(points, self.program_ids)
+            except attach_mod.AttachError as exc:
+                raise TraceError(f"{exc} (the client attaches uprobes itself on kernels without "
+                                 f"kprobes, and must run on the daemon's host for that)") from exc
+            self.say("igdeadlock: this kernel has no kprobes, so ig cannot attach uprobes; "
+                     f"attached the gadget's {len(self.attachment.described)} uprobes from the client")
+            if self.attachment.unprobeable:
+                self.say("igdeadlock: these functions cannot carry a uprobe at their entry and are not "
+                         "traced: " + ", ".join(self.attachment.unprobeable))
+
+    def _wait_until_live(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout + self.interval
+        while self.collector.ticks.get("edges", 0) == 0:
+            if time.monotonic() > deadline:
+                raise TraceError(f"the gadget did not start within {timeout:g}s")
+            self.pump_events(0.1)
+
+    def pump_events(self, timeout: float) -> None:
+        """Process the events that arrive within ``timeout`` seconds (and all queued ones)."""
+        assert self.pump is not None
+        event = self.pump.next(timeout)
+        while event is not None:
+            for output in self.decoder.feed(event):
+                self.collector.consume(output)
+            event = self.pump.next(0)
+        if self.pump.ended:
+            if self.pump.error is not None:
+                raise TraceError(f"the gadget stream ended: {self.pump.error}")
+            raise TraceError("the gadget stopped unexpectedly")
+
+    def final_fetch(self) -> None:
+        """Wait for two more fetches of every map: they hold what happened until now."""
+        target = {name: self.collector.ticks.get(name, 0) + 2 for name in MAP_ITERATORS}
+        deadline = time.monotonic() + 10 * self.interval + 5.0
+        while any(self.collector.ticks.get(name, 0) < want for name, want in target.items()):
+            if time.monotonic() > deadline:
+                return
+            self.pump_events(0.05)
+
+    def stop(self) -> None:
+        """Detach, stop the gadget and take in what it still sends."""
+        self.attachment.detach()
+        if self.run is None or self.pump is None:
+            return
+        self.run.stop()
+        deadline = time.monotonic() + 5.0
+        while not self.pump.ended and time.monotonic() < deadline:
+            try:
+                self.pump_events(0.1)
+            except TraceError:
+                break
+        self.run.cancel()
+
+    def __enter__(self) -> "GadgetSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
-    interval = options.fetch_interval_ms / 1000.0
     params = gadget_params(options.fetch_interval_ms, options.image)
     with GadgetService(address, options.tls) as service:
         try:
             service.server_info(timeout=5.0)
         except WireError as exc:
             raise TraceError(f"{exc}: is `ig daemon` running there?") from exc
-        try:
-            info = service.gadget_info(options.image, params, extra_info=True)
-        except WireError as exc:
-            raise explain_image_error(options.image, exc) from exc
-
-        client_attach = options.attach == "client" or (
-            options.attach == "auto" and not attach_mod.kernel_has_kprobes())
-        points = attach_mod.probe_points(info.extraInfo.data["ebpf.programs"].content) \
-            if client_attach and "ebpf.programs" in info.extraInfo.data else []
-        before = attach_mod.program_ids() if client_attach else set()
 
         command_pid: List[int] = []
         deadlocked: List[Deadlock] = []
@@ -296,101 +384,34 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
 
         collector = Collector(keep=lambda record: bool(command_pid) and record.session_id == command_pid[0],
                               on_deadlock=on_deadlock)
-        decoder = StreamDecoder()
-        run = service.run_gadget(options.image, params)
-        pump = _EventPump(run)
-        attachment = attach_mod.UprobeAttachment()
         process: Optional[subprocess.Popen] = None
         ended_by = "exit"
-        notes: List[str] = []
-        try:
-            _wait_until_live(pump, decoder, collector, interval)
-            if client_attach:
-                try:
-                    ids = attach_mod.find_programs({p.program for p in points}, before, timeout=30.0)
-                    attachment.attach(points, ids)
-                except attach_mod.AttachError as exc:
-                    raise TraceError(f"{exc} (the client attaches uprobes itself on kernels without "
-                                     f"kprobes, and must run on the daemon's host for that)") from exc
-                say("igdeadlock: this kernel has no kprobes, so ig cannot attach uprobes; "
-                    f"attached the gadget's {len(attachment.described)} uprobes from the client")
-                if attachment.unprobeable:
-                    say("igdeadlock: these functions cannot carry a uprobe at their entry and are not "
-                        "traced: " + ", ".join(attachment.unprobeable))
-            process = subprocess.Popen(list(options.command), start_new_session=True,
-                                       stdout=options.command_stdout)
-            command_pid.append(process.pid)
-            deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        with GadgetSession(service, options.image, params, collector, options.attach, say) as session:
             try:
-                while process.poll() is None:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        ended_by = "timeout"
-                        break
-                    if options.stop_on_deadlock and deadlocked:
-                        ended_by = "deadlock"
-                        break
-                    _pump_once(pump, decoder, collector, 0.05)
-                    if pump.ended:
-                        raise TraceError(_stream_end_message(pump))
-            except KeyboardInterrupt:
-                ended_by = "interrupt"
-            _terminate(process)
-            # the last edges are in the kernel maps: wait for two more fetches of each
-            _final_fetch(pump, decoder, collector, interval)
-        finally:
-            attachment.detach()
-            run.stop()
-            _drain(pump, decoder, collector, timeout=5.0)
-            run.cancel()
-            if process is not None:
+                session.start()
+                process = subprocess.Popen(list(options.command), start_new_session=True,
+                                           stdout=options.command_stdout)
+                command_pid.append(process.pid)
+                deadline = None if options.timeout is None else time.monotonic() + options.timeout
+                try:
+                    while process.poll() is None:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            ended_by = "timeout"
+                            break
+                        if options.stop_on_deadlock and deadlocked:
+                            ended_by = "deadlock"
+                            break
+                        session.pump_events(0.05)
+                except KeyboardInterrupt:
+                    ended_by = "interrupt"
                 _terminate(process)
+                session.final_fetch()
+            finally:
+                if process is not None:
+                    _terminate(process)
         collector.store.analyse()
-        stats = collector.stats(decoder)
+        stats = collector.stats(session.decoder)
         stats["command_exit_status"] = process.returncode if process is not None else None
-        notes.extend(collector.warnings)
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if address.scheme == "unix" else None
-        return TraceOutcome(collector.findings(now), stats, process.returncode if process else None, ended_by, notes)
-
-
-def _feed(event: api_pb2.GadgetEvent, decoder: StreamDecoder, collector: Collector) -> None:
-    for output in decoder.feed(event):
-        collector.consume(output)
-
-
-def _pump_once(pump: _EventPump, decoder: StreamDecoder, collector: Collector, timeout: float) -> None:
-    event = pump.next(timeout)
-    while event is not None:
-        _feed(event, decoder, collector)
-        event = pump.next(0)
-
-
-def _stream_end_message(pump: _EventPump) -> str:
-    if pump.error is not None:
-        return f"the gadget stream ended: {pump.error}"
-    return "the gadget stopped unexpectedly"
-
-
-def _wait_until_live(pump: _EventPump, decoder: StreamDecoder, collector: Collector, interval: float) -> None:
-    """Wait for the gadget's first fetch: its programs are loaded (and, if ig can, attached)."""
-    deadline = time.monotonic() + 60.0 + interval
-    while collector.ticks.get("edges", 0) == 0:
-        if time.monotonic() > deadline:
-            raise TraceError("the gadget did not start within 60s")
-        _pump_once(pump, decoder, collector, 0.1)
-        if pump.ended:
-            raise TraceError(_stream_end_message(pump))
-
-
-def _final_fetch(pump: _EventPump, decoder: StreamDecoder, collector: Collector, interval: float) -> None:
-    target = {name: collector.ticks.get(name, 0) + 2 for name in MAP_ITERATORS}
-    deadline = time.monotonic() + 10 * interval + 5.0
-    while any(collector.ticks.get(name, 0) < want for name, want in target.items()):
-        if time.monotonic() > deadline or pump.ended:
-            return
-        _pump_once(pump, decoder, collector, 0.05)
-
-
-def _drain(pump: _EventPump, decoder: StreamDecoder, collector: Collector, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not pump.ended and time.monotonic() < deadline:
-        _pump_once(pump, decoder, collector, 0.1)
+        return TraceOutcome(collector.findings(now), stats, process.returncode if process else None, ended_by,
+                            list(collector.warnings))

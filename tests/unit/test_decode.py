@@ -92,7 +92,7 @@ def test_edge_record_follows_the_descriptors(shuffle, big_endian):
     edge, tick = out
     assert isinstance(edge, LockEdge) and tick == FetchTick("edges", 1)
     assert (edge.from_lock, edge.to_lock, edge.pid, edge.tid, edge.comm) == (0x1000, 0x2000, 42, 43, "worker")
-    assert [(h.lock, h.gen, h.mode) for h in edge.held] == [(0x1000, 0, 0), (0x3000, 1, 1)]
+    assert edge.held == ((0x1000, 0, 0), (0x3000, 1, 1))
     assert edge.to_gen == 2 and edge.to_mode == 1
 
 

@@ -1,0 +1,112 @@
+"""Companion-side benchmarks: decoding + ingest throughput, witness search on an
+adversarial graph, and one million edges. Prints one JSON object.
+
+usage: python bench/analysis.py GADGETINFO.pb [--records N] [--million N]
+GADGETINFO.pb is the serialized GadgetInfo of the real gadget (bench.py saves it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from typing import Dict, List
+
+import synthetic
+from igdeadlock.decode import LockEdge, StreamDecoder
+from igdeadlock.graph import LockGraphStore, ProcessGraph, ProcessKey
+from igdeadlock.proto import api_pb2
+
+
+def ingest_rate(info: api_pb2.GadgetInfo, records: int) -> Dict[str, float]:
+    """Edge records per second through the decoder and into the lock-order graphs."""
+    edges_ds = next(ds for ds in info.dataSources if ds.name == "edges")
+    events = synthetic.batches(edges_ds, synthetic.random_edges(records, locks=records // 5, threads=64))
+    decoder = StreamDecoder()
+    decoder.set_info(info)
+    store = LockGraphStore()
+    started = time.perf_counter()
+    for event in events:
+        for output in decoder.feed(event):
+            if type(output) is LockEdge:
+                store.add_edge(output)
+    elapsed = time.perf_counter() - started
+    assert decoder.stats.records == records, decoder.stats
+    return {"records": records, "seconds": elapsed, "records_per_second": records / elapsed}
+
+
+def _edge(pid: int, tid: int, a: int, b: int) -> LockEdge:
+    return LockEdge(pid, tid, "bench", 1, 1, pid, a, 0, 0, 0, 0, b, 0, 0, 0, 0, 0, ((a, 0, 0),))
+
+
+def adversarial(locks: int = 16) -> Dict[str, float]:
+    """A complete lock-order graph: every ordered pair of locks, each from its own thread.
+
+    It has sum over k of locks!/(locks-k)!/k simple cycles (about 3.5e12 for 16
+    locks): enumerating them never ends, one witness per pair of locks does.
+    """
+    graph = ProcessGraph(ProcessKey(1, 1))
+    tid = 100
+    for a in range(locks):
+        for b in range(locks):
+            if a != b:
+                graph.add(_edge(1, tid, a, b))
+                tid += 1
+    started = time.perf_counter()
+    cycles = graph.find_cycles()
+    elapsed = time.perf_counter() - started
+    return {"locks": locks, "edges": graph.edge_count, "witness_cycles": len(cycles), "seconds": elapsed}
+
+
+def million(edges: int, locks: int, threads: int) -> Dict[str, float]:
+    """Ingest and analyse a million-edge graph of one process; time and peak memory."""
+    import random
+
+    rng = random.Random(7)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    records: List[LockEdge] = []
+    for _ in range(edges):
+        a, b = rng.randrange(locks), rng.randrange(locks)
+        if a != b:
+            records.append(_edge(1, 100 + rng.randrange(threads), a, b))
+    graph = ProcessGraph(ProcessKey(1, 1))
+    started = time.perf_counter()
+    for record in records:
+        graph.add(record)
+    ingested = time.perf_counter()
+    cycles = graph.find_cycles()
+    finished = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "edges": graph.edge_count,
+        "ingest_seconds": ingested - started,
+        "analysis_seconds": finished - ingested,
+        "total_seconds": finished - started,
+        "witness_cycles": len(cycles),
+        "edges_left_for_next_analysis": len(graph.dirty),
+        "peak_rss_mib": peak / 1024,
+        "rss_growth_mib": (peak - before) / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("gadget_info")
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--million", type=int, default=1_000_000)
+    args = parser.parse_args()
+    info = api_pb2.GadgetInfo()
+    with open(args.gadget_info, "rb") as handle:
+        info.ParseFromString(handle.read())
+    info = synthetic.numbered(info)
+    result = {
+        "ingest": ingest_rate(info, args.records),
+        "adversarial": adversarial(),
+        "million": million(args.million, locks=args.million // 5, threads=256),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
