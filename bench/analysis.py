@@ -17,6 +17,7 @@ import synthetic
 from igdeadlock.decode import LockEdge, StreamDecoder
 from igdeadlock.graph import LockGraphStore, ProcessGraph, ProcessKey
 from igdeadlock.proto import api_pb2
+from igdeadlock.session import tune_garbage_collector
 
 
 def ingest_rate(info: api_pb2.GadgetInfo, records: int) -> Dict[str, float]:
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--million", type=int, default=1_000_000)
     args = parser.parse_args()
+    tune_garbage_collector()  # as the igdeadlock command does
     info = api_pb2.GadgetInfo()
     with open(args.gadget_info, "rb") as handle:
         info.ParseFromString(handle.read())

@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 
 from igdeadlock import __version__
 from igdeadlock.report import render_json, render_text
-from igdeadlock.session import DEFAULT_IMAGE, TraceError, TraceOptions, trace_command
+from igdeadlock.session import DEFAULT_IMAGE, TraceError, TraceOptions, trace_command, tune_garbage_collector
 from igdeadlock.wire import TlsConfig
 
 FORMATS = ("text", "json")
@@ -139,6 +139,7 @@ def run_trace(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_garbage_collector()
     if args.command == "trace":
         return run_trace(args)
     parser.print_help(sys.stderr)

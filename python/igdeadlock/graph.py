@@ -128,9 +128,10 @@ class ProcessGraph:
         self.key = key
         self.comm = ""
         self.mntns_id = 0
-        self.succ: Dict[LockId, Dict[LockId, Dict[tuple, Evidence]]] = {}
+        # target -> one Evidence, or {identity: Evidence} once there are several
+        self.succ: Dict[LockId, Dict[LockId, object]] = {}
         self.kinds: Dict[LockId, int] = {}
-        self.dirty: Set[Tuple[LockId, LockId]] = set()
+        self.dirty: Dict[Tuple[LockId, LockId], None] = {}  # an ordered set
         self.edge_count = 0
         self.evidence_dropped = 0
 
@@ -149,19 +150,25 @@ class ProcessGraph:
             self.kinds[source] = from_kind
         bucket = targets.get(target)
         if bucket is None:
-            bucket = targets[target] = {}
+            # most edges are seen once: keep the record itself, no dictionary
+            targets[target] = record
             self.edge_count += 1
             if target not in succ:
                 succ[target] = {}
                 self.kinds[target] = to_kind
-        identity = (tid, from_mode, to_mode, to_how, held)
-        if identity in bucket:
-            return False
-        if len(bucket) >= MAX_EVIDENCE_PER_EDGE:
-            self.evidence_dropped += 1
-            return False
-        bucket[identity] = record
-        self.dirty.add((source, target))
+        else:
+            identity = (tid, from_mode, to_mode, to_how, held)
+            if type(bucket) is not dict:
+                if _identity(bucket) == identity:  # type: ignore[arg-type]
+                    return False
+                bucket = targets[target] = {_identity(bucket): bucket}  # type: ignore[arg-type]
+            if identity in bucket:
+                return False
+            if len(bucket) >= MAX_EVIDENCE_PER_EDGE:
+                self.evidence_dropped += 1
+                return False
+            bucket[identity] = record
+        self.dirty[(source, target)] = None
         if comm:
             self.comm = comm
         if mntns_id:
@@ -173,7 +180,7 @@ class ProcessGraph:
         return len(self.kinds)
 
     def evidence(self, source: LockId, target: LockId) -> List[Evidence]:
-        return list(self.succ[source][target].values())
+        return _evidence_list(self.succ[source][target])
 
     def to_networkx(self) -> nx.DiGraph:
         graph = nx.DiGraph()
@@ -181,7 +188,7 @@ class ProcessGraph:
             graph.add_node(lock, kind=kind)
         for source, targets in self.succ.items():
             for target, bucket in targets.items():
-                graph.add_edge(source, target, evidence=list(bucket.values()))
+                graph.add_edge(source, target, evidence=_evidence_list(bucket))
         return graph
 
     def find_cycles(self, budget: int = ANALYSIS_BUDGET) -> List[Cycle]:
@@ -199,10 +206,10 @@ class ProcessGraph:
         found: Dict[Tuple[LockId, ...], Cycle] = {}
         covered: Set[Tuple[LockId, LockId]] = set()
         work = [budget]
-        left: Set[Tuple[LockId, LockId]] = set()
-        for edge in sorted(self.dirty):
+        left: Dict[Tuple[LockId, LockId], None] = {}
+        for edge in self.dirty:  # arrival order: deterministic for the same input
             if work[0] <= 0:
-                left.add(edge)
+                left[edge] = None
                 continue
             source, target = edge
             group = component.get(source)
@@ -256,7 +263,7 @@ class ProcessGraph:
                                group: int, work: List[int]) -> Optional[Cycle]:
         """Depth-first search for a cycle through source -> target whose edges distinct
         threads, with no gate lock and blocking modes, can close (bounded by ``work``)."""
-        first_options = [e for e in self.succ[source][target].values() if e.to_how != TIMED]
+        first_options = [e for e in self.evidence(source, target) if e.to_how != TIMED]
         ring: List[LockId] = [source, target]
         chosen: List[Evidence] = []
 
@@ -267,12 +274,13 @@ class ProcessGraph:
 
         def extend(node: LockId) -> bool:
             for nxt, bucket in self.succ[node].items():
+                bucket = bucket.values() if type(bucket) is dict else (bucket,)
                 if component.get(nxt) != group:
                     continue
                 closing = nxt == source
                 if not closing and (nxt in ring or len(ring) >= MAX_CYCLE_LENGTH):
                     continue
-                for ev in bucket.values():
+                for ev in bucket:
                     work[0] -= 1
                     if work[0] <= 0:
                         return False
@@ -340,6 +348,15 @@ class ProcessGraph:
         if chosen is not None:
             return build(SINGLE_THREAD_INVERSION, SUPPRESSED_TIMED_LOCK, chosen)
         return None
+
+
+def _identity(evidence: Evidence) -> tuple:
+    """What makes two observations of an edge different."""
+    return (evidence.tid, evidence.from_mode, evidence.to_mode, evidence.to_how, evidence.held)
+
+
+def _evidence_list(bucket: object) -> List[Evidence]:
+    return list(bucket.values()) if type(bucket) is dict else [bucket]  # type: ignore[attr-defined,list-item]
 
 
 def strongly_connected(succ: Mapping[LockId, Mapping[LockId, object]]) -> Dict[LockId, int]:
