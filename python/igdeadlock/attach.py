@@ -18,6 +18,8 @@ import json
 import os
 import platform
 import shutil
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -146,9 +148,42 @@ def program_ids() -> Set[int]:
         raise AttachError(f"cannot list BPF programs: {exc}") from exc
 
 
-def find_programs(names: Iterable[str], exclude: Set[int], timeout: float) -> Dict[str, int]:
+def socket_peer_pid(path: str) -> Optional[int]:
+    """The pid of the process serving a unix socket (SO_PEERCRED), if it answers."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            sock.connect(path)
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid = struct.unpack("3i", creds)[0]
+    return pid or None
+
+
+def programs_held_by(pid: int) -> Set[int]:
+    """Ids of the BPF programs a process holds open (from /proc/PID/fdinfo)."""
+    ids: Set[int] = set()
+    try:
+        entries = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return ids
+    for entry in entries:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{entry}") as handle:
+                for line in handle:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return ids
+
+
+def find_programs(names: Iterable[str], exclude: Set[int], timeout: float,
+                  owner: Optional[int] = None) -> Dict[str, int]:
     """Wait until programs with all these names, not in ``exclude``, are loaded.
 
+    With ``owner`` (the daemon's pid) only programs that process holds count.
     Programs of one gadget run share maps: they are grouped by the maps they
     use, and the newest group (highest ids) that has every name wins.
     """
@@ -156,8 +191,10 @@ def find_programs(names: Iterable[str], exclude: Set[int], timeout: float) -> Di
     deadline = time.monotonic() + timeout
     bpf = Bpf()
     while True:
-        fresh = [p for p in (bpf.program(i) for i in bpf.program_ids() if i not in exclude)
-                 if p is not None and p.name in wanted]
+        candidates = set(bpf.program_ids()) - exclude
+        if owner is not None:
+            candidates &= programs_held_by(owner)
+        fresh = [p for p in (bpf.program(i) for i in sorted(candidates)) if p is not None and p.name in wanted]
         for group in sorted(_share_maps(fresh), key=lambda g: max(p.id for p in g), reverse=True):
             newest: Dict[str, ProgramInfo] = {}
             for prog in group:

@@ -1,19 +1,33 @@
-"""Command line: ``igdeadlock trace [OPTIONS] -- COMMAND [ARG...]``."""
+"""Command line: ``igdeadlock trace [OPTIONS] -- COMMAND`` and ``igdeadlock watch [OPTIONS]``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import signal
+import socket
 import sys
-from typing import List, Optional, Sequence
+import time
+from typing import Callable, List, Optional, Sequence
 
 from igdeadlock import __version__
-from igdeadlock.report import render_json, render_text
-from igdeadlock.session import DEFAULT_IMAGE, TraceError, TraceOptions, trace_command, tune_garbage_collector
-from igdeadlock.wire import TlsConfig
+from igdeadlock.daemon import DaemonError, PrivateDaemon, find_ig
+from igdeadlock.k8s import KubernetesError, PortForward, gadget_pods, kube_manager_params
+from igdeadlock.outputs import RENDERERS
+from igdeadlock.report import Report, render_finding, render_json, render_text
+from igdeadlock.session import (
+    DEFAULT_IMAGE,
+    TraceError,
+    TraceOptions,
+    gadget_params,
+    local_daemon_answers,
+    trace_command,
+    tune_garbage_collector,
+)
+from igdeadlock.watch import TargetSpec, Watch
+from igdeadlock.wire import DEFAULT_DAEMON_ADDRESS, TlsConfig, parse_address
 
-FORMATS = ("text", "json")
+FORMATS = ("text", "json", "sarif", "dot", "mermaid", "html")
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -23,6 +37,30 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    output = parser.add_argument_group("report")
+    output.add_argument("--format", choices=FORMATS, default="text", help="report format (default: text)")
+    output.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
+    output.add_argument("--show-suppressed", action="store_true",
+                        help="also show cycles that are not deadlocks, with the reason (text, graphs, HTML)")
+    output.add_argument("--exit-code", action="store_true",
+                        help="exit with status 1 when an actual or potential deadlock is found")
+    gadget = parser.add_argument_group("gadget")
+    gadget.add_argument("--image", default=DEFAULT_IMAGE, help=f"gadget image (default: {DEFAULT_IMAGE})")
+    gadget.add_argument("--fetch-interval", type=int, default=None, metavar="MS",
+                        help="how often the gadget's maps are read, in milliseconds")
+    gadget.add_argument("--attach", choices=("auto", "client", "ig"), default="auto",
+                        help="who attaches the uprobes: ig, this client (needed on kernels without kprobes; "
+                             "local daemons only), or auto (default)")
+    gadget.add_argument("--ig", metavar="PATH", help="ig binary for a private daemon (default: ig on PATH)")
+    gadget.add_argument("--daemon-log", metavar="FILE", help="keep a private daemon's log in FILE")
+    tls = parser.add_argument_group("TLS to remote daemons")
+    tls.add_argument("--tls-ca", metavar="FILE", help="CA certificate that signed the daemon's certificate")
+    tls.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    tls.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
+    tls.add_argument("--tls-server-name", metavar="NAME", help="name expected in the daemon's certificate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,34 +75,38 @@ def build_parser() -> argparse.ArgumentParser:
         "trace",
         help="run a command under the deadlock gadget and report its lock-order problems",
         description="Run COMMAND (and its process tree) under the igdeadlock gadget; when it exits "
-                    "(or --timeout passes), report lock-order cycles.",
+                    "(or --timeout passes), report lock-order cycles and deadlocks.",
     )
     trace.add_argument("--remote", metavar="ADDR",
                        help="gadget service address: unix:///path or tcp://host:port "
                             "(default: the local ig daemon, or a private one started for this run)")
-    trace.add_argument("--format", choices=FORMATS, default="text", help="report format (default: text)")
-    trace.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
     trace.add_argument("--timeout", type=_positive, metavar="SECONDS",
                        help="stop after SECONDS, terminating COMMAND")
-    trace.add_argument("--show-suppressed", action="store_true",
-                       help="text report: also show cycles that are not deadlocks, with the reason")
     trace.add_argument("--stop-on-deadlock", action="store_true",
                        help="end the trace (terminating COMMAND) as soon as threads are deadlocked")
-    trace.add_argument("--exit-code", action="store_true",
-                       help="exit with status 1 when a potential deadlock is found")
-    trace.add_argument("--image", default=DEFAULT_IMAGE, help=f"gadget image (default: {DEFAULT_IMAGE})")
-    trace.add_argument("--attach", choices=("auto", "client", "ig"), default="auto",
-                       help="who attaches the uprobes: ig, this client (needed on kernels without kprobes), "
-                            "or auto (default)")
-    trace.add_argument("--fetch-interval", type=int, default=250, metavar="MS",
-                       help="how often the gadget's maps are read, in milliseconds (default: 250)")
-    trace.add_argument("--ig", metavar="PATH", help="ig binary for the private daemon (default: ig on PATH)")
-    trace.add_argument("--daemon-log", metavar="FILE", help="keep the private daemon's log in FILE")
-    trace.add_argument("--tls-ca", metavar="FILE", help="CA certificate that signed the daemon's certificate")
-    trace.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    trace.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
-    trace.add_argument("--tls-server-name", metavar="NAME", help="name expected in the daemon's certificate")
+    _add_common(trace)
     trace.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+
+    watch = commands.add_parser(
+        "watch",
+        help="watch ig daemons or a Kubernetes cluster and report deadlocks as they are found",
+        description="Stream from every target at once, print new findings as they come with a status line, "
+                    "and write the report at the end (--duration, or Ctrl-C).",
+    )
+    watch.add_argument("--remote", metavar="ADDR", action="append", default=[],
+                       help="an ig daemon: unix:///path or tcp://host:port (repeat for several)")
+    watch.add_argument("--k8s", action="store_true", help="watch every gadget pod of a kubectl-gadget deployment")
+    watch.add_argument("--context", metavar="C", help="kubeconfig context (--k8s)")
+    watch.add_argument("--namespace", metavar="N", help="only pods in this namespace (--k8s; default: all)")
+    watch.add_argument("--pod", metavar="P", help="only this pod (--k8s)")
+    watch.add_argument("--node", metavar="NODE", action="append", default=[],
+                       help="only the gadget pods on these nodes (--k8s; repeat for several)")
+    watch.add_argument("--containers-only", action="store_true",
+                       help="ig daemons: trace containers only, not host processes")
+    watch.add_argument("--duration", type=_positive, metavar="SECONDS", help="stop after SECONDS")
+    watch.add_argument("--status-interval", type=_positive, default=5.0, metavar="SECONDS",
+                       help="how often the status line is printed (default: 5)")
+    _add_common(watch)
     return parser
 
 
@@ -89,6 +131,20 @@ def _write(text: str, path: Optional[str]) -> None:
     os.replace(tmp, path)
 
 
+def render(report: Report, fmt: str, show_suppressed: bool) -> str:
+    if fmt == "json":
+        return render_json(report)
+    if fmt == "text":
+        return render_text(report, show_suppressed=show_suppressed)
+    if fmt == "sarif":
+        return RENDERERS["sarif"](report)
+    return RENDERERS[fmt](report, show_suppressed=show_suppressed)
+
+
+def _found_deadlock(report: Report) -> bool:
+    return any(f.kind in ("potential-deadlock", "actual-deadlock") and not f.suppressed for f in report.findings)
+
+
 def run_trace(args: argparse.Namespace) -> int:
     command: List[str] = list(args.cmd)
     if command and command[0] == "--":
@@ -104,15 +160,13 @@ def run_trace(args: argparse.Namespace) -> int:
         remote=args.remote,
         tls=_tls(args),
         timeout=args.timeout,
-        fetch_interval_ms=args.fetch_interval,
+        fetch_interval_ms=args.fetch_interval or 250,
         attach=args.attach,
         ig=args.ig,
         daemon_log=args.daemon_log,
         command_stdout=command_stdout,
         stop_on_deadlock=args.stop_on_deadlock,
     )
-    # SIGTERM ends the trace like Ctrl-C: the report is still written.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         outcome = trace_command(options, _say)
     except (TraceError, ValueError, OSError) as exc:
@@ -126,24 +180,94 @@ def run_trace(args: argparse.Namespace) -> int:
         _say("igdeadlock: stopped at the deadlock (--stop-on-deadlock); the command was terminated")
     elif outcome.ended_by == "interrupt":
         _say("igdeadlock: interrupted; the command was terminated")
-    if args.format == "json":
-        text = render_json(outcome.findings, outcome.stats)
-    else:
-        text = render_text(outcome.findings, outcome.stats, show_suppressed=args.show_suppressed)
-    _write(text, args.output)
-    found = any(f.kind in ("potential-deadlock", "actual-deadlock") and not f.suppressed
-                for f in outcome.findings)
-    return EXIT_FINDINGS if args.exit_code and found else EXIT_OK
+    report = outcome.report
+    _write(render(report, args.format, args.show_suppressed), args.output)
+    return EXIT_FINDINGS if args.exit_code and _found_deadlock(report) else EXIT_OK
+
+
+def watch_targets(args: argparse.Namespace, private: List[PrivateDaemon]) -> List[TargetSpec]:
+    """The targets of a watch: remote daemons, gadget pods, or the local daemon."""
+    interval = args.fetch_interval or 1000
+    params = gadget_params(interval, args.image, host=not args.containers_only)
+    tls = _tls(args)
+    specs: List[TargetSpec] = []
+    for text in args.remote:
+        address = parse_address(text)
+        local = address.scheme == "unix"
+        specs.append(TargetSpec(str(address), lambda a=address: a, params, tls, node=socket.gethostname() if local
+                                else "", local=local))
+    if args.k8s:
+        k8s_params = {"operator.oci.ebpf.map-fetch-interval": f"{interval}ms"}
+        k8s_params.update(kube_manager_params(args.namespace, args.pod))
+        for pod in gadget_pods(args.context, args.node):
+            forward = PortForward(pod, args.context)
+            specs.append(TargetSpec(pod.node or pod.name, forward.connect, k8s_params, None, node=pod.node,
+                                    close=forward.close))
+    if not specs:
+        default = parse_address(DEFAULT_DAEMON_ADDRESS)
+        if not local_daemon_answers(default):
+            daemon = PrivateDaemon(find_ig(args.ig), log_path=args.daemon_log)
+            default = daemon.start()
+            private.append(daemon)
+        specs.append(TargetSpec(str(default), lambda a=default: a, params, None, node=socket.gethostname(),
+                                local=True))
+    return specs
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    if args.k8s is False and (args.context or args.namespace or args.pod or args.node):
+        _say("igdeadlock watch: --context, --namespace, --pod and --node need --k8s")
+        return EXIT_ERROR
+    private: List[PrivateDaemon] = []
+    live_out = sys.stdout if args.format == "text" and args.output is None else sys.stderr
+    try:
+        specs = watch_targets(args, private)
+    except (KubernetesError, DaemonError, ValueError, OSError) as exc:
+        _say(f"igdeadlock: {exc}")
+        for daemon in private:
+            daemon.stop()
+        return EXIT_ERROR
+    watch = Watch(specs, args.image, args.attach, _say)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    next_status = time.monotonic() + args.status_interval
+    watch.start()
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                view = watch.found.get(timeout=0.2)
+            except Exception:  # queue.Empty
+                view = None
+            if view is not None and (args.show_suppressed or not view.suppressed):
+                live_out.write(render_finding(view))
+                live_out.flush()
+            if time.monotonic() >= next_status:
+                _say(watch.status_line())
+                next_status = time.monotonic() + args.status_interval
+    except KeyboardInterrupt:
+        _say("igdeadlock: interrupted; writing the report")
+    finally:
+        watch.stop()
+        for daemon in private:
+            daemon.stop()
+    report = watch.report()
+    _say(watch.status_line())
+    _write(render(report, args.format, args.show_suppressed), args.output)
+    return EXIT_FINDINGS if args.exit_code and _found_deadlock(report) else EXIT_OK
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     tune_garbage_collector()
-    if args.command == "trace":
-        return run_trace(args)
-    parser.print_help(sys.stderr)
-    return EXIT_ERROR
+    # SIGTERM ends a trace or a watch like Ctrl-C: the report is still written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    commands: dict = {"trace": run_trace, "watch": run_watch}
+    handler: Optional[Callable[[argparse.Namespace], int]] = commands.get(args.command)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    return handler(args)
 
 
 if __name__ == "__main__":

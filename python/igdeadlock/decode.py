@@ -244,6 +244,21 @@ class ThreadResumed(NamedTuple):
     lock: int
 
 
+class ProcessMeta(NamedTuple):
+    """Where a process runs, from IG's enrichment (empty strings when unknown).
+
+    Sent once per process, with its first edge or blocked-thread record."""
+
+    pid: int
+    process_start: int
+    mntns_id: int
+    node: str
+    namespace: str
+    pod: str
+    container: str
+    runtime_container: str
+
+
 @dataclass(frozen=True)
 class FetchTick:
     """A map-iterator datasource delivered one fetch (possibly empty)."""
@@ -264,7 +279,7 @@ class LogMessage:
         return LOG_LEVEL_NAMES[self.level] if self.level < len(LOG_LEVEL_NAMES) else str(self.level)
 
 
-Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed]
+Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed, ProcessMeta]
 
 INT, TEXT, INTS = "int", "text", "ints"  # field categories a record can ask for
 _INT_KINDS = frozenset(range(1, 10))  # bool and the integer kinds
@@ -273,10 +288,20 @@ _TEXT_KINDS = frozenset((KIND_STRING, KIND_CSTRING))
 
 @dataclass(frozen=True)
 class RecordSchema:
-    """The fields a record type is built from, in order, and how to build it."""
+    """The fields a record type is built from, in order, and how to build it.
+
+    ``per_process``: the record starts with pid, tid, comm, mntns_id and
+    process_start; the decoder also sends a ProcessMeta the first time it sees
+    a process in it."""
 
     fields: Tuple[Tuple[str, str], ...]  # (field name, category)
     make: Callable[[Tuple[Value, ...]], Record]
+    per_process: bool = False
+
+
+# IG's enrichment fields (empty outside Kubernetes or without a container runtime)
+META_FIELDS = (("k8s.node", TEXT), ("k8s.namespace", TEXT), ("k8s.podName", TEXT),
+               ("k8s.containerName", TEXT), ("runtime.containerName", TEXT))
 
 
 def _held(count: int, locks: Tuple[int, ...], gens: Tuple[int, ...], modes: Tuple[int, ...]
@@ -290,10 +315,12 @@ RECORD_SCHEMAS: Dict[str, RecordSchema] = {
     "edges": RecordSchema(
         tuple((name, TEXT if name == "comm" else INT) for name in LockEdge._fields[:-1]) + _HELD_FIELDS,
         lambda v: LockEdge(*v[:17], _held(*v[17:])),
+        per_process=True,
     ),
     "blocked": RecordSchema(
         tuple((name, TEXT if name == "comm" else INT) for name in BlockedThread._fields[:-1]) + _HELD_FIELDS,
         lambda v: BlockedThread(*v[:15], _held(*v[15:])),
+        per_process=True,
     ),
     "resumed": RecordSchema(tuple((name, INT) for name in ThreadResumed._fields), ThreadResumed._make),
     "dead_pids": RecordSchema(
@@ -326,19 +353,23 @@ def _view(raw: bytes, code: str) -> memoryview:
 _NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
 
 
-def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Optional[str]]]
-                      ) -> Callable[[api_pb2.DataElement], Tuple[Value, ...]]:
+def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Optional[str]]],
+                      optional: bool = False) -> Callable[[api_pb2.DataElement], Tuple[Value, ...]]:
     """A function: element -> the values of ``fields`` (name, category or None
     for any kind), in order. Fixed-size fields of a payload are unpacked at once.
 
     Raises DecodeError when the layout lacks a field or gives it another
-    kind: then no element of that datasource can make a record.
+    kind: then no element of that datasource can make a record. With
+    ``optional``, a missing field (or its missing payload) reads as "" instead.
     """
     specs = {f.name: f for f in layout.fields}
     namespace: Dict[str, object] = {"_cstring": _cstring, "_text": _text, "_view": _view}
     wanted: Dict[int, List[Tuple[FieldSpec, int]]] = {}
     for position, (name, category) in enumerate(fields):
         spec = specs.get(name)
+        if spec is None and optional:
+            wanted.setdefault(-1, []).append((FieldSpec(name, -1, 0, 0, KIND_STRING), position))
+            continue
         if spec is None:
             raise DecodeError(f"datasource {layout.name} has no field {name}")
         kind = spec.kind & ~KIND_ARRAY_FLAG if spec.kind & KIND_ARRAY_FLAG else spec.kind
@@ -353,11 +384,16 @@ def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Opti
 
     expressions: List[str] = [""] * len(fields)
     lines = ["def extract(element):", "    p = element.payload"]
+    for position in (p for _, p in wanted.pop(-1, [])):
+        expressions[position] = "''"
     for index, members in sorted(wanted.items()):
         fmt, cursor, item = [layout.byte_order], 0, 0
         members.sort(key=lambda m: m[0].offset)
         unpacked = []
         for spec, position in members:
+            if spec.size == 0 and optional:
+                expressions[position] = f"(_text(p[{index}]) if len(p) > {index} else '')"
+                continue
             if spec.size == 0 or spec.offset < cursor:
                 # an operator-added field (the whole payload), or one that overlaps
                 # another wanted field (a nested struct): decode it on its own
@@ -429,8 +465,17 @@ class StreamDecoder:
         self.info: Optional[api_pb2.GadgetInfo] = None
         self.layouts: Dict[int, DataSourceLayout] = {}
         self.problems: Dict[str, str] = {}  # datasource -> why its records cannot be built
-        self._builders: Dict[int, Tuple[Callable, Callable]] = {}
+        self._builders: Dict[int, Tuple[Callable, Callable, Optional[Callable]]] = {}
+        self._processes: set = set()  # (pid, start) already described by a ProcessMeta
         self._last_seq: Optional[int] = None
+
+    def new_stream(self) -> None:
+        """A new RunGadget stream follows (a reconnection): sequence numbers and
+        the gadget's description start over; the statistics go on."""
+        self.info = None
+        self.layouts, self._builders, self.problems = {}, {}, {}
+        self._processes = set()
+        self._last_seq = None
 
     def set_info(self, info: api_pb2.GadgetInfo) -> None:
         self.info = info
@@ -445,7 +490,8 @@ class StreamDecoder:
             if schema is None:
                 continue
             try:
-                self._builders[ds.id] = (compile_extractor(layout, schema.fields), schema.make)
+                meta = compile_extractor(layout, META_FIELDS, optional=True) if schema.per_process else None
+                self._builders[ds.id] = (compile_extractor(layout, schema.fields), schema.make, meta)
             except (DecodeError, KeyError, ValueError, struct.error) as exc:
                 self.problems[layout.name] = str(exc)
 
@@ -487,13 +533,21 @@ class StreamDecoder:
         out: List[Output] = []
         builder = self._builders.get(event.dataSourceID)
         if builder is not None:
-            extract, make = builder
+            extract, make, meta = builder
+            processes = self._processes
+            rejected_before = self.stats.rejected
             for element in elements:
                 try:
-                    out.append(make(extract(element)))
+                    record = make(extract(element))
+                    if meta is not None and (record[0], record[4]) not in processes:
+                        processes.add((record[0], record[4]))
+                        out.append(ProcessMeta(record[0], record[4], record[3], *meta(element)))
+                    elif type(record) is ProcessExit:
+                        processes.discard((record.pid, record.process_start))
+                    out.append(record)
                 except (DecodeError, IndexError, TypeError, ValueError, struct.error):
                     self.stats.rejected += 1
-            self.stats.records += len(out)
+            self.stats.records += len(elements) - (self.stats.rejected - rejected_before)
         elif layout.name in self.problems:
             self.stats.rejected += len(elements)
         if layout.type == DATASOURCE_TYPE_ARRAY:

@@ -20,7 +20,7 @@ from igdeadlock.graph import (
 )
 from igdeadlock.symbolize import Frame
 
-SCHEMA = "igdeadlock/report/v1"
+SCHEMA = "igdeadlock/report/v2"
 
 StackLookup = Callable[[int], Optional[List[Frame]]]
 
@@ -74,6 +74,87 @@ class FindingView:
     waits: Tuple[WaitView, ...] = ()
     id: str = ""
     related: Optional[str] = None  # the matching potential/actual deadlock
+    # where it was seen
+    target: str = ""  # the gadget service that reported it
+    node: str = ""
+    namespace: str = ""
+    pod: str = ""
+    container: str = ""
+    first_seen: Optional[float] = None  # Unix time of detection
+    last_seen: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One place a cluster finding was seen."""
+
+    target: str
+    node: str
+    namespace: str
+    pod: str
+    container: str
+    pid: int
+    comm: str
+    finding: str  # FindingView.id
+    first_seen: Optional[float]
+    last_seen: Optional[float]
+
+
+@dataclass(frozen=True)
+class ClusterFinding:
+    """The same cycle (same code: same acquisition sites) seen in several places."""
+
+    signature: str
+    representative: FindingView
+    occurrences: Tuple[Occurrence, ...]
+
+
+@dataclass
+class Report:
+    findings: List[FindingView]
+    stats: Dict[str, object]
+    targets: List[Dict[str, object]] = field(default_factory=list)
+
+    @property
+    def clusters(self) -> List[ClusterFinding]:
+        return cluster_findings(self.findings)
+
+
+def _site(frames: Optional[List[Frame]]) -> str:
+    """The code location of a stack, the same in every process running that binary."""
+    if not frames:
+        return "?"
+    frame = frames[0]
+    return f"{os.path.basename(frame.file or '')}+0x{frame.address:x}" if frame.file else f"0x{frame.address:x}"
+
+
+def signature(f: FindingView) -> str:
+    """Same code, same signature: the acquisition sites of the cycle, whatever the
+    addresses, pids and the lock the cycle happens to start at."""
+    parts = [f"{_site(e.from_stack)}>{_site(e.to_stack)}:{e.to_mode}" for e in f.edges]
+    rotations = [parts[i:] + parts[:i] for i in range(len(parts))] or [[]]
+    text = f.kind + "|" + (f.suppressed or "") + "|" + ";".join(min(rotations))
+    return "sig-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cluster_findings(findings: Sequence[FindingView]) -> List[ClusterFinding]:
+    groups: Dict[str, List[FindingView]] = {}
+    for f in findings:
+        groups.setdefault(signature(f), []).append(f)
+    clusters = []
+    for sig, members in groups.items():
+        members = sorted(members, key=lambda f: (f.first_seen or 0, f.target, f.pid))
+        occurrences = tuple(
+            Occurrence(f.target, f.node, f.namespace, f.pod, f.container, f.pid, f.comm, f.id,
+                       f.first_seen, f.last_seen)
+            for f in members
+        )
+        clusters.append(ClusterFinding(sig, members[0], occurrences))
+    return sorted(clusters, key=lambda c: (_SEVERITY.get(c.representative.kind, 9),
+                                           c.representative.suppressed or "", c.signature))
+
+
+_SEVERITY = {ACTUAL_DEADLOCK: 0, POTENTIAL_DEADLOCK: 1, SINGLE_THREAD_INVERSION: 2}
 
 
 def finding_id(kind: str, process: ProcessKey, locks: Iterable[LockId]) -> str:
@@ -182,11 +263,19 @@ def _frames_json(frames: Optional[List[Frame]]) -> Optional[List[Dict[str, objec
 def finding_to_json(f: FindingView) -> Dict[str, object]:
     out: Dict[str, object] = {
         "id": f.id,
+        "signature": signature(f),
         "kind": f.kind,
         "suppressed": f.suppressed,
         "pid": f.pid,
         "comm": f.comm,
         "mntns_id": f.mntns_id,
+        "target": f.target,
+        "node": f.node,
+        "namespace": f.namespace,
+        "pod": f.pod,
+        "container": f.container,
+        "first_seen": f.first_seen,
+        "last_seen": f.last_seen,
         "mutexes": [hex_address(lock) for lock, _ in f.locks],
         "generations": [gen for _, gen in f.locks],
         "lock_kinds": [LOCK_KIND_NAMES.get(k, str(k)) for k in f.lock_kinds],
@@ -227,12 +316,34 @@ def finding_to_json(f: FindingView) -> Dict[str, object]:
     return out
 
 
-def report_to_json(findings: Sequence[FindingView], stats: Mapping[str, object]) -> Dict[str, object]:
-    return {"schema": SCHEMA, "findings": [finding_to_json(f) for f in findings], "stats": dict(stats)}
+def cluster_to_json(c: ClusterFinding) -> Dict[str, object]:
+    first = [o.first_seen for o in c.occurrences if o.first_seen is not None]
+    last = [o.last_seen for o in c.occurrences if o.last_seen is not None]
+    return {
+        "signature": c.signature,
+        "kind": c.representative.kind,
+        "suppressed": c.representative.suppressed,
+        "finding": c.representative.id,
+        "nodes": sorted({o.node or o.target for o in c.occurrences}),
+        "pods": sorted({f"{o.namespace}/{o.pod}" for o in c.occurrences if o.pod}),
+        "first_seen": min(first) if first else None,
+        "last_seen": max(last) if last else None,
+        "occurrences": [o.__dict__ for o in c.occurrences],
+    }
 
 
-def render_json(findings: Sequence[FindingView], stats: Mapping[str, object]) -> str:
-    return json.dumps(report_to_json(findings, stats), indent=2, sort_keys=False) + "\n"
+def report_to_json(report: Report) -> Dict[str, object]:
+    return {
+        "schema": SCHEMA,
+        "findings": [finding_to_json(f) for f in report.findings],
+        "clusters": [cluster_to_json(c) for c in report.clusters],
+        "targets": report.targets,
+        "stats": dict(report.stats),
+    }
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(report_to_json(report), indent=2, sort_keys=False) + "\n"
 
 
 # --- text ------------------------------------------------------------------------
@@ -336,9 +447,37 @@ def _summary_site(f: FindingView) -> str:
     return ""
 
 
-def render_text(findings: Sequence[FindingView], stats: Mapping[str, object], show_suppressed: bool = False) -> str:
+def _place(node: str, namespace: str, pod: str, container: str) -> str:
+    """node / namespace/pod / container, whatever of it is known."""
+    parts = [node, f"{namespace}/{pod}" if pod else "", container]
+    return " / ".join(p for p in parts if p)
+
+
+def where(f: FindingView) -> str:
+    return _place(f.node or f.target, f.namespace, f.pod, f.container)
+
+
+def render_text(report: Report, show_suppressed: bool = False) -> str:
+    findings, stats = report.findings, report.stats
     shown = [f for f in findings if show_suppressed or not f.suppressed]
-    parts = [render_finding(f) for f in shown]
+    parts = []
+    group = None
+    for f in sorted(shown, key=lambda f: (where(f), f.pid, _SEVERITY.get(f.kind, 9))) \
+            if len(report.targets) > 1 else shown:
+        if len(report.targets) > 1 and where(f) != group:
+            group = where(f)
+            parts.append(f"### {group}\n")
+        parts.append(render_finding(f))
+    clusters = [c for c in report.clusters if len(c.occurrences) > 1 and (show_suppressed or not
+                                                                            c.representative.suppressed)]
+    for c in clusters:
+        places = ", ".join(f"{where_occurrence(o)} pid {o.pid}" for o in c.occurrences)
+        parts.append(f"The same {c.representative.kind} ({c.signature}) was seen {len(c.occurrences)} "
+                     f"times: {places}\n")
+    if len(report.targets) > 1 or any(t["state"] != "connected" for t in report.targets):
+        parts.append("targets: " + "; ".join(f"{t['address']} {t['state']}" + (f" ({t['error']})" if t.get('error')
+                                                                               else "")
+                                              for t in report.targets) + "\n")
     actual = sum(1 for f in findings if f.kind == ACTUAL_DEADLOCK)
     potential = sum(1 for f in findings if f.kind == POTENTIAL_DEADLOCK and not f.suppressed)
     single = sum(1 for f in findings if f.kind == SINGLE_THREAD_INVERSION and not f.suppressed)
@@ -350,6 +489,10 @@ def render_text(findings: Sequence[FindingView], stats: Mapping[str, object], sh
         summary += " (--show-suppressed to see them)"
     parts.append(summary + "\n" + render_stats(stats))
     return "\n".join(parts)
+
+
+def where_occurrence(o: Occurrence) -> str:
+    return _place(o.node or o.target, o.namespace, o.pod, o.container)
 
 
 def render_stats(stats: Mapping[str, object]) -> str:

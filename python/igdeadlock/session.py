@@ -11,11 +11,12 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from igdeadlock import attach as attach_mod
 from igdeadlock.daemon import DaemonError, PrivateDaemon, find_ig
@@ -28,13 +29,14 @@ from igdeadlock.decode import (
     LogMessage,
     MappedFile,
     ProcessExit,
+    ProcessMeta,
     StackTrace,
     StreamDecoder,
     ThreadResumed,
 )
 from igdeadlock.graph import Cycle, Deadlock, LockGraphStore, WaitForTracker
 from igdeadlock.proto import api_pb2
-from igdeadlock.report import FindingView, build_deadlock_findings, build_findings, link_related
+from igdeadlock.report import FindingView, Report, build_deadlock_findings, build_findings, link_related
 from igdeadlock.symbolize import Frame, Symbolizer
 from igdeadlock.wire import (
     DEFAULT_DAEMON_ADDRESS,
@@ -65,54 +67,88 @@ class TraceError(RuntimeError):
 
 
 class Collector:
-    """Everything one gadget run reported: lock graphs, stacks, files, loss counters."""
+    """Everything the gadget on one target reported: lock graphs, blocked threads,
+    stacks, files, where processes run, loss counters. No I/O."""
 
     def __init__(self, keep: Optional[Callable[[object], bool]] = None,
-                 on_deadlock: Optional[Callable[[Deadlock], None]] = None) -> None:
+                 on_deadlock: Optional[Callable[[Deadlock], None]] = None,
+                 target: str = "", node: str = "") -> None:
         self.store = LockGraphStore(keep)
         self.waits = WaitForTracker(keep)
         self.on_deadlock = on_deadlock
+        self.target = target
+        self.node = node  # where the target runs, when the target knows it (a gadget pod's node)
         self.stacks: Dict[int, StackTrace] = {}
         self.files: Dict[int, MappedFile] = {}
+        self.meta: Dict[Tuple[int, int], ProcessMeta] = {}
+        self.seen: Dict[tuple, Tuple[float, float]] = {}  # finding key -> (first, last) detection time
         self.counters: Dict[str, int] = {name: 0 for name in COUNTER_NAMES.values()}
         self.ticks: Dict[str, int] = {}
         self.ring_buffer_lost = 0
         self.warnings: List[str] = []
+        self._run = 0
+
+    def begin_run(self) -> None:
+        """A new gadget run on the same target (a reconnection): its site numbers
+        start over, and what it knew about blocked threads is gone."""
+        self._run += 1
+        self.waits = WaitForTracker(self.waits._keep)
+        self.ticks = {}
+
+    def _site(self, site: int) -> int:
+        # site ids hold the CPU in bits 48-55; runs after the first go above them
+        return site | (self._run << 56) if self._run and site else site
 
     def consume(self, output: object) -> List[object]:
         """Take one decoder output; returns the findings it completed."""
-        if isinstance(output, LockEdge):
-            self.store.add_edge(output)
-        elif isinstance(output, BlockedThread):
-            self.waits.thread_blocked(output)
-        elif isinstance(output, ThreadResumed):
-            self.waits.thread_resumed(output.tid)
-        elif isinstance(output, StackTrace):
-            self.stacks[output.site] = output
-        elif isinstance(output, MappedFile):
-            self.files[output.file_id] = output
-        elif isinstance(output, ProcessExit):
-            self.store.process_exited(output)
-            self.waits.process_exited(output.pid)
-        elif isinstance(output, Counter):
-            self.counters[output.name] = self.counters.get(output.name, 0) + output.count
-        elif isinstance(output, FetchTick):
-            self.ticks[output.datasource] = self.ticks.get(output.datasource, 0) + 1
-            if output.datasource == "edges":
-                return list(self.store.analyse())
-            if output.datasource == "blocked":
-                deadlocks = self.waits.tick()
+        kind = type(output)
+        if kind is LockEdge:
+            if self._run:
+                output = output._replace(from_site=self._site(output.from_site),  # type: ignore[union-attr]
+                                         to_site=self._site(output.to_site))  # type: ignore[union-attr]
+            self.store.add_edge(output)  # type: ignore[arg-type]
+        elif kind is BlockedThread:
+            if self._run:
+                output = output._replace(site=self._site(output.site))  # type: ignore[union-attr]
+            self.waits.thread_blocked(output)  # type: ignore[arg-type]
+        elif kind is ThreadResumed:
+            self.waits.thread_resumed(output.tid)  # type: ignore[union-attr]
+        elif kind is StackTrace:
+            site = self._site(output.site)  # type: ignore[union-attr]
+            self.stacks[site] = output._replace(site=site)  # type: ignore[union-attr]
+        elif kind is MappedFile:
+            self.files[output.file_id] = output  # type: ignore[union-attr]
+        elif kind is ProcessMeta:
+            self.meta[(output.pid, output.process_start)] = output  # type: ignore[union-attr]
+        elif kind is ProcessExit:
+            self.store.process_exited(output)  # type: ignore[arg-type]
+            self.waits.process_exited(output.pid)  # type: ignore[union-attr]
+        elif kind is Counter:
+            self.counters[output.name] = self.counters.get(output.name, 0) + output.count  # type: ignore
+        elif kind is FetchTick:
+            self.ticks[output.datasource] = self.ticks.get(output.datasource, 0) + 1  # type: ignore
+            if output.datasource == "edges":  # type: ignore[union-attr]
+                return self._detected(self.store.analyse())
+            if output.datasource == "blocked":  # type: ignore[union-attr]
+                deadlocks = self._detected(self.waits.tick())
                 for deadlock in deadlocks:
                     if self.on_deadlock is not None:
-                        self.on_deadlock(deadlock)
-                return list(deadlocks)
-        elif isinstance(output, LogMessage):
-            lost = _LOST_SAMPLES.search(output.text)
+                        self.on_deadlock(deadlock)  # type: ignore[arg-type]
+                return deadlocks
+        elif kind is LogMessage:
+            lost = _LOST_SAMPLES.search(output.text)  # type: ignore[union-attr]
             if lost:
                 self.ring_buffer_lost += int(lost.group(1))
-            elif output.level <= 3 and not any(h in output.text for h in _EXPECTED_WARNINGS):
-                self.warnings.append(output.text)
+            elif output.level <= 3 and not any(h in output.text for h in _EXPECTED_WARNINGS):  # type: ignore
+                self.warnings.append(output.text)  # type: ignore[union-attr]
         return []
+
+    def _detected(self, findings: Sequence[object]) -> List[object]:
+        now = time.time()
+        for finding in findings:
+            first, _ = self.seen.get(finding.key, (now, now))  # type: ignore[attr-defined]
+            self.seen[finding.key] = (first, now)  # type: ignore[attr-defined]
+        return list(findings)
 
     def stats(self, decoder: StreamDecoder) -> Dict[str, object]:
         lost = {
@@ -132,9 +168,11 @@ class Collector:
             "events_lost": lost,
         }
 
-    def findings(self, now_boot_ns: Optional[int] = None) -> List[FindingView]:
-        """All findings, symbolized; ``now_boot_ns`` (the traced host's boot clock)
-        gives blocked threads their waiting time."""
+    def findings(self, now_boot_ns: Optional[int] = None, only: Optional[Sequence[object]] = None
+                 ) -> List[FindingView]:
+        """Findings, symbolized and placed (all of them, or ``only`` these cycles
+        and deadlocks); ``now_boot_ns`` (the traced host's boot clock) gives
+        blocked threads their waiting time."""
         symbolizer = Symbolizer(self.files)
         cache: Dict[int, Optional[List[Frame]]] = {}
 
@@ -144,8 +182,27 @@ class Collector:
                 cache[site] = symbolizer.resolve(stack) if stack is not None else None
             return cache[site]
 
-        actual = build_deadlock_findings(self.waits.deadlocks.values(), stack_of, now_boot_ns)
-        return link_related(actual + build_findings(self.store.all_findings(), stack_of))
+        deadlocks = [d for d in (only if only is not None else self.waits.deadlocks.values())
+                     if isinstance(d, Deadlock)]
+        cycles = [c for c in (only if only is not None else self.store.all_findings()) if isinstance(c, Cycle)]
+        views = link_related(build_deadlock_findings(deadlocks, stack_of, now_boot_ns) +
+                             build_findings(cycles, stack_of))
+        keys = [d.key for d in deadlocks] + [c.key for c in cycles]
+        return [self._place(view, key) for view, key in zip(views, keys)]
+
+    def _place(self, view: FindingView, key: tuple) -> FindingView:
+        meta = self.meta.get((view.pid, view.process_start))
+        first, last = self.seen.get(key, (None, None))
+        return replace(
+            view,
+            target=self.target,
+            node=(meta.node if meta else "") or self.node,
+            namespace=meta.namespace if meta else "",
+            pod=meta.pod if meta else "",
+            container=(meta.container or meta.runtime_container) if meta else "",
+            first_seen=first,
+            last_seen=last,
+        )
 
 
 @dataclass
@@ -170,12 +227,18 @@ class TraceOutcome:
     command_status: Optional[int]
     ended_by: str  # "exit", "timeout", "deadlock" or "interrupt"
     notes: List[str] = field(default_factory=list)
+    target: str = ""
+
+    @property
+    def report(self) -> Report:
+        return Report(self.findings, self.stats, [{"address": self.target, "state": "connected", "error": None}])
 
 
-def gadget_params(fetch_interval_ms: int, image: str) -> Dict[str, str]:
+def gadget_params(fetch_interval_ms: int, image: str, host: bool = True) -> Dict[str, str]:
+    """Parameters for an `ig daemon` (its LocalManager); ``host``: trace host
+    processes too, not only containers (a traced command runs on the host)."""
     params = {
-        # the command runs on the host, not in a container
-        "operator.LocalManager.host": "true",
+        "operator.LocalManager.host": "true" if host else "false",
         "operator.oci.ebpf.map-fetch-interval": f"{fetch_interval_ms}ms",
     }
     if image.startswith("localhost/"):
@@ -222,7 +285,7 @@ class _EventPump:
         return item  # type: ignore[return-value]
 
 
-def _local_daemon_answers(address: Address) -> bool:
+def local_daemon_answers(address: Address) -> bool:
     if not os.path.exists(address.location):
         return False
     try:
@@ -259,7 +322,7 @@ def trace_command(options: TraceOptions, say: Callable[[str], None]) -> TraceOut
     private: Optional[PrivateDaemon] = None
     if options.remote is not None:
         address = parse_address(options.remote)
-    elif _local_daemon_answers(parse_address(DEFAULT_DAEMON_ADDRESS)):
+    elif local_daemon_answers(parse_address(DEFAULT_DAEMON_ADDRESS)):
         address = parse_address(DEFAULT_DAEMON_ADDRESS)
     else:
         try:
@@ -282,12 +345,16 @@ class GadgetSession:
     """
 
     def __init__(self, service: GadgetService, image: str, params: Dict[str, str], collector: Collector,
-                 attach: str = "auto", say: Callable[[str], None] = lambda message: None) -> None:
+                 attach: str = "auto", say: Callable[[str], None] = lambda message: None,
+                 decoder: Optional[StreamDecoder] = None,
+                 on_findings: Optional[Callable[[List[object]], None]] = None) -> None:
         self.service = service
         self.image = image
         self.params = params
         self.collector = collector
-        self.decoder = StreamDecoder()
+        self.decoder = decoder if decoder is not None else StreamDecoder()
+        self.decoder.new_stream()
+        self.on_findings = on_findings
         self.attach_mode = attach
         self.say = say
         self.attachment = attach_mod.UprobeAttachment()
@@ -312,7 +379,10 @@ class GadgetSession:
         self._wait_until_live(timeout)
         if client_attach:
             try:
-                self.program_ids = attach_mod.find_programs({p.program for p in points}, before, timeout=30.0)
+                address = self.service.address
+                owner = attach_mod.socket_peer_pid(address.location) if address.scheme == "unix" else None
+                self.program_ids = attach_mod.find_programs({p.program for p in points}, before, timeout=30.0,
+                                                            owner=owner)
                 self.attachment.attach(points, self.program_ids)
             except attach_mod.AttachError as exc:
                 raise TraceError(f"{exc} (the client attaches uprobes itself on kernels without "
@@ -336,7 +406,9 @@ class GadgetSession:
         event = self.pump.next(timeout)
         while event is not None:
             for output in self.decoder.feed(event):
-                self.collector.consume(output)
+                found = self.collector.consume(output)
+                if found and self.on_findings is not None:
+                    self.on_findings(found)
             event = self.pump.next(0)
         if self.pump.ended:
             if self.pump.error is not None:
@@ -366,6 +438,13 @@ class GadgetSession:
                 break
         self.run.cancel()
 
+    def stop_quietly(self) -> None:
+        """stop(), for when the connection already failed: nothing may raise."""
+        try:
+            self.stop()
+        except Exception:  # the stream is gone anyway; the attachment is closed first
+            self.attachment.detach()
+
     def __enter__(self) -> "GadgetSession":
         return self
 
@@ -391,7 +470,8 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
                 f"({deadlock.comm}) are blocked in a lock cycle")
 
         collector = Collector(keep=lambda record: bool(command_pid) and record.session_id == command_pid[0],
-                              on_deadlock=on_deadlock)
+                              on_deadlock=on_deadlock, target=str(address),
+                              node=socket.gethostname() if address.scheme == "unix" else "")
         process: Optional[subprocess.Popen] = None
         ended_by = "exit"
         with GadgetSession(service, options.image, params, collector, options.attach, say) as session:
@@ -422,4 +502,4 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         stats["command_exit_status"] = process.returncode if process is not None else None
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if address.scheme == "unix" else None
         return TraceOutcome(collector.findings(now), stats, process.returncode if process else None, ended_by,
-                            list(collector.warnings))
+                            list(collector.warnings), str(address))

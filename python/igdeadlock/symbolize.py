@@ -24,7 +24,15 @@ class Frame:
     file: Optional[str] = None
     function: Optional[str] = None
     function_offset: int = 0
-    source: Optional[str] = None  # "file.c:12"
+    source_file: Optional[str] = None  # from DWARF line information
+    line: Optional[int] = None
+
+    @property
+    def source(self) -> Optional[str]:
+        """``file.c:12``, or None when the binary has no line information."""
+        if self.source_file is None or self.line is None:
+            return None
+        return f"{os.path.basename(self.source_file)}:{self.line}"
 
     def describe(self) -> str:
         where = self.function + (f"+0x{self.function_offset:x}" if self.function_offset else "") \
@@ -43,6 +51,8 @@ class Frame:
             "function": self.function,
             "offset": self.function_offset if self.function else None,
             "source": self.source,
+            "source_file": self.source_file,
+            "line": self.line,
         }
 
 
@@ -65,7 +75,7 @@ class Symbolizer:
     def __init__(self, files: Mapping[int, MappedFile], use_addr2line: bool = True) -> None:
         self.files = files
         self._elves: Dict[Tuple[str, int], Optional[Tuple[str, ElfFile]]] = {}
-        self._lines: Dict[Tuple[str, int], Optional[str]] = {}
+        self._lines: Dict[Tuple[str, int], Optional[Tuple[str, int]]] = {}
         self._addr2line = shutil.which("addr2line") if use_addr2line else None
 
     def _open(self, mapped: MappedFile, pid: int) -> Optional[Tuple[str, ElfFile]]:
@@ -110,15 +120,16 @@ class Symbolizer:
                 continue
             hit = opened[1].symbol_at(vaddr - 1)
             function, function_offset = (hit[0].name, hit[1] + 1) if hit else (None, 0)
-            frames.append(Frame(offset, mapped.path, function, function_offset, sources.get((opened[0], vaddr - 1))))
+            source_file, line = sources.get((opened[0], vaddr - 1)) or (None, None)
+            frames.append(Frame(offset, mapped.path, function, function_offset, source_file, line))
         names = _demangle([f.function for f in frames if f.function])
         if names:
-            frames = [Frame(f.address, f.file, names.get(f.function or "", f.function), f.function_offset, f.source)
-                      for f in frames]
+            frames = [Frame(f.address, f.file, names.get(f.function or "", f.function), f.function_offset,
+                            f.source_file, f.line) for f in frames]
         return frames
 
-    def _sources(self, wanted: Mapping[str, Iterable[int]]) -> Dict[Tuple[str, int], Optional[str]]:
-        result: Dict[Tuple[str, int], Optional[str]] = {}
+    def _sources(self, wanted: Mapping[str, Iterable[int]]) -> Dict[Tuple[str, int], Optional[Tuple[str, int]]]:
+        result: Dict[Tuple[str, int], Optional[Tuple[str, int]]] = {}
         for path, addresses in wanted.items():
             todo = sorted({a for a in addresses if (path, a) not in self._lines})
             if todo and self._addr2line:
@@ -130,18 +141,18 @@ class Symbolizer:
                 except (OSError, subprocess.SubprocessError):
                     out = []
                 for address, line in zip(todo, out):
-                    self._lines[(path, address)] = _short_source(line)
+                    self._lines[(path, address)] = _source_line(line)
             for a in addresses:
                 result[(path, a)] = self._lines.get((path, a))
         return result
 
 
-def _short_source(line: str) -> Optional[str]:
-    """``/src/dir/file.c:12 (discriminator 1)`` -> ``file.c:12``; None if unknown."""
+def _source_line(line: str) -> Optional[Tuple[str, int]]:
+    """``/src/dir/file.c:12 (discriminator 1)`` -> (``/src/dir/file.c``, 12); None if unknown."""
     line = line.split(" (", 1)[0].strip()
     if not line or line.startswith("??"):
         return None
     path, _, number = line.rpartition(":")
     if not number.isdigit() or number == "0":
         return None
-    return f"{os.path.basename(path)}:{number}"
+    return path, int(number)

@@ -11,6 +11,7 @@ from igdeadlock.decode import (
     DecodeError,
     FetchTick,
     LockEdge,
+    ProcessMeta,
     LogMessage,
     StreamDecoder,
     decode_value,
@@ -89,7 +90,8 @@ def test_edge_record_follows_the_descriptors(shuffle, big_endian):
     decoder = StreamDecoder()
     decoder.feed(info_event(info_with(ds)))
     out = decoder.feed(payload_event(0, [pack(layout, EDGE_VALUES, big_endian)], seq=1))
-    edge, tick = out
+    meta, edge, tick = out
+    assert isinstance(meta, ProcessMeta) and (meta.pid, meta.process_start, meta.pod) == (42, 99, "")
     assert isinstance(edge, LockEdge) and tick == FetchTick("edges", 1)
     assert (edge.from_lock, edge.to_lock, edge.pid, edge.tid, edge.comm) == (0x1000, 0x2000, 42, 43, "worker")
     assert edge.held == ((0x1000, 0, 0), (0x3000, 1, 1))

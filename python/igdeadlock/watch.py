@@ -1,0 +1,177 @@
+"""Watching many gadget services at once: ig daemons and kubectl-gadget's gadget pods.
+
+Each target runs in its own thread with its own Collector. A target that
+fails is marked lost and retried with backoff; what it already sent is kept.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from igdeadlock.decode import StreamDecoder
+from igdeadlock.report import FindingView, Report
+from igdeadlock.session import Collector, GadgetSession
+from igdeadlock.wire import Address, GadgetService, TlsConfig
+
+MAX_BACKOFF = 30.0
+
+CONNECTING, CONNECTED, LOST, STOPPED = "connecting", "connected", "lost", "stopped"
+
+
+@dataclass
+class TargetSpec:
+    """How to reach one gadget service and run the gadget there."""
+
+    label: str  # what reports call it: its address, or the node of a gadget pod
+    connect: Callable[[], Address]  # (re)establishes the way there, e.g. a port-forward
+    params: Dict[str, str]
+    tls: Optional[TlsConfig] = None
+    node: str = ""
+    close: Callable[[], None] = lambda: None
+    local: bool = False  # on this host: the client may attach uprobes for it
+
+
+@dataclass
+class TargetState:
+    state: str = CONNECTING
+    error: Optional[str] = None
+    connects: int = 0
+    interrupted: int = 0  # how often a running stream broke
+
+
+class TargetRunner(threading.Thread):
+    """Keeps one target's gadget running until stopped, reconnecting with backoff."""
+
+    def __init__(self, spec: TargetSpec, image: str, attach: str, stop: threading.Event,
+                 found: "queue.Queue[FindingView]", say: Callable[[str], None]) -> None:
+        super().__init__(name=f"target {spec.label}", daemon=True)
+        self.spec = spec
+        self.image = image
+        self.attach = attach if spec.local else "ig"
+        self.stop_event = stop
+        self.found = found
+        self.say = say
+        self.collector = Collector(target=spec.label, node=spec.node)
+        self.decoder = StreamDecoder()
+        self.status = TargetState()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            session: Optional[GadgetSession] = None
+            try:
+                address = self.spec.connect()
+                with GadgetService(address, self.spec.tls) as service:
+                    service.server_info(timeout=5.0)
+                    if self.status.connects:
+                        self.collector.begin_run()
+                    session = GadgetSession(service, self.image, self.spec.params, self.collector, self.attach,
+                                            self.say, decoder=self.decoder, on_findings=self._report)
+                    session.start()
+                    self._set(CONNECTED, None)
+                    self.status.connects += 1
+                    backoff = 1.0
+                    while not self.stop_event.is_set():
+                        session.pump_events(0.2)
+                    session.final_fetch()
+                    session.stop()
+                    self._set(STOPPED, None)
+                    return
+            except Exception as exc:  # noqa: BLE001 - one failing target must not stop the others
+                if session is not None:
+                    session.stop_quietly()
+                if self.status.state == CONNECTED:
+                    self.status.interrupted += 1
+                self._set(LOST, str(exc))
+                self.spec.close()
+                if self.stop_event.wait(backoff):
+                    return
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _set(self, state: str, error: Optional[str]) -> None:
+        with self._lock:
+            self.status.state = state
+            if error is not None or state == CONNECTED:
+                self.status.error = error
+
+    def _report(self, new: List[object]) -> None:
+        # symbolize now, while the processes (and their files) are most likely there
+        for view in self.collector.findings(now_boot_ns=None, only=new):
+            self.found.put(view)
+
+    def describe(self) -> Dict[str, object]:
+        with self._lock:
+            return {
+                "address": self.spec.label,
+                "node": self.spec.node,
+                "state": self.status.state,
+                "error": self.status.error,
+                "connects": self.status.connects,
+                "interrupted": self.status.interrupted,
+            }
+
+
+@dataclass
+class Watch:
+    """Many targets, one report."""
+
+    specs: Sequence[TargetSpec]
+    image: str
+    attach: str = "auto"
+    say: Callable[[str], None] = lambda message: None
+    found: "queue.Queue[FindingView]" = field(default_factory=queue.Queue)
+    runners: List[TargetRunner] = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        self.runners = [TargetRunner(spec, self.image, self.attach, self.stop_event, self.found, self.say)
+                        for spec in self.specs]
+        for runner in self.runners:
+            runner.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for runner in self.runners:
+            runner.join(max(0.1, deadline - time.monotonic()))
+        for spec in self.specs:
+            spec.close()
+
+    def status_line(self) -> str:
+        targets = [r.describe() for r in self.runners]
+        connected = sum(1 for t in targets if t["state"] == CONNECTED)
+        processes = sum(len(r.collector.store.graphs) for r in self.runners)
+        edges = sum(r.collector.store.stats.edges_seen for r in self.runners)
+        findings = sum(len(r.collector.store.findings) + len(r.collector.waits.deadlocks) for r in self.runners)
+        lost = sum(_events_lost(r) for r in self.runners)
+        return (f"igdeadlock: {connected}/{len(targets)} targets connected, {processes} processes, "
+                f"{edges} edges, {findings} findings, {lost} events lost")
+
+    def report(self) -> Report:
+        findings: List[FindingView] = []
+        stats: Dict[str, object] = {}
+        for runner in self.runners:
+            findings.extend(runner.collector.findings())
+            _add_stats(stats, runner.collector.stats(runner.decoder))
+        stats["targets_lost"] = sum(1 for r in self.runners if r.status.state == LOST)
+        stats["streams_interrupted"] = sum(r.status.interrupted for r in self.runners)
+        return Report(findings, stats, [r.describe() for r in self.runners])
+
+
+def _events_lost(runner: TargetRunner) -> int:
+    lost = runner.collector.stats(runner.decoder)["events_lost"]
+    return sum(v for v in lost.values() if isinstance(v, int))  # type: ignore[union-attr]
+
+
+def _add_stats(total: Dict[str, object], more: Dict[str, object]) -> None:
+    for key, value in more.items():
+        if isinstance(value, dict):
+            inner = total.setdefault(key, {})
+            _add_stats(inner, value)  # type: ignore[arg-type]
+        elif isinstance(value, int):
+            total[key] = total.get(key, 0) + value  # type: ignore[operator]

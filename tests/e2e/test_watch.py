@@ -1,0 +1,115 @@
+"""`igdeadlock watch` across several real ig daemons: merged findings, a daemon killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import IGDEADLOCK, IMAGE, program_facts, require_root_and_ig
+
+
+@pytest.fixture
+def two_daemons(tmp_path):
+    require_root_and_ig()
+    from igdeadlock.daemon import PrivateDaemon, find_ig
+
+    daemons = [PrivateDaemon(find_ig(), log_path=str(tmp_path / f"daemon{i}.log")) for i in (1, 2)]
+    addresses = [str(d.start()) for d in daemons]
+    yield daemons, addresses
+    for daemon in daemons:
+        daemon.stop()
+
+
+class Lines:
+    """A process's stderr, line by line, waited on without sleeping blindly."""
+
+    def __init__(self, stream) -> None:
+        self.queue: "queue.Queue[str]" = queue.Queue()
+        self.seen: list = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.queue.put(line)
+
+    def wait_for(self, predicate, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        for line in self.seen:
+            if predicate(line):
+                return line
+        while time.monotonic() < deadline:
+            try:
+                line = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            if predicate(line):
+                return line
+        raise AssertionError(f"timed out; saw:\n{''.join(self.seen[-40:])}")
+
+    def count(self, text: str) -> int:
+        while not self.queue.empty():
+            self.seen.append(self.queue.get())
+        return sum(text in line for line in self.seen)
+
+
+def test_watch_merges_daemons_and_keeps_what_a_killed_one_sent(two_daemons, program, tmp_path):
+    daemons, addresses = two_daemons
+    out = tmp_path / "report.json"
+    watch = subprocess.Popen(
+        [*IGDEADLOCK, "watch", "--image", IMAGE, "--remote", addresses[0], "--remote", addresses[1],
+         "--format", "json", "-o", str(out), "--duration", "300", "--status-interval", "0.5",
+         "--fetch-interval", "250"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = Lines(watch.stderr)
+    churn = None
+    try:
+        lines.wait_for(lambda line: "2/2 targets connected" in line)
+        churn = subprocess.Popen([str(program("churn"))], stdout=subprocess.PIPE, text=True)
+        churn_facts = program_facts(churn.stdout.readline() + churn.stdout.readline())
+        # both daemons see the churn process (uprobes trace the whole host): two live findings
+        deadline = time.monotonic() + 60
+        while lines.count(f"pid={churn.pid}") < 2:
+            assert time.monotonic() < deadline, "".join(lines.seen[-40:])
+            lines.wait_for(lambda line: f"pid={churn.pid}" in line, timeout=60)
+        daemons[1].stop()  # killed mid-run
+        lines.wait_for(lambda line: "1/2 targets connected" in line)
+        ring = subprocess.run([str(program("ring")), "3"], capture_output=True, text=True, check=True)
+        ring_facts = program_facts(ring.stdout)
+        lines.wait_for(lambda line: "potential deadlock" in line and "ring" in line and "pid=" in line)
+        watch.send_signal(signal.SIGINT)  # Ctrl-C: the report is still written
+        assert watch.wait(60) == 0
+    finally:
+        if churn is not None:
+            churn.kill()
+        if watch.poll() is None:
+            watch.kill()
+
+    report = json.loads(out.read_text())
+    assert report["schema"] == "igdeadlock/report/v2"
+    targets = {t["address"]: t for t in report["targets"]}
+    assert targets[addresses[0]]["state"] == "stopped"
+    assert targets[addresses[1]]["state"] == "lost" and targets[addresses[1]]["error"]
+    assert report["stats"]["streams_interrupted"] == 1
+
+    churn_locks = {churn_facts["A"][0], churn_facts["B"][0]}
+    ring_locks = {ring_facts[f"L{i}"][0] for i in range(3)}
+    by_locks = {}
+    for cluster in report["clusters"]:
+        finding = next(f for f in report["findings"] if f["id"] == cluster["finding"])
+        by_locks[frozenset(int(m, 16) for m in finding["mutexes"])] = cluster
+    assert set(by_locks) == {frozenset(churn_locks), frozenset(ring_locks)}
+    churn_cluster, ring_cluster = by_locks[frozenset(churn_locks)], by_locks[frozenset(ring_locks)]
+    # the same cycle from both daemons is one cluster finding with two occurrences
+    assert sorted(o["target"] for o in churn_cluster["occurrences"]) == sorted(addresses)
+    assert {o["pid"] for o in churn_cluster["occurrences"]} == {churn.pid}
+    assert all(o["first_seen"] <= o["last_seen"] for o in churn_cluster["occurrences"])
+    # after the kill only the first daemon saw the ring
+    assert [o["target"] for o in ring_cluster["occurrences"]] == [addresses[0]]
+    assert {f["kind"] for f in report["findings"]} == {"potential-deadlock"}
