@@ -20,20 +20,20 @@ IG ?= /usr/local/bin/ig
 IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget" { print $$2; exit }' tools/ig/go.mod)
 # Debian packages: compiler and BPF headers for `ig image build --local`, bpftool,
 # binutils (addr2line for source lines), util-linux (unshare).
-DEB_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool binutils gcc g++ make util-linux
+DEB_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool binutils gcc g++ make util-linux openssl npm
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python gadget test unit-test e2e-test demo bench diagrams proto clean
+.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test demo bench diagrams proto clean
 
 help:
 	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
-setup: setup-packages setup-ig setup-python
+setup: setup-packages setup-ig setup-python setup-test-tools
 
 setup-packages:
 	@missing=""; \
-	for cmd in clang-19 llvm-strip-19 bpftool addr2line gcc g++ unshare; do \
+	for cmd in clang-19 llvm-strip-19 bpftool addr2line gcc g++ unshare openssl npm; do \
 		command -v $$cmd >/dev/null || [ -x /usr/sbin/$$cmd ] || missing=1; \
 	done; \
 	[ -f /usr/include/bpf/bpf_helpers.h ] || missing=1; \
@@ -57,6 +57,17 @@ $(VENV)/.installed: python/pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e 'python[test]'
 	@touch $@
+
+# For the tests only: Microsoft's SARIF validator (npm) and a headless browser (Debian).
+SARIF_MULTITOOL := $(BUILD)/tools/node_modules/@microsoft/sarif-multitool-linux/Sarif.Multitool
+setup-test-tools: $(SARIF_MULTITOOL)
+	@command -v chromium >/dev/null || { echo "setup: installing chromium (HTML report tests)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+$(SARIF_MULTITOOL):
+	mkdir -p $(BUILD)/tools
+	npm install --prefix $(BUILD)/tools --no-audit --no-fund --silent @microsoft/sarif-multitool@5.7.0
+	chmod +x $@
 
 # The image is rebuilt when its sources or the ig version change, or when it is gone.
 gadget: setup-ig
