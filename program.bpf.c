@@ -428,12 +428,13 @@ static __always_inline __u64 held_lock_hash(__u64 lock, __u32 gen, __u8 mode)
 	return mix64(lock ^ ((__u64)gen << 48) ^ ((__u64)mode << 62));
 }
 
-/* Start time of the current process: (pid, start) names a process uniquely. */
+/* Start time of the current process (boot clock, as /proc/PID/stat has it):
+ * (pid, start) names a process uniquely. */
 static __always_inline __u64 current_process_start(void)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 
-	return BPF_CORE_READ(task, group_leader, start_time);
+	return BPF_CORE_READ(task, group_leader, start_boottime);
 }
 
 static __always_inline __u32 current_session_id(void)

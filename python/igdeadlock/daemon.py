@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from igdeadlock.wire import Address, GadgetService, WireError
 
@@ -39,14 +39,21 @@ def pid_one_namespaces_readable() -> bool:
         return True
 
 
-def daemon_command(ig: str, socket_path: str) -> List[str]:
+def daemon_command(ig: str, socket_path: str, listen: Optional[str] = None,
+                   tls_files: Optional[Tuple[str, str, str]] = None) -> List[str]:
+    """`ig daemon` on ``socket_path`` (or ``listen``, e.g. tcp://127.0.0.1:PORT);
+    ``tls_files`` = (key, certificate, client CA) makes it require mutual TLS."""
     command = [
         ig, "daemon",
-        "--host", "unix://" + socket_path,
-        "--tls-insecure",  # a unix socket in a private directory: no TLS needed
+        "--host", listen or "unix://" + socket_path,
         "--verify-image=false",  # locally built gadget images are not signed
         "--auto-mount-filesystems",
     ]
+    if tls_files is None:
+        command.append("--tls-insecure")  # a unix socket in a private directory: no TLS needed
+    else:
+        key, certificate, client_ca = tls_files
+        command += ["--tls-key-file", key, "--tls-cert-file", certificate, "--tls-client-ca-file", client_ca]
     if not pid_one_namespaces_readable():
         # Give ig a PID namespace of its own, where it is PID 1 itself.
         unshare = shutil.which("unshare")
@@ -62,9 +69,10 @@ class PrivateDaemon:
 
     ig: str
     log_path: Optional[str] = None
-    directory: str = ""
+    directory: str = ""  # where the socket goes; a fresh private one when empty
     process: Optional[subprocess.Popen] = None
     _log: Optional[object] = field(default=None, repr=False)
+    _owns_directory: bool = field(default=False, repr=False)
 
     @property
     def address(self) -> Address:
@@ -73,7 +81,9 @@ class PrivateDaemon:
     def start(self, timeout: float = 30.0) -> Address:
         if os.geteuid() != 0:
             raise DaemonError("ig daemon needs root: run igdeadlock as root (sudo)")
-        self.directory = tempfile.mkdtemp(prefix="igdeadlock-")  # mode 0700: only we can reach the socket
+        if not self.directory:
+            self.directory = tempfile.mkdtemp(prefix="igdeadlock-")  # mode 0700: only we can reach the socket
+            self._owns_directory = True
         command = daemon_command(self.ig, self.address.location)
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
@@ -112,9 +122,14 @@ class PrivateDaemon:
         if self._log not in (None, subprocess.DEVNULL):
             self._log.close()  # type: ignore[union-attr]
         self._log = None
-        if self.directory:
+        if self.directory and self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = ""
+        elif self.directory:
+            try:
+                os.unlink(self.address.location)
+            except OSError:
+                pass
 
     def __enter__(self) -> "PrivateDaemon":
         return self

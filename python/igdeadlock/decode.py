@@ -445,6 +445,7 @@ class DecodeStats:
     records: int = 0
     dropped_by_server: int = 0  # gaps in the payload sequence numbers
     rejected: int = 0  # payloads or elements that did not decode
+    ignored: int = 0  # elements of datasources igdeadlock makes no records from
     unknown_datasource: int = 0
     before_info: int = 0
 
@@ -550,6 +551,8 @@ class StreamDecoder:
             self.stats.records += len(elements) - (self.stats.rejected - rejected_before)
         elif layout.name in self.problems:
             self.stats.rejected += len(elements)
+        else:
+            self.stats.ignored += len(elements)
         if layout.type == DATASOURCE_TYPE_ARRAY:
             out.append(FetchTick(layout.name, len(elements)))
         return out

@@ -54,7 +54,7 @@ def parse_gadget_pods(listing: str) -> List[GadgetPod]:
     for item in items:
         metadata, spec, status = item.get("metadata", {}), item.get("spec", {}), item.get("status", {})
         ready = status.get("phase") == "Running" and all(
-            c.get("ready") for c in status.get("containerStatuses", []) or [{}])
+            c.get("ready") for c in status.get("containerStatuses") or [])
         pods.append(GadgetPod(metadata.get("name", ""), spec.get("nodeName", ""), ready))
     return sorted((p for p in pods if p.name), key=lambda p: (p.node, p.name))
 

@@ -50,6 +50,23 @@ from igdeadlock.wire import (
 
 DEFAULT_IMAGE = os.environ.get("IGDEADLOCK_IMAGE", "localhost/igdeadlock:latest")
 MAP_ITERATORS = ("edges", "stacks", "files", "counters", "blocked")
+CONNECT_TIMEOUT = 3.0  # seconds to reach a gadget service before giving up
+REAP_EVERY_FETCHES = 20  # how often graphs of vanished processes are looked for
+_CLOCK_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def process_alive(pid: int, start_ns: int) -> Optional[bool]:
+    """Whether the process (pid, start time on the boot clock) still runs on this
+    host: False when the pid is gone or belongs to a newer process."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return None
+    started = int(fields[19]) * _CLOCK_TICK_NS  # field 22 of stat, counted after the comm
+    return abs(started - start_ns) <= 2 * _CLOCK_TICK_NS
 _LOST_SAMPLES = re.compile(r"lost (\d+) samples")
 # ig warnings that only say what host mode means (no container runtime needed)
 _EXPECTED_WARNINGS = ("container-collection isn't available",)
@@ -72,7 +89,8 @@ class Collector:
 
     def __init__(self, keep: Optional[Callable[[object], bool]] = None,
                  on_deadlock: Optional[Callable[[Deadlock], None]] = None,
-                 target: str = "", node: str = "") -> None:
+                 target: str = "", node: str = "",
+                 alive: Optional[Callable[[int, int], Optional[bool]]] = None) -> None:
         self.store = LockGraphStore(keep)
         self.waits = WaitForTracker(keep)
         self.on_deadlock = on_deadlock
@@ -86,6 +104,7 @@ class Collector:
         self.ticks: Dict[str, int] = {}
         self.ring_buffer_lost = 0
         self.warnings: List[str] = []
+        self.alive = alive  # can this host tell whether (pid, start) still runs?
         self._run = 0
 
     def begin_run(self) -> None:
@@ -128,6 +147,8 @@ class Collector:
         elif kind is FetchTick:
             self.ticks[output.datasource] = self.ticks.get(output.datasource, 0) + 1  # type: ignore
             if output.datasource == "edges":  # type: ignore[union-attr]
+                if self.alive is not None and self.ticks["edges"] % REAP_EVERY_FETCHES == 0:
+                    self.reap()
                 return self._detected(self.store.analyse())
             if output.datasource == "blocked":  # type: ignore[union-attr]
                 deadlocks = self._detected(self.waits.tick())
@@ -142,6 +163,18 @@ class Collector:
             elif output.level <= 3 and not any(h in output.text for h in _EXPECTED_WARNINGS):  # type: ignore
                 self.warnings.append(output.text)  # type: ignore[union-attr]
         return []
+
+    def reap(self) -> int:
+        """Forget processes that are gone although no exit event said so (one was
+        lost): their graphs are analysed once more and dropped. Returns how many."""
+        gone = 0
+        for pid, start in list(self.store.graphs):
+            if self.alive is not None and self.alive(pid, start) is False:
+                exit = ProcessExit(pid, start, 0, "")
+                self.store.process_exited(exit)
+                self.waits.process_exited(pid)
+                gone += 1
+        return gone
 
     def _detected(self, findings: Sequence[object]) -> List[object]:
         now = time.time()
@@ -456,9 +489,9 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
     params = gadget_params(options.fetch_interval_ms, options.image)
     with GadgetService(address, options.tls) as service:
         try:
-            service.server_info(timeout=5.0)
+            service.server_info(timeout=CONNECT_TIMEOUT)
         except WireError as exc:
-            raise TraceError(f"{exc}: is `ig daemon` running there?") from exc
+            raise TraceError(str(exc)) from exc
 
         command_pid: List[int] = []
         deadlocked: List[Deadlock] = []
@@ -469,9 +502,10 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
             say(f"igdeadlock: deadlock: threads {threads} of pid {deadlock.process.pid} "
                 f"({deadlock.comm}) are blocked in a lock cycle")
 
+        local = address.scheme == "unix"
         collector = Collector(keep=lambda record: bool(command_pid) and record.session_id == command_pid[0],
                               on_deadlock=on_deadlock, target=str(address),
-                              node=socket.gethostname() if address.scheme == "unix" else "")
+                              node=socket.gethostname() if local else "", alive=process_alive if local else None)
         process: Optional[subprocess.Popen] = None
         ended_by = "exit"
         with GadgetSession(service, options.image, params, collector, options.attach, say) as session:

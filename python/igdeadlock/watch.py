@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from igdeadlock.decode import StreamDecoder
 from igdeadlock.report import FindingView, Report
-from igdeadlock.session import Collector, GadgetSession
+from igdeadlock.session import Collector, GadgetSession, process_alive
 from igdeadlock.wire import Address, GadgetService, TlsConfig
 
 MAX_BACKOFF = 30.0
@@ -55,10 +55,12 @@ class TargetRunner(threading.Thread):
         self.stop_event = stop
         self.found = found
         self.say = say
-        self.collector = Collector(target=spec.label, node=spec.node)
+        self.collector = Collector(target=spec.label, node=spec.node, alive=process_alive if spec.local else None)
         self.decoder = StreamDecoder()
         self.status = TargetState()
         self._lock = threading.Lock()
+        self._pending: List[object] = []  # new findings waiting for their stacks and files
+        self._pending_since = 0
 
     def run(self) -> None:
         backoff = 1.0
@@ -70,6 +72,7 @@ class TargetRunner(threading.Thread):
                     service.server_info(timeout=5.0)
                     if self.status.connects:
                         self.collector.begin_run()
+                        self._pending_since = 0
                     session = GadgetSession(service, self.image, self.spec.params, self.collector, self.attach,
                                             self.say, decoder=self.decoder, on_findings=self._report)
                     session.start()
@@ -78,6 +81,7 @@ class TargetRunner(threading.Thread):
                     backoff = 1.0
                     while not self.stop_event.is_set():
                         session.pump_events(0.2)
+                        self._flush_pending()
                     session.final_fetch()
                     session.stop()
                     self._set(STOPPED, None)
@@ -100,9 +104,17 @@ class TargetRunner(threading.Thread):
                 self.status.error = error
 
     def _report(self, new: List[object]) -> None:
-        # symbolize now, while the processes (and their files) are most likely there
-        for view in self.collector.findings(now_boot_ns=None, only=new):
-            self.found.put(view)
+        if not self._pending:
+            self._pending_since = self.collector.ticks.get("files", 0)
+        self._pending.extend(new)
+
+    def _flush_pending(self) -> None:
+        """Hand new findings over once the stacks and files of the same fetch are in:
+        they are symbolized now, while their processes most likely still run."""
+        if self._pending and self.collector.ticks.get("files", 0) > self._pending_since:
+            new, self._pending = self._pending, []
+            for view in self.collector.findings(now_boot_ns=None, only=new):
+                self.found.put(view)
 
     def describe(self) -> Dict[str, object]:
         with self._lock:

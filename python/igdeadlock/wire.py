@@ -7,6 +7,7 @@ asks for server and gadget information and runs a gadget as a stream of raw
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from igdeadlock.proto import api_pb2, api_pb2_grpc
 DEFAULT_DAEMON_ADDRESS = "unix:///var/run/ig/ig.socket"
 
 # Protocol versions the service accepts (pkg/gadget-service/api/consts.go).
+API_VERSION = "1.0"  # InfoResponse.version of the gadget service igdeadlock speaks
 GADGET_INFO_VERSION = 1
 RUN_PROTOCOL_VERSION = 1
 
@@ -149,15 +151,37 @@ class GadgetService:
         self.close()
 
     def server_info(self, timeout: float = 5.0) -> ServerInfo:
-        """Ask the server who it is; also the health check (waits up to timeout)."""
+        """Ask the server who it is; also the health check (waits up to timeout).
+
+        Raises WireError when nobody answers, when the socket may not be used,
+        or when the server speaks another version of the gadget API."""
+        if self.address.scheme == "unix":
+            self._check_socket(self.address.location)
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
-            reply = self._builtin.GetInfo(api_pb2.InfoRequest(version="1.0"), timeout=timeout)
+            reply = self._builtin.GetInfo(api_pb2.InfoRequest(version=API_VERSION), timeout=timeout)
         except grpc.FutureTimeoutError as exc:
             raise WireError(f"no gadget service answers at {self.address} within {timeout:g}s") from exc
         except grpc.RpcError as exc:
             raise WireError(f"gadget service at {self.address}: {describe_rpc_error(exc)}") from exc
+        if reply.version != API_VERSION:
+            raise WireError(f"the gadget service at {self.address} speaks API version {reply.version!r} "
+                            f"(ig {reply.serverVersion or 'unknown'}); igdeadlock speaks {API_VERSION!r}: "
+                            "use an ig release with the same gadget API")
         return ServerInfo(reply.version, reply.serverVersion, reply.experimental)
+
+    def _check_socket(self, path: str) -> None:
+        denied = WireError(f"permission denied on {path}: run igdeadlock as root, or as a member of the "
+                           "group the daemon gives its socket (ig daemon --group)")
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise WireError(f"no gadget service at {self.address}: the socket does not exist "
+                            "(start `ig daemon`, or leave --remote out to let igdeadlock start one)") from None
+        except PermissionError:
+            raise denied from None
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise denied
 
     def gadget_info(
         self,

@@ -19,7 +19,11 @@ def two_daemons(tmp_path):
     require_root_and_ig()
     from igdeadlock.daemon import PrivateDaemon, find_ig
 
-    daemons = [PrivateDaemon(find_ig(), log_path=str(tmp_path / f"daemon{i}.log")) for i in (1, 2)]
+    directories = [tmp_path / f"daemon{i}" for i in (1, 2)]
+    for directory in directories:
+        directory.mkdir(mode=0o700)
+    daemons = [PrivateDaemon(find_ig(), log_path=str(tmp_path / f"daemon{i}.log"), directory=str(d))
+               for i, d in zip((1, 2), directories)]
     addresses = [str(d.start()) for d in daemons]
     yield daemons, addresses
     for daemon in daemons:
@@ -39,10 +43,8 @@ class Lines:
             self.queue.put(line)
 
     def wait_for(self, predicate, timeout: float = 60.0) -> str:
+        """Wait for a new line that matches (lines read before this call do not count)."""
         deadline = time.monotonic() + timeout
-        for line in self.seen:
-            if predicate(line):
-                return line
         while time.monotonic() < deadline:
             try:
                 line = self.queue.get(timeout=0.5)
@@ -53,13 +55,24 @@ class Lines:
                 return line
         raise AssertionError(f"timed out; saw:\n{''.join(self.seen[-40:])}")
 
-    def count(self, text: str) -> int:
-        while not self.queue.empty():
-            self.seen.append(self.queue.get())
-        return sum(text in line for line in self.seen)
+    def wait_count(self, predicate, count: int, timeout: float = 60.0) -> None:
+        """Wait until ``count`` lines seen so far match."""
+        deadline = time.monotonic() + timeout
+        while sum(1 for line in self.seen if predicate(line)) < count:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "".join(self.seen[-40:])
+            try:
+                self.seen.append(self.queue.get(timeout=min(0.5, remaining)))
+            except queue.Empty:
+                continue
 
 
-def test_watch_merges_daemons_and_keeps_what_a_killed_one_sent(two_daemons, program, tmp_path):
+def finding_of(comm_prefix: str):
+    """Matches the first line of a live finding of a process whose name starts so."""
+    return lambda line: "(pid=" in line and f", {comm_prefix}" in line
+
+
+def test_watch_merges_daemons_and_survives_a_killed_one(two_daemons, program, tmp_path):
     daemons, addresses = two_daemons
     out = tmp_path / "report.json"
     watch = subprocess.Popen(
@@ -74,15 +87,18 @@ def test_watch_merges_daemons_and_keeps_what_a_killed_one_sent(two_daemons, prog
         churn = subprocess.Popen([str(program("churn"))], stdout=subprocess.PIPE, text=True)
         churn_facts = program_facts(churn.stdout.readline() + churn.stdout.readline())
         # both daemons see the churn process (uprobes trace the whole host): two live findings
-        deadline = time.monotonic() + 60
-        while lines.count(f"pid={churn.pid}") < 2:
-            assert time.monotonic() < deadline, "".join(lines.seen[-40:])
-            lines.wait_for(lambda line: f"pid={churn.pid}" in line, timeout=60)
+        lines.wait_count(lambda line: f"(pid={churn.pid}," in line, 2)
         daemons[1].stop()  # killed mid-run
         lines.wait_for(lambda line: "1/2 targets connected" in line)
         ring = subprocess.run([str(program("ring")), "3"], capture_output=True, text=True, check=True)
         ring_facts = program_facts(ring.stdout)
-        lines.wait_for(lambda line: "potential deadlock" in line and "ring" in line and "pid=" in line)
+        lines.wait_count(finding_of("ring-"), 1)
+        # the daemon comes back on the same socket: watch reconnects by itself
+        daemons[1].start()
+        lines.wait_for(lambda line: "2/2 targets connected" in line)
+        abba = subprocess.run([str(program("abba"))], capture_output=True, text=True, check=True)
+        abba_facts = program_facts(abba.stdout)
+        lines.wait_count(finding_of("abba-"), 2)
         watch.send_signal(signal.SIGINT)  # Ctrl-C: the report is still written
         assert watch.wait(60) == 0
     finally:
@@ -95,21 +111,23 @@ def test_watch_merges_daemons_and_keeps_what_a_killed_one_sent(two_daemons, prog
     assert report["schema"] == "igdeadlock/report/v2"
     targets = {t["address"]: t for t in report["targets"]}
     assert targets[addresses[0]]["state"] == "stopped"
-    assert targets[addresses[1]]["state"] == "lost" and targets[addresses[1]]["error"]
+    assert targets[addresses[1]]["state"] == "stopped" and targets[addresses[1]]["connects"] == 2
     assert report["stats"]["streams_interrupted"] == 1
 
     churn_locks = {churn_facts["A"][0], churn_facts["B"][0]}
     ring_locks = {ring_facts[f"L{i}"][0] for i in range(3)}
+    abba_locks = {abba_facts["A"][0], abba_facts["B"][0]}
     by_locks = {}
     for cluster in report["clusters"]:
         finding = next(f for f in report["findings"] if f["id"] == cluster["finding"])
         by_locks[frozenset(int(m, 16) for m in finding["mutexes"])] = cluster
-    assert set(by_locks) == {frozenset(churn_locks), frozenset(ring_locks)}
+    assert set(by_locks) == {frozenset(churn_locks), frozenset(ring_locks), frozenset(abba_locks)}
     churn_cluster, ring_cluster = by_locks[frozenset(churn_locks)], by_locks[frozenset(ring_locks)]
     # the same cycle from both daemons is one cluster finding with two occurrences
     assert sorted(o["target"] for o in churn_cluster["occurrences"]) == sorted(addresses)
     assert {o["pid"] for o in churn_cluster["occurrences"]} == {churn.pid}
     assert all(o["first_seen"] <= o["last_seen"] for o in churn_cluster["occurrences"])
-    # after the kill only the first daemon saw the ring
+    # while the second daemon was down only the first one saw the ring; after its return both saw abba
     assert [o["target"] for o in ring_cluster["occurrences"]] == [addresses[0]]
+    assert sorted(o["target"] for o in by_locks[frozenset(abba_locks)]["occurrences"]) == sorted(addresses)
     assert {f["kind"] for f in report["findings"]} == {"potential-deadlock"}

@@ -1,0 +1,40 @@
+"""The Collector: what it keeps, what it forgets."""
+
+from __future__ import annotations
+
+import os
+
+from igdeadlock.decode import FetchTick, LockEdge, ProcessExit
+from igdeadlock.session import Collector, process_alive
+
+
+def edge(pid: int, start: int, a: int, b: int, tid: int) -> LockEdge:
+    return LockEdge(pid, tid, "t", 1, start, pid, a, 0, 0, 0, 0, b, 0, 0, 0, 0, 0, ((a, 0, 0),))
+
+
+def test_graphs_of_vanished_processes_are_dropped_even_without_an_exit_event():
+    running = {(1, 10)}
+    collector = Collector(alive=lambda pid, start: (pid, start) in running)
+    for record in (edge(1, 10, 0xA, 0xB, 11), edge(2, 20, 0xA, 0xB, 21), edge(2, 20, 0xB, 0xA, 22)):
+        collector.consume(record)
+    assert collector.reap() == 1  # pid 2's exit event was lost; it is gone from /proc
+    found = collector.consume(FetchTick("edges", 0))
+    assert [f.process.pid for f in found] == [2]  # analysed once more, then dropped
+    assert set(collector.store.graphs) == {(1, 10)}
+
+
+def test_exit_event_drops_the_graph_and_blocked_threads():
+    collector = Collector()
+    collector.consume(edge(3, 30, 0xA, 0xB, 31))
+    collector.consume(ProcessExit(3, 30, 1, "t"))
+    collector.consume(FetchTick("edges", 0))
+    assert collector.store.graphs == {}
+
+
+def test_process_alive_checks_pid_and_start_time():
+    with open("/proc/self/stat") as handle:
+        ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+    start_ns = ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    assert process_alive(os.getpid(), start_ns) is True
+    assert process_alive(os.getpid(), start_ns + 10**9) is False  # same pid, another process
+    assert process_alive(2**22 + 12345, 0) is False
