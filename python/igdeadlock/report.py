@@ -385,13 +385,8 @@ def render_deadlock(f: FindingView) -> str:
         lines.append("")
         lines.append(f"  Thread {w.tid} ({w.comm}) waits{mode} for {lock}, held by {holder}{since}, at:")
         lines.extend(_stack_lines(w.stack))
-    if f.related:
-        lines.append("")
-        lines.append(f"  The lock-order cycle behind it is reported as potential deadlock {f.related}.")
-    lines.append("")
-    lines.append(f"  SUMMARY: igdeadlock: deadlock{_summary_site(f)}")
-    lines.append("=" * 18)
-    return "\n".join(lines) + "\n"
+    return _finish(lines, f, "deadlock", f"The lock-order cycle behind it is reported as potential deadlock "
+                                         f"{f.related}.")
 
 
 def render_finding(f: FindingView) -> str:
@@ -429,12 +424,14 @@ def render_finding(f: FindingView) -> str:
         lines.extend(_stack_lines(e.from_stack))
         if e.held:
             lines.append("  Other locks held: " + ", ".join(label(h) for h in e.held))
+    return _finish(lines, f, title, f"Threads are deadlocked on this cycle right now: see {f.related}.")
+
+
+def _finish(lines: List[str], f: FindingView, title: str, related_note: str) -> str:
+    """The end of a finding's text: the related finding, the summary line, the rule."""
     if f.related:
-        lines.append("")
-        lines.append(f"  Threads are deadlocked on this cycle right now: see {f.related}.")
-    lines.append("")
-    lines.append(f"  SUMMARY: igdeadlock: {title}{_summary_site(f)}")
-    lines.append("=" * 18)
+        lines += ["", f"  {related_note}"]
+    lines += ["", f"  SUMMARY: igdeadlock: {title}{_summary_site(f)}", "=" * 18]
     return "\n".join(lines) + "\n"
 
 

@@ -64,3 +64,37 @@ def test_deadlock_in_its_own_mount_namespace(ig_daemon, program):
     (deadlock,) = actual(report)
     assert deadlock["mntns_id"] == facts["mntns"][0]
     assert set(deadlock["threads"]) == {facts["t0"][0], facts["t1"][0]}
+
+
+def test_watch_reports_a_hang_in_a_process_that_never_exits(ig_daemon, program, tmp_path):
+    import json
+    import signal
+    import subprocess
+
+    from conftest import IGDEADLOCK, IMAGE
+
+    out = tmp_path / "report.json"
+    watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", ig_daemon, "--image", IMAGE, "--format", "json",
+                              "-o", str(out), "--status-interval", "0.5", "--fetch-interval", "250"],
+                             stderr=subprocess.PIPE, text=True)
+    hung = None
+    try:
+        line = ""
+        while "1/1 targets connected" not in line:
+            line = watch.stderr.readline()
+            assert line, "watch ended early"
+        hung = subprocess.Popen([str(program("deadlock")), "abba"], stdout=subprocess.PIPE, text=True)
+        while "threads are blocked in a lock cycle right now" not in line:
+            line = watch.stderr.readline()
+            assert line, "watch ended early"
+        assert f"pid={hung.pid}," in line
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(60) == 0
+    finally:
+        if hung is not None:
+            hung.kill()
+        if watch.poll() is None:
+            watch.kill()
+    report = json.loads(out.read_text())
+    (deadlock,) = actual(report)
+    assert deadlock["pid"] == hung.pid and len(deadlock["threads"]) == 2

@@ -3,6 +3,7 @@
 #ifndef FACTS_H
 #define FACTS_H
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -16,5 +17,15 @@ static inline void say_thread(const char *name)
 {
 	printf("thread %s %d\n", name, gettid());
 	fflush(stdout);
+}
+
+/* Run body in a thread of its own and wait for it: steps of a test program
+ * happen one after the other, in distinct threads. */
+static inline void run_in_thread(void *(*body)(void *))
+{
+	pthread_t thread;
+
+	pthread_create(&thread, NULL, body, NULL);
+	pthread_join(thread, NULL);
 }
 #endif

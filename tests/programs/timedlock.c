@@ -71,25 +71,17 @@ static void *t4(void *arg)
 	return NULL;
 }
 
-static void run(void *(*body)(void *))
-{
-	pthread_t thread;
-
-	pthread_create(&thread, NULL, body, NULL);
-	pthread_join(thread, NULL);
-}
-
 int main(void)
 {
 	say_mutex("A", &a);
 	say_mutex("B", &b);
 	say_mutex("C", &c);
 	say_mutex("D", &d);
-	run(t1);
-	run(t2);
+	run_in_thread(t1);
+	run_in_thread(t2);
 	pthread_mutex_lock(&c);
-	run(t3_times_out);
+	run_in_thread(t3_times_out);
 	pthread_mutex_unlock(&c);
-	run(t4);
+	run_in_thread(t4);
 	return 0;
 }

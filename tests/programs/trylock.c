@@ -65,27 +65,19 @@ static void *t4(void *arg)
 	return NULL;
 }
 
-static void run(void *(*body)(void *))
-{
-	pthread_t thread;
-
-	pthread_create(&thread, NULL, body, NULL);
-	pthread_join(thread, NULL);
-}
-
 int main(int argc, char **argv)
 {
 	cycle = argc > 1 && strcmp(argv[1], "cycle") == 0;
 	say_mutex("A", &a);
 	say_mutex("B", &b);
 	say_mutex("C", &c);
-	run(t1);
-	run(t2);
+	run_in_thread(t1);
+	run_in_thread(t2);
 	if (!cycle) {
 		pthread_mutex_lock(&b);
-		run(t3_failed_trylock);
+		run_in_thread(t3_failed_trylock);
 		pthread_mutex_unlock(&b);
-		run(t4);
+		run_in_thread(t4);
 	}
 	return 0;
 }
