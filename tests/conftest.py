@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import threading
+import time
 import re
 import subprocess
 import sys
@@ -92,3 +95,53 @@ def trace_json(daemon: Optional[str], command: Sequence[str], *extra: str,
 
 def unsuppressed(report: dict) -> List[dict]:
     return [f for f in report["findings"] if f["suppressed"] is None]
+
+
+class Lines:
+    """A process's stderr, line by line, waited on without sleeping blindly."""
+
+    def __init__(self, stream) -> None:
+        self.queue: "queue.Queue[str]" = queue.Queue()
+        self.seen: list = []
+        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.queue.put(line)
+
+    def wait_for(self, predicate, timeout: float = 60.0) -> str:
+        """Wait for a new line that matches (lines read before this call do not count)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            if predicate(line):
+                return line
+        raise AssertionError(f"timed out; saw:\n{''.join(self.seen[-40:])}")
+
+    def text(self, timeout: float = 60.0) -> str:
+        """Everything the stream said, once it ended."""
+        self._reader.join(timeout)
+        while not self.queue.empty():
+            self.seen.append(self.queue.get())
+        return "".join(self.seen)
+
+    def wait_count(self, predicate, count: int, timeout: float = 60.0) -> None:
+        """Wait until ``count`` lines seen so far match."""
+        deadline = time.monotonic() + timeout
+        while sum(1 for line in self.seen if predicate(line)) < count:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "".join(self.seen[-40:])
+            try:
+                self.seen.append(self.queue.get(timeout=min(0.5, remaining)))
+            except queue.Empty:
+                continue
+
+
+def finding_of(comm_prefix: str):
+    """Matches the first line of a live finding of a process whose name starts so."""
+    return lambda line: "(pid=" in line and f", {comm_prefix}" in line

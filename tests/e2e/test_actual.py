@@ -71,22 +71,18 @@ def test_watch_reports_a_hang_in_a_process_that_never_exits(ig_daemon, program, 
     import signal
     import subprocess
 
-    from conftest import IGDEADLOCK, IMAGE
+    from conftest import IGDEADLOCK, IMAGE, Lines
 
     out = tmp_path / "report.json"
     watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", ig_daemon, "--image", IMAGE, "--format", "json",
                               "-o", str(out), "--status-interval", "0.5", "--fetch-interval", "250"],
                              stderr=subprocess.PIPE, text=True)
+    lines = Lines(watch.stderr)
     hung = None
     try:
-        line = ""
-        while "1/1 targets connected" not in line:
-            line = watch.stderr.readline()
-            assert line, "watch ended early"
+        lines.wait_for(lambda line: "1/1 targets connected" in line)
         hung = subprocess.Popen([str(program("deadlock")), "abba"], stdout=subprocess.PIPE, text=True)
-        while "threads are blocked in a lock cycle right now" not in line:
-            line = watch.stderr.readline()
-            assert line, "watch ended early"
+        line = lines.wait_for(lambda line: "threads are blocked in a lock cycle right now" in line)
         assert f"pid={hung.pid}," in line
         watch.send_signal(signal.SIGINT)
         assert watch.wait(60) == 0

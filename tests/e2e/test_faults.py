@@ -13,7 +13,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from conftest import IGDEADLOCK, IMAGE, program_facts, run_cli, trace_json
+from conftest import IGDEADLOCK, IMAGE, Lines, program_facts, run_cli, trace_json
 from igdeadlock.bpfsys import Bpf
 from igdeadlock.proto import api_pb2, api_pb2_grpc
 from igdeadlock.wire import GadgetService, WireError, parse_address
@@ -81,11 +81,9 @@ def test_ctrl_c_writes_the_report_and_leaves_nothing_behind(program):
     before_dirs = set(glob.glob("/tmp/igdeadlock-*"))
     trace = subprocess.Popen([*IGDEADLOCK, "trace", "--image", IMAGE, "--format", "json", "--",
                               str(program("churn"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = Lines(trace.stderr)
     try:
-        line = ""
-        while "mutex B" not in line:  # the program runs under the gadget
-            line = trace.stderr.readline()
-            assert line, "trace ended early"
+        lines.wait_for(lambda line: "mutex B" in line)  # the program runs under the gadget
         running = _our_programs() & {p.id for p in Bpf().programs()}
         assert running
         new_dirs = set(glob.glob("/tmp/igdeadlock-*")) - before_dirs
@@ -93,7 +91,9 @@ def test_ctrl_c_writes_the_report_and_leaves_nothing_behind(program):
         (directory,) = new_dirs
         assert os.stat(directory).st_mode & 0o777 == 0o700  # the private daemon's socket is ours alone
         trace.send_signal(signal.SIGINT)
-        out, err = trace.communicate(timeout=60)
+        out = trace.stdout.read()
+        trace.wait(60)
+        err = lines.text()
     finally:
         if trace.poll() is None:
             trace.kill()

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import IGDEADLOCK, IMAGE, REPO, require_root_and_ig
+from conftest import IGDEADLOCK, IMAGE, REPO, Lines, finding_of, require_root_and_ig
 from igdeadlock.k8s import kube_manager_params, parse_gadget_pods
 
 
@@ -38,17 +38,11 @@ def test_watch_k8s_reaches_every_gadget_pod_and_passes_the_filters(fake_cluster,
     watch = subprocess.Popen([*IGDEADLOCK, "watch", "--k8s", "--namespace", "shop", "--image", IMAGE,
                               "--format", "json", "-o", str(out), "--status-interval", "0.5",
                               "--fetch-interval", "250"], stderr=subprocess.PIPE, text=True, env=env)
+    lines = Lines(watch.stderr)
     try:
-        line = ""
-        while "2/2 targets connected" not in line:
-            line = watch.stderr.readline()
-            assert line, "watch ended early"
+        lines.wait_for(lambda line: "2/2 targets connected" in line)
         subprocess.run([str(program("abba"))], capture_output=True, text=True, check=True)
-        seen = 0
-        while seen < 2:  # a live finding from each "node"
-            line = watch.stderr.readline()
-            assert line, "watch ended early"
-            seen += "(pid=" in line and ", abba-" in line
+        lines.wait_count(finding_of("abba-"), 2)  # a live finding from each "node"
         watch.send_signal(2)
         assert watch.wait(60) == 0
     finally:

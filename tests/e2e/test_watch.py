@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
 
-from conftest import IGDEADLOCK, IMAGE, program_facts, require_root_and_ig
+from conftest import IGDEADLOCK, IMAGE, Lines, finding_of, program_facts, require_root_and_ig
 
 
 @pytest.fixture
@@ -28,48 +26,6 @@ def two_daemons(tmp_path):
     yield daemons, addresses
     for daemon in daemons:
         daemon.stop()
-
-
-class Lines:
-    """A process's stderr, line by line, waited on without sleeping blindly."""
-
-    def __init__(self, stream) -> None:
-        self.queue: "queue.Queue[str]" = queue.Queue()
-        self.seen: list = []
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.queue.put(line)
-
-    def wait_for(self, predicate, timeout: float = 60.0) -> str:
-        """Wait for a new line that matches (lines read before this call do not count)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            self.seen.append(line)
-            if predicate(line):
-                return line
-        raise AssertionError(f"timed out; saw:\n{''.join(self.seen[-40:])}")
-
-    def wait_count(self, predicate, count: int, timeout: float = 60.0) -> None:
-        """Wait until ``count`` lines seen so far match."""
-        deadline = time.monotonic() + timeout
-        while sum(1 for line in self.seen if predicate(line)) < count:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, "".join(self.seen[-40:])
-            try:
-                self.seen.append(self.queue.get(timeout=min(0.5, remaining)))
-            except queue.Empty:
-                continue
-
-
-def finding_of(comm_prefix: str):
-    """Matches the first line of a live finding of a process whose name starts so."""
-    return lambda line: "(pid=" in line and f", {comm_prefix}" in line
 
 
 def test_watch_merges_daemons_and_survives_a_killed_one(two_daemons, program, tmp_path):
