@@ -8,7 +8,6 @@ import os
 import queue
 import threading
 import time
-import re
 import subprocess
 import sys
 from pathlib import Path

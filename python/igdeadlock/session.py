@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from igdeadlock import attach as attach_mod
 from igdeadlock.daemon import DaemonError, PrivateDaemon, find_ig
@@ -53,6 +53,9 @@ MAP_ITERATORS = ("edges", "stacks", "files", "counters", "blocked")
 CONNECT_TIMEOUT = 3.0  # seconds to reach a gadget service before giving up
 REAP_EVERY_FETCHES = 20  # how often graphs of vanished processes are looked for
 _CLOCK_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+_LOST_SAMPLES = re.compile(r"lost (\d+) samples")
+# ig warnings that only say what host mode means (no container runtime needed)
+_EXPECTED_WARNINGS = ("container-collection isn't available",)
 
 
 def process_alive(pid: int, start_ns: int) -> Optional[bool]:
@@ -67,9 +70,6 @@ def process_alive(pid: int, start_ns: int) -> Optional[bool]:
         return None
     started = int(fields[19]) * _CLOCK_TICK_NS  # field 22 of stat, counted after the comm
     return abs(started - start_ns) <= 2 * _CLOCK_TICK_NS
-_LOST_SAMPLES = re.compile(r"lost (\d+) samples")
-# ig warnings that only say what host mode means (no container runtime needed)
-_EXPECTED_WARNINGS = ("container-collection isn't available",)
 
 
 def tune_garbage_collector() -> None:

@@ -11,7 +11,6 @@ import time
 from concurrent import futures
 
 import grpc
-import pytest
 
 from conftest import IGDEADLOCK, IMAGE, Lines, program_facts, run_cli, trace_json
 from igdeadlock.bpfsys import Bpf

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-
 from conftest import IMAGE, program_facts, run_cli, trace_json, unsuppressed
 
 

@@ -206,7 +206,6 @@ def test_tracker_forgets_a_cycle_that_resolves():
 
 # --- scale: witnesses, not enumeration -------------------------------------------
 
-import random  # noqa: E402
 import time  # noqa: E402
 
 from igdeadlock.graph import strongly_connected  # noqa: E402
