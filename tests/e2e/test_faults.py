@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from concurrent import futures
 
@@ -117,3 +118,32 @@ def test_reused_pid_starts_clean(ig_daemon, program):
     assert facts["first"] == facts["second"]  # the kernel really reused the pid
     assert report["findings"] == []
     assert report["stats"]["processes_seen"] == 2
+
+
+def test_missing_ig_says_how_to_get_it(tmp_path):
+    env = dict(os.environ, PATH="/usr/bin:/bin")  # no ig on PATH, and no daemon on the default socket
+    result = subprocess.run([*IGDEADLOCK, "trace", "--ig", str(tmp_path / "no-ig"), "--", "true"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "ig (Inspektor Gadget) is not installed" in result.stderr and "make setup" in result.stderr
+
+
+def test_not_root_says_so():
+    from igdeadlock import cli
+
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(reader)
+        sys.stderr = os.fdopen(writer, "w")  # what igdeadlock says goes to the pipe
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+        status = cli.main(["trace", "--", "true"])
+        sys.stderr.flush()
+        os._exit(status)
+    os.close(writer)
+    _, status = os.waitpid(child, 0)
+    message = os.read(reader, 4096).decode()
+    assert os.WEXITSTATUS(status) == 2
+    assert "needs root" in message and "sudo" in message
