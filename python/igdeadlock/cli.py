@@ -30,6 +30,7 @@ from igdeadlock.wire import DEFAULT_DAEMON_ADDRESS, TlsConfig, parse_address
 FORMATS = ("text", "json", "sarif", "dot", "mermaid", "html")
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
 def _positive(text: str) -> float:
@@ -193,7 +194,8 @@ def watch_targets(args: argparse.Namespace, private: List[PrivateDaemon]) -> Lis
     specs: List[TargetSpec] = []
     for text in args.remote:
         address = parse_address(text)
-        local = address.scheme == "unix"
+        # a unix socket, or tcp on the loopback: the daemon's programs are on this host
+        local = address.scheme == "unix" or address.location.rpartition(":")[0] in LOOPBACK
         specs.append(TargetSpec(str(address), lambda a=address: a, params, tls, node=socket.gethostname() if local
                                 else "", local=local))
     if args.k8s:

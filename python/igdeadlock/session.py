@@ -281,6 +281,9 @@ def gadget_params(fetch_interval_ms: int, image: str, host: bool = True) -> Dict
 
 def explain_image_error(image: str, error: Exception) -> TraceError:
     text = str(error)
+    if "signature" in text or "verify" in text:
+        return TraceError(f"the daemon refuses the unsigned image {image}: start it with "
+                          f"`ig daemon --verify-image=false` (or sign the image) ({text})")
     if "not found" in text or "pull" in text or "manifest unknown" in text:
         return TraceError(f"the gadget image {image} is not in the daemon's image store: build it with "
                           f"`make gadget` (or `sudo ig image build --local -t {image} .` in the checkout)")

@@ -88,3 +88,26 @@ def test_plaintext_to_a_tls_daemon_is_refused(tls_daemon):
     address, _ = tls_daemon
     result = run_cli(["trace", "--remote", address, "--image", IMAGE, "--", "true"])
     assert result.returncode == 2
+
+
+def test_mutual_tls_watch_on_the_loopback(tls_daemon, program, tmp_path):
+    from conftest import IGDEADLOCK, Lines, finding_of
+
+    address, certs = tls_daemon
+    out = tmp_path / "report.json"
+    watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", address, "--image", IMAGE, "--format", "json",
+                              "-o", str(out), "--status-interval", "0.5", "--fetch-interval", "250",
+                              "--tls-ca", certs["ca"] + ".pem", "--tls-cert", certs["client"] + ".pem",
+                              "--tls-key", certs["client"] + ".key", "--tls-server-name", SERVER_NAME],
+                             stderr=subprocess.PIPE, text=True)
+    lines = Lines(watch.stderr)
+    try:
+        lines.wait_for(lambda line: "1/1 targets connected" in line)
+        subprocess.run([str(program("abba"))], check=True, capture_output=True)
+        lines.wait_count(finding_of("abba-"), 1)
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(60) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert '"kind": "potential-deadlock"' in out.read_text()
