@@ -218,6 +218,7 @@ def render(results: Dict[str, Dict[str, Dict[str, float]]], analysis: Dict[str, 
                      f"{floor['bpf_ns_per_pair']:.0f} | {ours['wall_ns_per_pair']:.0f} | "
                      f"{ours['bpf_ns_per_pair']:.0f} | {ratio:.2f} | {ours['hits_per_pair']:.2f} |")
     ingest, adversarial, million = analysis["ingest"], analysis["adversarial"], analysis["million"]
+    many = analysis["many_processes"]
     lines += [
         "",
         "| analysis | result |",
@@ -226,8 +227,13 @@ def render(results: Dict[str, Dict[str, Dict[str, float]]], analysis: Dict[str, 
         f"{ingest['records_per_second']:,.0f} records/s ({ingest['records']:,} records) |",
         f"| complete graph, {adversarial['locks']} locks, {adversarial['edges']} edges (≈3.5e12 simple cycles) | "
         f"{adversarial['witness_cycles']} witness cycles in {adversarial['seconds'] * 1000:.1f} ms |",
-        f"| {million['edges']:,} random edges, one process | ingest {million['ingest_seconds']:.2f} s, "
-        f"analysis {million['analysis_seconds']:.2f} s, peak RSS {million['peak_rss_mib']:.0f} MiB |",
+        f"| {many['edges']:,} edges in {many['processes']:,} processes, analysed to the end | ingest "
+        f"{many['ingest_seconds']:.2f} s, analysis {many['analysis_seconds']:.2f} s "
+        f"({many['findings']} findings), peak RSS {many['peak_rss_mib']:.0f} MiB |",
+        f"| {million['edges']:,} random edges, one process (one giant component) | ingest "
+        f"{million['ingest_seconds']:.2f} s, first analysis {million['analysis_seconds']:.2f} s (step budget; "
+        f"{million['edges_left_for_next_analysis']:,} edges left for later ones), peak RSS "
+        f"{million['peak_rss_mib']:.0f} MiB |",
         "",
         f"Kernel memory of the gadget's maps: {sum(memory.values()) / 2**20:.1f} MiB "
         f"(bpftool bytes_memlock; {len(memory)} maps)",

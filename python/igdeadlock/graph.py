@@ -44,6 +44,7 @@ SUPPRESSED_TIMED_LOCK = "timed-lock"
 MAX_CYCLE_LENGTH = 16  # longest cycle looked for (TSan stops at 20)
 MAX_CYCLES_PER_COMPONENT = 2000  # wait-for cycles examined per process
 ANALYSIS_BUDGET = 500_000  # graph steps per analysis of one process; the rest waits for the next
+SCC_EDGE_LIMIT = 250_000  # above it, components are not computed at each analysis
 MAX_EVIDENCE_PER_EDGE = 256
 MAX_ASSIGNMENT_STEPS = 20000  # backtracking budget per cycle and constraint set
 MAX_REMEMBERED_EXITS = 65536  # exits remembered for edges that arrive after them
@@ -202,7 +203,9 @@ class ProcessGraph:
         """
         if not self.dirty:
             return []
-        component = strongly_connected(self.succ)
+        # One linear pass tells which edges can be on a cycle at all; on a very big
+        # graph that pass costs more than the budget, so the searches decide alone.
+        component = strongly_connected(self.succ) if self.edge_count <= SCC_EDGE_LIMIT else _ONE_COMPONENT
         found: Dict[Tuple[LockId, ...], Cycle] = {}
         covered: Set[Tuple[LockId, LockId]] = set()
         work = [budget]
@@ -217,6 +220,8 @@ class ProcessGraph:
                 continue
             cycle = self._witness(source, target, component, group, work)
             if cycle is None:
+                if work[0] <= 0:
+                    left[edge] = None  # the search was cut short: try again next time
                 continue
             ring = cycle.locks
             found.setdefault(ring, cycle)
@@ -224,7 +229,7 @@ class ProcessGraph:
         self.dirty = left
         return [found[ring] for ring in sorted(found)]
 
-    def _witness(self, source: LockId, target: LockId, component: Dict[LockId, int], group: int,
+    def _witness(self, source: LockId, target: LockId, component: Mapping[LockId, int], group: int,
                  work: List[int]) -> Optional[Cycle]:
         path = self._shortest_path(target, source, component, group, work)
         if path is None:
@@ -235,7 +240,7 @@ class ProcessGraph:
         longer = self._distinct_thread_cycle(source, target, component, group, work)
         return longer if longer is not None else shortest
 
-    def _shortest_path(self, start: LockId, goal: LockId, component: Dict[LockId, int], group: int,
+    def _shortest_path(self, start: LockId, goal: LockId, component: Mapping[LockId, int], group: int,
                        work: List[int]) -> Optional[List[LockId]]:
         """Breadth-first path start -> ... -> goal inside the component (goal included)."""
         parent: Dict[LockId, Optional[LockId]] = {start: None}
@@ -259,7 +264,7 @@ class ProcessGraph:
             frontier = following
         return None
 
-    def _distinct_thread_cycle(self, source: LockId, target: LockId, component: Dict[LockId, int],
+    def _distinct_thread_cycle(self, source: LockId, target: LockId, component: Mapping[LockId, int],
                                group: int, work: List[int]) -> Optional[Cycle]:
         """Depth-first search for a cycle through source -> target whose edges distinct
         threads, with no gate lock and blocking modes, can close (bounded by ``work``)."""
@@ -357,6 +362,16 @@ def _identity(evidence: Evidence) -> tuple:
 
 def _evidence_list(bucket: object) -> List[Evidence]:
     return list(bucket.values()) if type(bucket) is dict else [bucket]  # type: ignore[attr-defined,list-item]
+
+
+class _OneComponent:
+    """Stands in for strongly_connected()'s map: every lock in component 0."""
+
+    def get(self, node: LockId, default: Optional[int] = None) -> int:
+        return 0
+
+
+_ONE_COMPONENT = _OneComponent()
 
 
 def strongly_connected(succ: Mapping[LockId, Mapping[LockId, object]]) -> Dict[LockId, int]:
