@@ -239,3 +239,15 @@ def test_only_changed_edges_are_analysed_again():
     for edge in acquire(3, [(0xB, W)], 0xC):
         g.add(edge)
     assert g.find_cycles() == []  # the new edge closes no cycle
+
+
+def test_big_graphs_skip_the_component_pass_and_keep_edges_a_cut_search_missed(monkeypatch):
+    import igdeadlock.graph as graph_module
+
+    monkeypatch.setattr(graph_module, "SCC_EDGE_LIMIT", 1)  # every graph counts as big
+    g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(2, [(0xB, W)], 0xA), acquire(3, [(0xC, W)], 0xD))
+    assert summary(g) == [((0xA, 0xB), POTENTIAL_DEADLOCK, None)]
+    g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(2, [(0xB, W)], 0xA))
+    assert g.find_cycles(budget=1) == []  # cut short...
+    assert g.dirty  # ...so the edges wait for the next analysis
+    assert len(g.find_cycles()) == 1
