@@ -247,7 +247,8 @@ def test_big_graphs_skip_the_component_pass_and_keep_edges_a_cut_search_missed(m
     monkeypatch.setattr(graph_module, "SCC_EDGE_LIMIT", 1)  # every graph counts as big
     g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(2, [(0xB, W)], 0xA), acquire(3, [(0xC, W)], 0xD))
     assert summary(g) == [((0xA, 0xB), POTENTIAL_DEADLOCK, None)]
-    g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(2, [(0xB, W)], 0xA))
-    assert g.find_cycles(budget=1) == []  # cut short...
-    assert g.dirty  # ...so the edges wait for the next analysis
-    assert len(g.find_cycles()) == 1
+    ring = [0xA, 0xB, 0xC, 0xD, 0xE]
+    g = graph_of(*(acquire(i, [(lock, W)], ring[(i + 1) % 5]) for i, lock in enumerate(ring)))
+    assert g.find_cycles(budget=2) == []  # the search through the first edge was cut short...
+    assert len(g.dirty) == 5  # ...so every edge waits for the next analysis
+    assert summary(g) == [(tuple(ring), POTENTIAL_DEADLOCK, None)]
