@@ -304,8 +304,10 @@ META_FIELDS = (("k8s.node", TEXT), ("k8s.namespace", TEXT), ("k8s.podName", TEXT
                ("k8s.containerName", TEXT), ("runtime.containerName", TEXT))
 
 
-def _held(count: int, locks: Tuple[int, ...], gens: Tuple[int, ...], modes: Tuple[int, ...]
+def _held(count: int, locks: Sequence[int], gens: Sequence[int], modes: Sequence[int]
           ) -> Tuple[Tuple[int, int, int], ...]:
+    if count == 1:  # the common case: one lock held when the next is requested
+        return ((locks[0], gens[0], modes[0]),)
     return tuple(zip(locks[:count], gens[:count], modes[:count]))
 
 
