@@ -16,7 +16,6 @@ import fcntl
 import functools
 import json
 import os
-import platform
 import shutil
 import socket
 import struct
@@ -26,14 +25,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
-from igdeadlock.bpfsys import Bpf, BpfError, ProgramInfo
+from igdeadlock.bpfsys import Bpf, BpfError, ProgramInfo, machine, syscall
 from igdeadlock.elf import ElfError, ElfFile
 
 # syscall numbers
-_SYSCALLS = {
-    "x86_64": {"perf_event_open": 298},
-    "aarch64": {"perf_event_open": 241},
-}
+_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}  # syscall numbers
 ENOTSUPP = 524  # the kernel cannot place a uprobe on that instruction
 PERF_FLAG_FD_CLOEXEC = 8
 PERF_EVENT_IOC_ENABLE = 0x2400
@@ -89,17 +85,12 @@ def kernel_has_kprobes() -> bool:
     return os.path.isdir(KPROBE_PMU)
 
 
-def _machine() -> str:
-    machine = platform.machine()
-    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
-
-
 @functools.lru_cache(maxsize=None)
 def resolve_library(name: str) -> str:
     """A library path for a section's library part (a path or a bare name like ``libc``)."""
     if name.startswith("/"):
         return os.path.realpath(name)
-    arch = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(_machine(), "")
+    arch = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(machine(), "")
     ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
     try:
         listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10).stdout
@@ -239,33 +230,21 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
-class _Kernel:
-    def __init__(self) -> None:
-        numbers = _SYSCALLS.get(_machine())
-        if numbers is None:
-            raise AttachError(f"client-side attachment is not supported on {_machine()}")
-        self.numbers = numbers
-        self.libc = ctypes.CDLL(None, use_errno=True)
-        self.libc.syscall.restype = ctypes.c_long
-
-    def syscall(self, name: str, *args: object) -> int:
-        result = self.libc.syscall(ctypes.c_long(self.numbers[name]), *args)
-        if result < 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, os.strerror(errno))
-        return result
-
-    def uprobe_event(self, pmu_type: int, path: bytes, offset: int, retprobe: bool) -> int:
-        path_buf = ctypes.create_string_buffer(path)
-        attr = ctypes.create_string_buffer(PERF_ATTR_SIZE)
-        ctypes.c_uint32.from_buffer(attr, 0).value = pmu_type
-        ctypes.c_uint32.from_buffer(attr, 4).value = PERF_ATTR_SIZE
-        ctypes.c_uint64.from_buffer(attr, 8).value = 1 if retprobe else 0  # config: retprobe bit
-        ctypes.c_uint64.from_buffer(attr, 40).value = 1  # flags: disabled until the program is set
-        ctypes.c_uint64.from_buffer(attr, 56).value = ctypes.addressof(path_buf)  # config1: path
-        ctypes.c_uint64.from_buffer(attr, 64).value = offset  # config2: file offset
-        return self.syscall("perf_event_open", attr, ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1),
-                            ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
+def _uprobe_event(pmu_type: int, path: bytes, offset: int, retprobe: bool) -> int:
+    """A disabled uprobe perf event on every process's calls of the file offset."""
+    number = _PERF_EVENT_OPEN.get(machine())
+    if number is None:
+        raise AttachError(f"client-side attachment is not supported on {machine()}")
+    path_buf = ctypes.create_string_buffer(path)
+    attr = ctypes.create_string_buffer(PERF_ATTR_SIZE)
+    ctypes.c_uint32.from_buffer(attr, 0).value = pmu_type
+    ctypes.c_uint32.from_buffer(attr, 4).value = PERF_ATTR_SIZE
+    ctypes.c_uint64.from_buffer(attr, 8).value = 1 if retprobe else 0  # config: retprobe bit
+    ctypes.c_uint64.from_buffer(attr, 40).value = 1  # flags: disabled until the program is set
+    ctypes.c_uint64.from_buffer(attr, 56).value = ctypes.addressof(path_buf)  # config1: path
+    ctypes.c_uint64.from_buffer(attr, 64).value = offset  # config2: file offset
+    return syscall(number, attr, ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1),
+                   ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
 
 
 @dataclass
@@ -277,7 +256,6 @@ class UprobeAttachment:
     unprobeable: List[str] = field(default_factory=list)  # functions whose entry takes no uprobe
 
     def attach(self, points: Sequence[ProbePoint], prog_ids: Mapping[str, int]) -> None:
-        kernel = _Kernel()
         try:
             with open(os.path.join(UPROBE_PMU, "type")) as handle:
                 pmu_type = int(handle.read())
@@ -289,7 +267,7 @@ class UprobeAttachment:
             path = resolve_library(point.library)
             offset = symbol_offset(path, point.symbol)
             try:
-                perf_fd = kernel.uprobe_event(pmu_type, path.encode(), offset, point.retprobe)
+                perf_fd = _uprobe_event(pmu_type, path.encode(), offset, point.retprobe)
             except OSError as exc:
                 if exc.errno == ENOTSUPP:
                     # e.g. x86-64 glibc's pthread_spin_lock starts with a locked instruction

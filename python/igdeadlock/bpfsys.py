@@ -35,9 +35,23 @@ class BpfError(OSError):
     """A bpf(2) call failed."""
 
 
-def _machine() -> str:
-    machine = platform.machine()
-    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+def machine() -> str:
+    """The architecture as Linux names it (x86_64, aarch64)."""
+    name = platform.machine()
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(name, name)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.syscall.restype = ctypes.c_long
+
+
+def syscall(number: int, *args: object) -> int:
+    """syscall(2) through libc; raises OSError with the errno on failure."""
+    result = _LIBC.syscall(ctypes.c_long(number), *args)
+    if result < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return result
 
 
 @dataclass(frozen=True)
@@ -51,21 +65,17 @@ class ProgramInfo:
 
 class Bpf:
     def __init__(self) -> None:
-        number = _SYS_BPF.get(_machine())
+        number = _SYS_BPF.get(machine())
         if number is None:
-            raise BpfError(0, f"bpf(2) calls are not supported on {_machine()}")
+            raise BpfError(0, f"bpf(2) calls are not supported on {machine()}")
         self._number = number
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._libc.syscall.restype = ctypes.c_long
         self._btf_names: Dict[int, Dict[int, str]] = {}
 
     def call(self, command: int, attr: ctypes.Array) -> int:
-        result = self._libc.syscall(ctypes.c_long(self._number), ctypes.c_long(command), attr,
-                                    ctypes.c_long(len(attr)))
-        if result < 0:
-            errno = ctypes.get_errno()
-            raise BpfError(errno, os.strerror(errno))
-        return result
+        try:
+            return syscall(self._number, ctypes.c_long(command), attr, ctypes.c_long(len(attr)))
+        except OSError as exc:
+            raise BpfError(exc.errno, exc.strerror) from None
 
     def program_fd(self, prog_id: int) -> int:
         attr = ctypes.create_string_buffer(16)

@@ -230,7 +230,6 @@ def run_watch(args: argparse.Namespace) -> int:
             daemon.stop()
         return EXIT_ERROR
     watch = Watch(specs, args.image, args.attach, _say)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     next_status = time.monotonic() + args.status_interval
     watch.start()

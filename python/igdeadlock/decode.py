@@ -12,7 +12,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
@@ -172,7 +172,7 @@ class LockEdge(NamedTuple):
     to_kind: int
     to_how: int
     to_site: int
-    held: Tuple[HeldLock, ...]
+    held: Tuple[Tuple[int, int, int], ...]  # (lock, gen, mode) triples, as HeldLock
 
 
 class ProcessExit(NamedTuple):
@@ -233,7 +233,7 @@ class BlockedThread(NamedTuple):
     since: int  # boot time (ns) the wait started
     observed: int  # boot time (ns) of the wait that made the record
     owner_tid: int  # glibc's owner of the lock, 0 if unknown
-    held: Tuple[HeldLock, ...]
+    held: Tuple[Tuple[int, int, int], ...]  # (lock, gen, mode) triples, as HeldLock
 
 
 class ThreadResumed(NamedTuple):
@@ -557,10 +557,4 @@ class StreamDecoder:
             self.stats.ignored += len(elements)
         if layout.type == DATASOURCE_TYPE_ARRAY:
             out.append(FetchTick(layout.name, len(elements)))
-        return out
-
-    def decode_all(self, events: Iterable[api_pb2.GadgetEvent]) -> List[Output]:
-        out: List[Output] = []
-        for event in events:
-            out.extend(self.feed(event))
         return out

@@ -42,7 +42,7 @@ SUPPRESSED_READ_READ = "read-read"
 SUPPRESSED_TIMED_LOCK = "timed-lock"
 
 MAX_CYCLE_LENGTH = 16  # longest cycle looked for (TSan stops at 20)
-MAX_CYCLES_PER_COMPONENT = 2000  # wait-for cycles examined per process
+MAX_WAIT_CYCLES = 2000  # wait-for cycles examined per process
 ANALYSIS_BUDGET = 500_000  # graph steps per analysis of one process; the rest waits for the next
 SCC_EDGE_LIMIT = 250_000  # above it, components are not computed at each analysis
 MAX_EVIDENCE_PER_EDGE = 256
@@ -175,10 +175,6 @@ class ProcessGraph:
         if mntns_id:
             self.mntns_id = mntns_id
         return True
-
-    @property
-    def lock_count(self) -> int:
-        return len(self.kinds)
 
     def evidence(self, source: LockId, target: LockId) -> List[Evidence]:
         return _evidence_list(self.succ[source][target])
@@ -684,7 +680,7 @@ def find_wait_cycles(blocked: Iterable[BlockedThread]) -> List[Deadlock]:
                     graph.add_edge(b.tid, holder.tid)
             if b.owner_tid in waiting:
                 graph.add_edge(b.tid, b.owner_tid)
-        for cycle in islice(nx.simple_cycles(graph, length_bound=MAX_CYCLE_LENGTH), MAX_CYCLES_PER_COMPONENT):
+        for cycle in islice(nx.simple_cycles(graph, length_bound=MAX_CYCLE_LENGTH), MAX_WAIT_CYCLES):
             start = cycle.index(min(cycle))
             ring = cycle[start:] + cycle[:start]
             steps = []
