@@ -14,7 +14,7 @@ import time
 from typing import Dict, List
 
 import synthetic
-from igdeadlock.decode import LockEdge, StreamDecoder
+from igdeadlock.decode import LockEdge, LockEdgeBatch, StreamDecoder
 from igdeadlock.graph import LockGraphStore, ProcessGraph, ProcessKey
 from igdeadlock.proto import api_pb2
 from igdeadlock.session import tune_garbage_collector
@@ -24,16 +24,18 @@ def ingest_rate(info: api_pb2.GadgetInfo, records: int) -> Dict[str, float]:
     """Edge records per second through the decoder and into the lock-order graphs."""
     edges_ds = next(ds for ds in info.dataSources if ds.name == "edges")
     events = synthetic.batches(edges_ds, synthetic.random_edges(records, locks=records // 5, threads=64))
-    decoder = StreamDecoder()
+    decoder = StreamDecoder(lazy_edges=True)  # as the igdeadlock command decodes
     decoder.set_info(info)
     store = LockGraphStore()
     started = time.perf_counter()
     for event in events:
         for output in decoder.feed(event):
-            if type(output) is LockEdge:
+            if type(output) is LockEdgeBatch:
+                store.add_edge_batch(output)
+            elif type(output) is LockEdge:
                 store.add_edge(output)
     elapsed = time.perf_counter() - started
-    assert decoder.stats.records == records, decoder.stats
+    assert decoder.stats.records == records == store.stats.edges_seen, (decoder.stats, store.stats)
     return {"records": records, "seconds": elapsed, "records_per_second": records / elapsed}
 
 

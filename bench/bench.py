@@ -142,7 +142,7 @@ def gadget(image: str) -> Iterator[Tuple[Dict[str, int], bytes, Dict[str, int]]]
             params = gadget_params(1000, image)
             info = service.gadget_info(image, params)
             before = attach.program_ids()
-            with GadgetSession(service, image, params, Collector(keep=lambda record: False)) as session:
+            with GadgetSession(service, image, params, Collector(keep_session=lambda session_id: False)) as session:
                 session.start()
                 ids = session.program_ids or attach.find_programs(LOCK_PROGRAMS.values(), before, timeout=30)
                 stop = {"flag": False}

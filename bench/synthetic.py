@@ -29,7 +29,9 @@ def pack_element(ds: api_pb2.DataSource, values: Mapping[str, object]) -> api_pb
     for f in ds.fields:
         if f.size and not f.flags & FIELD_FLAG_EMPTY:
             sizes[f.payloadIndex] = max(sizes.get(f.payloadIndex, 0), f.offs + f.size)
-    buffers = [bytearray(sizes.get(i, 0)) for i in range(max(sizes) + 1)]
+    # one payload per index, as IG sends them: enrichment payloads (size-0 fields) stay empty
+    count = max(f.payloadIndex for f in ds.fields) + 1
+    buffers = [bytearray(sizes.get(i, 0)) for i in range(count)]
     for f in ds.fields:
         if not f.size or f.flags & FIELD_FLAG_EMPTY or f.fullName not in values:
             continue

@@ -8,16 +8,18 @@ here; the typed records are then built from fields looked up by name.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from operator import itemgetter
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from igdeadlock.proto import api_pb2
-from igdeadlock.wire import EVENT_GADGET_INFO, EVENT_PAYLOAD, log_level_of, parse_gadget_info
+from igdeadlock.events import EVENT_GADGET_INFO, EVENT_PAYLOAD, LOG_LEVEL_NAMES, log_level_of, parse_gadget_info
 
 # Field kinds (api.Kind) and flags (pkg/datasource/field.go).
 KIND_BOOL, KIND_STRING, KIND_CSTRING, KIND_BYTES = 1, 12, 13, 14
@@ -175,6 +177,26 @@ class LockEdge(NamedTuple):
     held: Tuple[Tuple[int, int, int], ...]  # (lock, gen, mode) triples, as HeldLock
 
 
+class LockEdgeBatch(NamedTuple):
+    """The edges of one fetch, decoded only as far as ingest needs.
+
+    ``keys[i]`` is (pid, process_start, session_id, from_lock, from_gen, to_lock,
+    to_gen) of record i and ``raws[i]`` its element as sent; ``decode(raws[i])``
+    makes the whole LockEdge. Most edges are new and never take part in a cycle,
+    so most records are never decoded further (the decoder sends these only when
+    asked to, with ``StreamDecoder(lazy_edges=True)``)."""
+
+    keys: List[Tuple[int, ...]]
+    raws: List[bytes]
+    decode: Callable[[bytes], LockEdge]
+
+    def records(self) -> List[LockEdge]:
+        return [self.decode(raw) for raw in self.raws]
+
+
+EDGE_KEY_FIELDS = ("pid", "process_start", "session_id", "from_lock", "from_gen", "to_lock", "to_gen")
+
+
 class ProcessExit(NamedTuple):
     pid: int
     process_start: int
@@ -274,8 +296,6 @@ class LogMessage:
 
     @property
     def level_name(self) -> str:
-        from igdeadlock.wire import LOG_LEVEL_NAMES
-
         return LOG_LEVEL_NAMES[self.level] if self.level < len(LOG_LEVEL_NAMES) else str(self.level)
 
 
@@ -297,6 +317,7 @@ class RecordSchema:
     fields: Tuple[Tuple[str, str], ...]  # (field name, category)
     make: Callable[[Tuple[Value, ...]], Record]
     per_process: bool = False
+    batch_keys: Tuple[str, ...] = ()  # integer fields a LockEdgeBatch decodes eagerly (edges only)
 
 
 # IG's enrichment fields (empty outside Kubernetes or without a container runtime)
@@ -318,6 +339,7 @@ RECORD_SCHEMAS: Dict[str, RecordSchema] = {
         tuple((name, TEXT if name == "comm" else INT) for name in LockEdge._fields[:-1]) + _HELD_FIELDS,
         lambda v: LockEdge(*v[:17], _held(*v[17:])),
         per_process=True,
+        batch_keys=EDGE_KEY_FIELDS,
     ),
     "blocked": RecordSchema(
         tuple((name, TEXT if name == "comm" else INT) for name in BlockedThread._fields[:-1]) + _HELD_FIELDS,
@@ -356,13 +378,15 @@ _NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
 
 
 def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Optional[str]]],
-                      optional: bool = False) -> Callable[[api_pb2.DataElement], Tuple[Value, ...]]:
+                      optional: bool = False, raw: bool = False) -> Callable[[Any], Tuple[Value, ...]]:
     """A function: element -> the values of ``fields`` (name, category or None
     for any kind), in order. Fixed-size fields of a payload are unpacked at once.
 
     Raises DecodeError when the layout lacks a field or gives it another
     kind: then no element of that datasource can make a record. With
     ``optional``, a missing field (or its missing payload) reads as "" instead.
+    With ``raw``, the function takes an element's bytes as sent and ``layout``
+    is a :func:`raw_layout`.
     """
     specs = {f.name: f for f in layout.fields}
     namespace: Dict[str, object] = {"_cstring": _cstring, "_text": _text, "_view": _view}
@@ -385,7 +409,7 @@ def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Opti
         wanted.setdefault(spec.payload_index, []).append((spec, position))
 
     expressions: List[str] = [""] * len(fields)
-    lines = ["def extract(element):", "    p = element.payload"]
+    lines = ["def extract(element):", "    p = (element,)" if raw else "    p = element.payload"]
     for position in (p for _, p in wanted.pop(-1, [])):
         expressions[position] = "''"
     for index, members in sorted(wanted.items()):
@@ -440,11 +464,148 @@ def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Opti
     return namespace["extract"]  # type: ignore[return-value]
 
 
+# --- whole batches ---------------------------------------------------------------
+#
+# A map-iterator fetch arrives as one serialized GadgetDataArray. When all its
+# elements are framed alike (same number of payloads, same sizes: fixed-size
+# structs and equal strings, as on one host), element i is a fixed slice of the
+# batch and the fields ingest needs are unpacked for all elements at once.
+
+_ARRAY_ELEMENT_TAG = 0x1A  # GadgetDataArray.dataArray: field 3, length-delimited
+_PAYLOAD_TAG = 0x0A  # DataElement.payload: field 1, length-delimited
+_NODE_TAG, _SEQ_TAG = 0x0A, 0x10  # GadgetDataArray.node and .seq, sent before the elements
+
+
+class ElementFraming(NamedTuple):
+    first: int  # where the first element starts in the batch
+    stride: int  # bytes per element, its own tag and length included
+    count: int
+    payloads: Tuple[Tuple[int, int], ...]  # (offset in the element, size) of each payload
+
+
+def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
+    value = 0
+    for shift in range(0, 70, 7):
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+    raise IndexError("varint longer than 10 bytes")
+
+
+def uniform_framing(batch: bytes) -> Optional[ElementFraming]:
+    """How the elements of a serialized GadgetDataArray lie, if they all lie alike.
+
+    Every tag and length byte of the first element is compared with the same
+    byte of every other element (one strided slice each), so when this returns,
+    each element parses exactly like the first one.
+    """
+    end = len(batch)
+    try:
+        pos = 0
+        while pos < end and batch[pos] != _ARRAY_ELEMENT_TAG:
+            if batch[pos] == _NODE_TAG:
+                size, pos = _varint(batch, pos + 1)
+                pos += size
+            elif batch[pos] == _SEQ_TAG:
+                pos = _varint(batch, pos + 1)[1]
+            else:
+                return None
+        if pos >= end:
+            return None
+        first = pos
+        size, body = _varint(batch, pos + 1)
+        framing = list(range(first, body))
+        payloads = []
+        pos = body
+        while pos < body + size:
+            if batch[pos] != _PAYLOAD_TAG:
+                return None
+            length, data = _varint(batch, pos + 1)
+            framing.extend(range(pos, data))
+            payloads.append((data - first, length))
+            pos = data + length
+    except IndexError:
+        return None
+    stride = body + size - first
+    if pos != body + size or (end - first) % stride:
+        return None
+    count = (end - first) // stride
+    for at in framing:
+        if batch[at:end:stride] != batch[at:at + 1] * count:
+            return None
+    return ElementFraming(first, stride, count, tuple(payloads))
+
+
+def raw_layout(layout: DataSourceLayout, framing: ElementFraming) -> DataSourceLayout:
+    """The layout of one element's bytes as sent: every field at its place in them.
+
+    Fields whose payload is absent, too short or empty are left out (missing)."""
+    fields = []
+    for f in layout.fields:
+        if f.payload_index >= len(framing.payloads):
+            continue
+        base, size = framing.payloads[f.payload_index]
+        if f.size == 0 and size:  # a whole-payload field: its size is the payload's here
+            fields.append(FieldSpec(f.name, 0, base, size, f.kind))
+        elif f.size and f.offset + f.size <= size:
+            fields.append(FieldSpec(f.name, 0, base + f.offset, f.size, f.kind))
+    return dataclasses.replace(layout, fields=tuple(fields))
+
+
+def compile_batch_keys(layout: DataSourceLayout, names: Sequence[str], stride: int
+                       ) -> Callable[[Any], Iterable[Tuple[int, ...]]]:
+    """A function: the elements of a batch (from the first one on) -> for each, the
+    integer fields ``names`` in that order. ``layout`` is a :func:`raw_layout`."""
+    specs = {f.name: f for f in layout.fields}
+    members = []
+    for name in names:
+        spec = specs.get(name)
+        if spec is None or spec.kind not in _INT_KINDS or spec.size != _SCALARS[spec.kind][1]:
+            raise DecodeError(f"datasource {layout.name}: no integer field {name}")
+        members.append(spec)
+    fmt, cursor = [layout.byte_order], 0
+    for spec in sorted(members, key=lambda s: s.offset):
+        if spec.offset < cursor:
+            raise DecodeError(f"datasource {layout.name}: field {spec.name} overlaps another")
+        fmt.append(f"{spec.offset - cursor}x{_SCALARS[spec.kind][0]}")
+        cursor = spec.offset + spec.size
+    fmt.append(f"{stride - cursor}x")
+    unpack = struct.Struct("".join(fmt)).iter_unpack
+    by_offset = sorted(range(len(members)), key=lambda i: members[i].offset)
+    if by_offset == list(range(len(members))):
+        return unpack
+    reorder = itemgetter(*[by_offset.index(i) for i in range(len(members))])
+    return lambda elements: map(reorder, unpack(elements))
+
+
+class _BatchBuilder(NamedTuple):
+    keys: Callable[[Any], Iterable[Tuple[int, ...]]]
+    decode: Callable[[bytes], Record]
+    process_meta: Callable[[bytes], Tuple[Value, ...]]  # (mntns_id, *META_FIELDS)
+
+
+def _batch_builder(layout: DataSourceLayout, schema: RecordSchema, framing: ElementFraming) -> _BatchBuilder:
+    raw = raw_layout(layout, framing)
+    extract = compile_extractor(raw, schema.fields, raw=True)
+    make = schema.make
+    return _BatchBuilder(
+        compile_batch_keys(raw, schema.batch_keys, framing.stride),
+        lambda element: make(extract(element)),
+        compile_extractor(raw, (("mntns_id", INT),) + META_FIELDS, optional=True, raw=True),
+    )
+
+
+_PROCESS_OF_KEY = itemgetter(0, 1)  # batch key -> (pid, process_start)
+
+
 @dataclass
 class DecodeStats:
     events: int = 0
     payloads: int = 0
     records: int = 0
+    batched: int = 0  # records that came in a LockEdgeBatch (lazy_edges)
     dropped_by_server: int = 0  # gaps in the payload sequence numbers
     rejected: int = 0  # payloads or elements that did not decode
     ignored: int = 0  # elements of datasources igdeadlock makes no records from
@@ -462,13 +623,15 @@ class StreamDecoder:
     (a whole batch that does not parse counts once per batch).
     """
 
-    def __init__(self, schemas: Optional[Mapping[str, RecordSchema]] = None) -> None:
+    def __init__(self, schemas: Optional[Mapping[str, RecordSchema]] = None, lazy_edges: bool = False) -> None:
         self.schemas = dict(RECORD_SCHEMAS if schemas is None else schemas)
+        self.lazy_edges = lazy_edges  # edges as LockEdgeBatch, decoded when needed
         self.stats = DecodeStats()
         self.info: Optional[api_pb2.GadgetInfo] = None
         self.layouts: Dict[int, DataSourceLayout] = {}
         self.problems: Dict[str, str] = {}  # datasource -> why its records cannot be built
         self._builders: Dict[int, Tuple[Callable, Callable, Optional[Callable]]] = {}
+        self._batch_builders: Dict[Tuple[int, int, tuple], Optional[_BatchBuilder]] = {}
         self._processes: set = set()  # (pid, start) already described by a ProcessMeta
         self._last_seq: Optional[int] = None
 
@@ -476,13 +639,13 @@ class StreamDecoder:
         """A new RunGadget stream follows (a reconnection): sequence numbers and
         the gadget's description start over; the statistics go on."""
         self.info = None
-        self.layouts, self._builders, self.problems = {}, {}, {}
+        self.layouts, self._builders, self.problems, self._batch_builders = {}, {}, {}, {}
         self._processes = set()
         self._last_seq = None
 
     def set_info(self, info: api_pb2.GadgetInfo) -> None:
         self.info = info
-        self.layouts, self._builders, self.problems = {}, {}, {}
+        self.layouts, self._builders, self.problems, self._batch_builders = {}, {}, {}, {}
         for ds in info.dataSources:
             try:
                 layout = DataSourceLayout.from_proto(ds)
@@ -528,6 +691,10 @@ class StreamDecoder:
         if layout is None:
             self.stats.unknown_datasource += 1
             return []
+        if self.lazy_edges and layout.type == DATASOURCE_TYPE_ARRAY and event.dataSourceID in self._builders:
+            batch = self._lazy_batch(layout, event.payload)
+            if batch is not None:
+                return batch
         try:
             elements = layout.parse_payload(event.payload)
         except DecodeError:
@@ -557,4 +724,40 @@ class StreamDecoder:
             self.stats.ignored += len(elements)
         if layout.type == DATASOURCE_TYPE_ARRAY:
             out.append(FetchTick(layout.name, len(elements)))
+        return out
+
+    def _lazy_batch(self, layout: DataSourceLayout, payload: bytes) -> Optional[List[Output]]:
+        """A batch as one LockEdgeBatch, when its elements are framed alike; else None."""
+        schema = self.schemas[layout.name]
+        if not schema.batch_keys:
+            return None
+        framing = uniform_framing(payload)
+        if framing is None:
+            return None
+        cache_key = (layout.id, framing.stride, framing.payloads)
+        if cache_key not in self._batch_builders:
+            try:
+                self._batch_builders[cache_key] = _batch_builder(layout, schema, framing)
+            except (DecodeError, KeyError, ValueError, struct.error):
+                self._batch_builders[cache_key] = None  # these elements lack a field: decode one by one
+        builder = self._batch_builders[cache_key]
+        if builder is None:
+            return None
+        stride = framing.stride
+        keys = list(builder.keys(memoryview(payload)[framing.first:]))
+        raws = [payload[at:at + stride] for at in range(framing.first, len(payload), stride)]
+        out: List[Output] = []
+        new = set(map(_PROCESS_OF_KEY, keys)).difference(self._processes)
+        for key, raw in zip(keys, raws) if new else ():
+            process = (key[0], key[1])
+            if process in new:
+                new.discard(process)
+                self._processes.add(process)
+                out.append(ProcessMeta(key[0], key[1], *builder.process_meta(raw)))
+                if not new:
+                    break
+        out.append(LockEdgeBatch(keys, raws, builder.decode))  # type: ignore[arg-type]
+        out.append(FetchTick(layout.name, len(keys)))
+        self.stats.records += len(keys)
+        self.stats.batched += len(keys)
         return out

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import networkx as nx
 
-from igdeadlock.decode import BlockedThread, LockEdge, ProcessExit
+from igdeadlock.decode import BlockedThread, LockEdge, LockEdgeBatch, ProcessExit
 
 LockId = Tuple[int, int]  # (address, generation): a destroyed lock's address is a new lock
 
@@ -118,75 +118,103 @@ def _no_common_lock(a: Evidence, b: Evidence) -> bool:
 
 
 class ProcessGraph:
-    """The lock-order graph of one process: lock -> lock -> {identity: evidence}.
+    """The lock-order graph of one process: (lock, lock) -> evidence.
 
-    Plain dictionaries keep ingest cheap; :meth:`to_networkx` gives a networkx
-    view. Edges that got new evidence since the last analysis are ``dirty``:
-    analysis looks for cycles through them only.
+    Ingest only stores edges (one dictionary entry each); the adjacency that
+    the searches walk is extended with the new edges when analysis starts.
+    The evidence of an edge is one LockEdge, a pending ``(decode, raw)`` pair
+    that makes it (see :class:`igdeadlock.decode.LockEdgeBatch`), or
+    ``{identity: LockEdge}`` once the edge was seen in several ways.
+    :meth:`to_networkx` gives a networkx view.
     """
 
     def __init__(self, key: ProcessKey) -> None:
         self.key = key
-        self.comm = ""
-        self.mntns_id = 0
-        # target -> one Evidence, or {identity: Evidence} once there are several
-        self.succ: Dict[LockId, Dict[LockId, object]] = {}
-        self.kinds: Dict[LockId, int] = {}
-        self.dirty: Dict[Tuple[LockId, LockId], None] = {}  # an ordered set
-        self.edge_count = 0
+        self.edges: Dict[Tuple[LockId, LockId], object] = {}  # (source, target) -> evidence
+        self.succ: Dict[LockId, List[LockId]] = {}  # source -> targets, for the edges indexed so far
+        self._indexed = 0  # the first _indexed edges are in succ (edges are never removed)
+        self._more: List[Tuple[LockId, LockId]] = []  # known edges that got new evidence
+        self._left: Dict[Tuple[LockId, LockId], None] = {}  # edges the last analysis did not reach
         self.evidence_dropped = 0
+
+    @property
+    def edge_count(self) -> int:
+        return len(self.edges)
+
+    @property
+    def has_work(self) -> bool:
+        """Edges or evidence that analysis has not looked at yet."""
+        return bool(self._left or self._more or self._indexed < len(self.edges))
+
+    @property
+    def dirty(self) -> Dict[Tuple[LockId, LockId], None]:
+        """The edges the next analysis looks at, in arrival order."""
+        return dict.fromkeys(chain(self._left, islice(self.edges, self._indexed, None), self._more))
 
     def add(self, record: LockEdge) -> bool:
         """Add one edge observation; True if it taught us something new."""
-        (_pid, tid, comm, mntns_id, _start, _session, from_lock, from_gen, from_mode, from_kind, _from_site,
-         to_lock, to_gen, to_mode, to_kind, to_how, _to_site, held) = record  # one unpack: the hot path
-        source = (from_lock, from_gen)
-        target = (to_lock, to_gen)
+        source = (record.from_lock, record.from_gen)
+        target = (record.to_lock, record.to_gen)
         if source == target:
             return False
-        succ = self.succ
-        targets = succ.get(source)
-        if targets is None:
-            targets = succ[source] = {}
-            self.kinds[source] = from_kind
-        bucket = targets.get(target)
-        if bucket is None:
-            # most edges are seen once: keep the record itself, no dictionary
-            targets[target] = record
-            self.edge_count += 1
-            if target not in succ:
-                succ[target] = {}
-                self.kinds[target] = to_kind
-        else:
-            identity = (tid, from_mode, to_mode, to_how, held)
-            if type(bucket) is not dict:
-                if _identity(bucket) == identity:  # type: ignore[arg-type]
-                    return False
-                bucket = targets[target] = {_identity(bucket): bucket}  # type: ignore[arg-type]
-            if identity in bucket:
+        edge = (source, target)
+        known = self.edges.get(edge)
+        if known is None:
+            self.edges[edge] = record  # most edges are seen once: the record itself, no dictionary
+            return True
+        return self.add_evidence(edge, known, record)
+
+    def add_evidence(self, edge: Tuple[LockId, LockId], known: object, record: LockEdge) -> bool:
+        """A known edge seen again: keep the observation if it differs (thread, modes, held locks)."""
+        identity = _identity(record)
+        if type(known) is not dict:
+            first = self._decoded(edge, known)
+            if _identity(first) == identity:
                 return False
-            if len(bucket) >= MAX_EVIDENCE_PER_EDGE:
-                self.evidence_dropped += 1
-                return False
-            bucket[identity] = record
-        self.dirty[(source, target)] = None
-        if comm:
-            self.comm = comm
-        if mntns_id:
-            self.mntns_id = mntns_id
+            known = self.edges[edge] = {_identity(first): first}
+        if identity in known:  # type: ignore[operator]
+            return False
+        if len(known) >= MAX_EVIDENCE_PER_EDGE:  # type: ignore[arg-type]
+            self.evidence_dropped += 1
+            return False
+        known[identity] = record  # type: ignore[index]
+        self._more.append(edge)
         return True
 
+    def _decoded(self, edge: Tuple[LockId, LockId], evidence: object) -> LockEdge:
+        if type(evidence) is tuple:  # pending: decode it once, keep the record
+            decode, raw = evidence  # type: ignore[misc]
+            evidence = self.edges[edge] = decode(raw)
+        return evidence  # type: ignore[return-value]
+
     def evidence(self, source: LockId, target: LockId) -> List[Evidence]:
-        return _evidence_list(self.succ[source][target])
+        edge = (source, target)
+        known = self.edges[edge]
+        if type(known) is dict:
+            return list(known.values())  # type: ignore[attr-defined]
+        return [self._decoded(edge, known)]
 
     def to_networkx(self) -> nx.DiGraph:
         graph = nx.DiGraph()
-        for lock, kind in self.kinds.items():
-            graph.add_node(lock, kind=kind)
-        for source, targets in self.succ.items():
-            for target, bucket in targets.items():
-                graph.add_edge(source, target, evidence=_evidence_list(bucket))
+        for source, target in self.edges:
+            evidence = self.evidence(source, target)
+            graph.add_node(source, kind=evidence[0].from_kind)
+            graph.add_node(target, kind=evidence[0].to_kind)
+            graph.add_edge(source, target, evidence=evidence)
         return graph
+
+    def _index_new_edges(self) -> List[Tuple[LockId, LockId]]:
+        """Add the edges that came since the last analysis to the adjacency."""
+        new = list(islice(self.edges, self._indexed, None))
+        succ = self.succ
+        for source, target in new:
+            targets = succ.get(source)
+            if targets is None:
+                succ[source] = [target]
+            else:
+                targets.append(target)
+        self._indexed = len(self.edges)
+        return new
 
     def find_cycles(self, budget: int = ANALYSIS_BUDGET) -> List[Cycle]:
         """Witness cycles through the edges that changed since the last call.
@@ -197,8 +225,10 @@ class ProcessGraph:
         through the edge that distinct threads can close. ``budget`` bounds the
         work; edges it did not reach stay dirty for the next call.
         """
-        if not self.dirty:
+        if not self.has_work:
             return []
+        dirty = dict.fromkeys(chain(self._left, self._index_new_edges(), self._more))
+        self._more = []
         # One linear pass tells which edges can be on a cycle at all; on a very big
         # graph that pass costs more than the budget, so the searches decide alone.
         component = strongly_connected(self.succ) if self.edge_count <= SCC_EDGE_LIMIT else _ONE_COMPONENT
@@ -206,7 +236,7 @@ class ProcessGraph:
         covered: Set[Tuple[LockId, LockId]] = set()
         work = [budget]
         left: Dict[Tuple[LockId, LockId], None] = {}
-        for edge in self.dirty:  # arrival order: deterministic for the same input
+        for edge in dirty:  # arrival order: deterministic for the same input
             if work[0] <= 0:
                 left[edge] = None
                 continue
@@ -222,7 +252,7 @@ class ProcessGraph:
             ring = cycle.locks
             found.setdefault(ring, cycle)
             covered.update(zip(ring, ring[1:] + ring[:1]))
-        self.dirty = left
+        self._left = left
         return [found[ring] for ring in sorted(found)]
 
     def _witness(self, source: LockId, target: LockId, component: Mapping[LockId, int], group: int,
@@ -274,14 +304,13 @@ class ProcessGraph:
             return all(ev.tid != c.tid and _no_common_lock(ev, c) for c in chosen)
 
         def extend(node: LockId) -> bool:
-            for nxt, bucket in self.succ[node].items():
-                bucket = bucket.values() if type(bucket) is dict else (bucket,)
+            for nxt in self.succ.get(node, ()):
                 if component.get(nxt) != group:
                     continue
                 closing = nxt == source
                 if not closing and (nxt in ring or len(ring) >= MAX_CYCLE_LENGTH):
                     continue
-                for ev in bucket:
+                for ev in self.evidence(node, nxt):
                     work[0] -= 1
                     if work[0] <= 0:
                         return False
@@ -313,8 +342,9 @@ class ProcessGraph:
                gates: Tuple[LockId, ...] = ()) -> Cycle:
         start = min(range(len(steps)), key=lambda i: steps[i].from_lock)
         steps = steps[start:] + steps[:start]
-        kinds = tuple(self.kinds.get(step.from_lock, 0) for step in steps)
-        return Cycle(self.key, self.comm, self.mntns_id, kind, suppressed, steps, gates, kinds)
+        kinds = tuple(step.evidence.from_kind for step in steps)
+        first = steps[0].evidence
+        return Cycle(self.key, first.comm, first.mntns_id, kind, suppressed, steps, gates, kinds)
 
     def classify(self, ring: Sequence[LockId]) -> Optional[Cycle]:
         """What the cycle ``ring[0] -> ring[1] -> ... -> ring[0]`` means, or None."""
@@ -514,7 +544,7 @@ class LockGraphStore:
     dropped.
     """
 
-    def __init__(self, keep: Optional[Callable[[LockEdge], bool]] = None) -> None:
+    def __init__(self, keep_session: Optional[Callable[[int], bool]] = None) -> None:
         self.graphs: Dict[ProcessKey, ProcessGraph] = {}
         self.findings: Dict[Tuple[ProcessKey, Tuple[LockId, ...]], Cycle] = {}
         self.stats = StoreStats()
@@ -522,22 +552,59 @@ class LockGraphStore:
         self._exited: Set[ProcessKey] = set()  # to drop after the next analysis
         self._gone: Set[ProcessKey] = set()  # processes known to have exited
         self._gone_order: Deque[ProcessKey] = deque()
-        self._keep = keep  # which records to analyse (default: all)
+        self._keep_session = keep_session  # which sessions' edges to analyse (default: all)
 
-    def add_edge(self, record: LockEdge) -> None:
-        if self._keep is not None and not self._keep(record):
-            return
-        key = (record.pid, record.process_start)  # equal to ProcessKey(pid, start), cheaper to make
-        graph = self.graphs.get(key)  # type: ignore[call-overload]
+    def _graph(self, pid: int, start: int) -> ProcessGraph:
+        graph = self.graphs.get((pid, start))  # type: ignore[call-overload]  # equal to ProcessKey(pid, start)
         if graph is None:
-            key = ProcessKey(*key)
+            key = ProcessKey(pid, start)
             graph = self.graphs[key] = ProcessGraph(key)
             self.stats.processes_seen += 1
             if key in self._gone:
                 self._exited.add(key)  # its edges came after its exit: analyse once, then drop
+        return graph
+
+    def add_edge(self, record: LockEdge) -> None:
+        if self._keep_session is not None and not self._keep_session(record.session_id):
+            return
+        graph = self._graph(record.pid, record.process_start)
         self.stats.edges_seen += 1
         if graph.add(record):
             self._dirty.add(graph.key)
+
+    def add_edge_batch(self, batch: LockEdgeBatch) -> None:
+        """Add a fetch's edges; a record is decoded only when its edge is already
+        known (to compare the observations) or when analysis needs it.
+
+        The companion's hot loop: for a new edge, three small tuples and one
+        dictionary store, the same steps as ProcessGraph.add, inlined."""
+        keep = self._keep_session
+        decode = batch.decode
+        pid = start = -1
+        graph: Optional[ProcessGraph] = None
+        edges: Dict[Tuple[LockId, LockId], object] = {}
+        seen = 0
+        for (record_pid, record_start, session, from_lock, from_gen, to_lock, to_gen), raw in zip(batch.keys,
+                                                                                                 batch.raws):
+            if keep is not None and not keep(session):
+                continue
+            seen += 1
+            if record_pid != pid or record_start != start:
+                pid, start = record_pid, record_start
+                graph = self._graph(pid, start)
+                self._dirty.add(graph.key)
+                edges = graph.edges
+            source = (from_lock, from_gen)
+            target = (to_lock, to_gen)
+            if source == target:
+                continue
+            edge = (source, target)
+            known = edges.get(edge)
+            if known is None:
+                edges[edge] = (decode, raw)  # pending: decoded if analysis ever needs it
+            else:
+                graph.add_evidence(edge, known, decode(raw))  # type: ignore[union-attr]
+        self.stats.edges_seen += seen
 
     def process_exited(self, record: ProcessExit) -> None:
         key = ProcessKey(record.pid, record.process_start)
@@ -571,7 +638,7 @@ class LockGraphStore:
                 if known is None or (known.kind, known.suppressed) != (cycle.kind, cycle.suppressed):
                     self.findings[cycle.key] = cycle  # new, or more evidence changed what it means
                     new.append(cycle)
-        self._dirty = {key for key in self._dirty if key in self.graphs and self.graphs[key].dirty}
+        self._dirty = {key for key in self._dirty if key in self.graphs and self.graphs[key].has_work}
         for key in sorted(self._exited):
             if self.graphs.pop(key, None) is not None:
                 self.stats.processes_exited += 1
@@ -632,14 +699,14 @@ class WaitForTracker:
     fetches before it is reported: contention that resolves never is.
     """
 
-    def __init__(self, keep: Optional[Callable[[object], bool]] = None) -> None:
+    def __init__(self, keep_session: Optional[Callable[[int], bool]] = None) -> None:
         self.blocked: Dict[int, BlockedThread] = {}
         self.deadlocks: Dict[Tuple, Deadlock] = {}
         self._candidates: Set[Tuple] = set()
-        self._keep = keep
+        self.keep_session = keep_session
 
     def thread_blocked(self, record: BlockedThread) -> None:
-        if self._keep is None or self._keep(record):
+        if self.keep_session is None or self.keep_session(record.session_id):
             self.blocked[record.tid] = record
 
     def thread_resumed(self, tid: int) -> None:

@@ -26,6 +26,7 @@ from igdeadlock.decode import (
     Counter,
     FetchTick,
     LockEdge,
+    LockEdgeBatch,
     LogMessage,
     MappedFile,
     ProcessExit,
@@ -87,12 +88,12 @@ class Collector:
     """Everything the gadget on one target reported: lock graphs, blocked threads,
     stacks, files, where processes run, loss counters. No I/O."""
 
-    def __init__(self, keep: Optional[Callable[[object], bool]] = None,
+    def __init__(self, keep_session: Optional[Callable[[int], bool]] = None,
                  on_deadlock: Optional[Callable[[Deadlock], None]] = None,
                  target: str = "", node: str = "",
                  alive: Optional[Callable[[int, int], Optional[bool]]] = None) -> None:
-        self.store = LockGraphStore(keep)
-        self.waits = WaitForTracker(keep)
+        self.store = LockGraphStore(keep_session)
+        self.waits = WaitForTracker(keep_session)
         self.on_deadlock = on_deadlock
         self.target = target
         self.node = node  # where the target runs, when the target knows it (a gadget pod's node)
@@ -111,21 +112,26 @@ class Collector:
         """A new gadget run on the same target (a reconnection): its site numbers
         start over, and what it knew about blocked threads is gone."""
         self._run += 1
-        self.waits = WaitForTracker(self.waits._keep)
+        self.waits = WaitForTracker(self.waits.keep_session)
         self.ticks = {}
 
     def _site(self, site: int) -> int:
         # site ids hold the CPU in bits 48-55; runs after the first go above them
         return site | (self._run << 56) if self._run and site else site
 
+    def _edge_sites(self, edge: LockEdge) -> LockEdge:
+        return edge._replace(from_site=self._site(edge.from_site), to_site=self._site(edge.to_site))
+
     def consume(self, output: object) -> List[object]:
         """Take one decoder output; returns the findings it completed."""
         kind = type(output)
-        if kind is LockEdge:
+        if kind is LockEdgeBatch:
             if self._run:
-                output = output._replace(from_site=self._site(output.from_site),  # type: ignore[union-attr]
-                                         to_site=self._site(output.to_site))  # type: ignore[union-attr]
-            self.store.add_edge(output)  # type: ignore[arg-type]
+                decode = output.decode  # type: ignore[union-attr]
+                output = output._replace(decode=lambda raw: self._edge_sites(decode(raw)))  # type: ignore
+            self.store.add_edge_batch(output)  # type: ignore[arg-type]
+        elif kind is LockEdge:
+            self.store.add_edge(self._edge_sites(output) if self._run else output)  # type: ignore[arg-type]
         elif kind is BlockedThread:
             if self._run:
                 output = output._replace(site=self._site(output.site))  # type: ignore[union-attr]
@@ -198,6 +204,7 @@ class Collector:
             "processes_exited": self.store.stats.processes_exited,
             "processes_tracked": len(self.store.graphs),
             "fetches": self.ticks.get("edges", 0),
+            "edge_records_batched": decoder.stats.batched,
             "events_lost": lost,
         }
 
@@ -388,7 +395,7 @@ class GadgetSession:
         self.image = image
         self.params = params
         self.collector = collector
-        self.decoder = decoder if decoder is not None else StreamDecoder()
+        self.decoder = decoder if decoder is not None else StreamDecoder(lazy_edges=True)
         self.decoder.new_stream()
         self.on_findings = on_findings
         self.attach_mode = attach
@@ -506,7 +513,7 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
                 f"({deadlock.comm}) are blocked in a lock cycle")
 
         local = address.scheme == "unix"
-        collector = Collector(keep=lambda record: bool(command_pid) and record.session_id == command_pid[0],
+        collector = Collector(keep_session=lambda session_id: bool(command_pid) and session_id == command_pid[0],
                               on_deadlock=on_deadlock, target=str(address),
                               node=socket.gethostname() if local else "", alive=process_alive if local else None)
         process: Optional[subprocess.Popen] = None

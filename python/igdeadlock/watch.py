@@ -56,7 +56,7 @@ class TargetRunner(threading.Thread):
         self.found = found
         self.say = say
         self.collector = Collector(target=spec.label, node=spec.node, alive=process_alive if spec.local else None)
-        self.decoder = StreamDecoder()
+        self.decoder = StreamDecoder(lazy_edges=True)
         self.status = TargetState()
         self._lock = threading.Lock()
         self._pending: List[object] = []  # new findings waiting for their stacks and files

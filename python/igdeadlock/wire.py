@@ -15,6 +15,7 @@ from typing import Iterator, Mapping, Optional
 
 import grpc
 
+from igdeadlock.events import LOG_LEVEL_WARNING
 from igdeadlock.proto import api_pb2, api_pb2_grpc
 
 DEFAULT_DAEMON_ADDRESS = "unix:///var/run/ig/ig.socket"
@@ -23,14 +24,6 @@ DEFAULT_DAEMON_ADDRESS = "unix:///var/run/ig/ig.socket"
 API_VERSION = "1.0"  # InfoResponse.version of the gadget service igdeadlock speaks
 GADGET_INFO_VERSION = 1
 RUN_PROTOCOL_VERSION = 1
-
-# GadgetEvent.type values.
-EVENT_PAYLOAD = 0
-EVENT_GADGET_INFO = 4
-EVENT_LOG_SHIFT = 16
-
-LOG_LEVEL_NAMES = ("panic", "fatal", "error", "warning", "info", "debug", "trace")
-LOG_LEVEL_WARNING = 3
 
 # Map-iterator batches can be large; the server sends them as one message.
 _CHANNEL_OPTIONS = (
@@ -268,16 +261,3 @@ class GadgetRun:
         self._requests.put(_STOP)
         if call is not None:
             call.cancel()
-
-
-def log_level_of(event_type: int) -> Optional[int]:
-    """The logrus level of a log event, or None if the event is not a log."""
-    if event_type >= 1 << EVENT_LOG_SHIFT:
-        return event_type >> EVENT_LOG_SHIFT
-    return None
-
-
-def parse_gadget_info(payload: bytes) -> api_pb2.GadgetInfo:
-    info = api_pb2.GadgetInfo()
-    info.ParseFromString(payload)
-    return info

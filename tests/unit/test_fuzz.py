@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from igdeadlock.decode import StreamDecoder
+from igdeadlock.decode import LockEdgeBatch, StreamDecoder
 from igdeadlock.proto import api_pb2
 from test_decode import EDGE_VALUES, edges_datasource, pack
 
@@ -37,6 +38,9 @@ def counters(decoder: StreamDecoder) -> tuple:
 def feed_and_check(decoder: StreamDecoder, event: api_pb2.GadgetEvent) -> None:
     before = counters(decoder)
     outputs = decoder.feed(event)  # must never raise
+    for output in outputs:
+        if type(output) is LockEdgeBatch:
+            output.records()  # nor may decoding a batch's records later
     if event.type == 0:
         ticks = [o for o in outputs if type(o).__name__ == "FetchTick"]
         empty_batch = any(t.count == 0 for t in ticks)
@@ -59,9 +63,10 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
-def test_mutation_fuzzer_100k_events():
+@pytest.mark.parametrize("lazy_edges", [False, True])
+def test_mutation_fuzzer_100k_events(lazy_edges):
     rng = random.Random(20261125)
-    decoder = StreamDecoder()
+    decoder = StreamDecoder(lazy_edges=lazy_edges)
     seeds = [VALID_BATCH, VALID_SINGLE, INFO.SerializeToString(), b""]
     for case in range(FUZZ_CASES):
         kind = rng.random()
@@ -80,6 +85,7 @@ def test_mutation_fuzzer_100k_events():
     s = decoder.stats
     assert s.events == FUZZ_CASES
     assert s.records > 0 and s.rejected > 0 and s.unknown_datasource > 0
+    assert (s.batched > 0) == lazy_edges
 
 
 events = st.one_of(
@@ -95,7 +101,7 @@ events = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(events, max_size=40))
 def test_any_event_stream_is_decoded_or_counted(stream):
-    decoder = StreamDecoder()
+    decoder = StreamDecoder(lazy_edges=True)
     for event in stream:
         feed_and_check(decoder, event)
     payloads = sum(1 for e in stream if e.type == 0)
