@@ -26,7 +26,8 @@
 #include <gadget/types.h>
 
 #define MAX_HELD_LOCKS 16 /* nesting depth tracked per thread */
-#define DEP_CACHE_SLOTS 8 /* per-thread cache of known dependencies */
+#define DEP_CACHE_SLOTS 16 /* per-thread cache of known dependencies */
+#define DEP_CACHE_GROUPS 4 /* nesting depths with slots of their own (power of 2) */
 #define MAX_STACK_FRAMES 16 /* user frames kept per acquisition site */
 #define FILE_PATH_MAX 256 /* longest mapped-file path reported (power of 2) */
 #define MAX_PATH_PARTS 32 /* directory levels walked for a path (power of 2) */
@@ -555,12 +556,18 @@ static __always_inline __u32 held_slot(__u32 index)
 	return index & (MAX_HELD_LOCKS - 1);
 }
 
+/* Index of `lock` in the thread's held set, or -1. Scans from the most
+ * recently acquired lock: releases are mostly in reverse order. */
 static __always_inline int find_held(struct thread_locks *t, __u64 lock)
 {
-	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
-		if (i >= t->nheld)
+	__u32 nheld = t->nheld;
+
+	for (int k = 0; k < MAX_HELD_LOCKS; k++) {
+		int i = (int)nheld - 1 - k;
+
+		if (i < 0)
 			break;
-		if (t->held[i].lock == lock)
+		if (t->held[held_slot(i)].lock == lock)
 			return i;
 	}
 	return -1;
@@ -575,9 +582,16 @@ static __always_inline __u32 lock_generation(__u32 pid, __u64 lock)
 	return gen ? *gen : 0;
 }
 
-static __always_inline __u32 cache_slot(__u64 context, __u64 lock)
+/* Dependency-cache slot of a request: the depth picks a group of slots, the
+ * hash a slot in it. A nested path of up to DEP_CACHE_GROUPS locks then never
+ * evicts its own entries (hashing alone made that likely: 4 keys in 8 slots
+ * collide 59% of the time), and requests at one depth spread by hash. */
+static __always_inline __u32 cache_slot(__u32 depth, __u64 context, __u64 lock)
 {
-	return mix64(context ^ lock) & (DEP_CACHE_SLOTS - 1);
+	__u32 per_group = DEP_CACHE_SLOTS / DEP_CACHE_GROUPS;
+
+	return (depth & (DEP_CACHE_GROUPS - 1)) * per_group +
+	       (mix64(context ^ lock) & (per_group - 1));
 }
 
 /* Return address of the lock function: the calling site, even without frame
@@ -848,39 +862,53 @@ static __always_inline void record_edges(struct thread_locks *t, __u64 lock,
 	}
 }
 
-/*
- * Find (or record) the dependency "this thread requests `lock` while holding
- * its current set". Returns the acquisition site to remember for the lock.
- */
-static __always_inline __u64 note_dependency(struct pt_regs *ctx,
-					     struct thread_locks *t,
-					     __u64 lock, __u8 mode, __u8 kind,
-					     __u8 how, __u32 *gen_out)
+/* Drop the cached dependencies if some lock was destroyed since they were
+ * cached: generations may have changed. */
+static __always_inline void check_cache_epoch(struct thread_locks *t)
 {
 	__u32 epoch = destroy_epoch;
-	__u32 index = cache_slot(t->held_hash, lock);
-	__u64 pid_tgid;
+
+	if (t->epoch == epoch)
+		return;
+	for (int i = 0; i < DEP_CACHE_SLOTS; i++)
+		t->cache[i].valid = 0;
+	t->epoch = epoch;
+}
+
+/* The cached dependency "request `lock` while holding the current set", if
+ * this thread made it before. A hit also proves the lock is not held now:
+ * only requests for a lock not held are cached, under the set's hash. */
+static __always_inline struct dep_cache_slot *
+cached_dependency(struct thread_locks *t, __u64 lock, __u8 mode, __u8 how)
+{
+	__u32 index = cache_slot(t->nheld, t->held_hash, lock);
+	struct dep_cache_slot *slot;
+
+	if (index >= DEP_CACHE_SLOTS)
+		return NULL;
+	slot = &t->cache[index];
+	if (slot->valid && slot->lock == lock && slot->context == t->held_hash &&
+	    slot->mode == mode && slot->how == how)
+		return slot;
+	return NULL;
+}
+
+/*
+ * A request this thread's cache does not know: find the dependency in the
+ * known set or record it (site and edges), then cache it. Returns the
+ * acquisition site to remember for the lock.
+ */
+static __always_inline __u64 learn_dependency(struct pt_regs *ctx,
+					      struct thread_locks *t,
+					      __u64 lock, __u8 mode, __u8 kind,
+					      __u8 how, __u32 *gen_out)
+{
+	__u32 index = cache_slot(t->nheld, t->held_hash, lock);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct dep_cache_slot *slot;
 	struct dep_key key = {};
 	__u64 *known, site;
 
-	if (t->epoch != epoch) {
-		/* some lock was destroyed: generations may have changed */
-		for (int i = 0; i < DEP_CACHE_SLOTS; i++)
-			t->cache[i].valid = 0;
-		t->epoch = epoch;
-	}
-	if (index >= DEP_CACHE_SLOTS)
-		return 0;
-	slot = &t->cache[index];
-	if (slot->valid && slot->lock == lock &&
-	    slot->context == t->held_hash && slot->mode == mode &&
-	    slot->how == how) {
-		*gen_out = slot->gen;
-		return slot->site;
-	}
-
-	pid_tgid = bpf_get_current_pid_tgid();
 	key.context = t->held_hash;
 	key.lock = lock;
 	key.pid = pid_tgid >> 32;
@@ -897,7 +925,10 @@ static __always_inline __u64 note_dependency(struct pt_regs *ctx,
 			record_edges(t, lock, key.gen, mode, kind, how, site);
 		bpf_map_update_elem(&known_dependencies, &key, &site, BPF_ANY);
 	}
-
+	*gen_out = key.gen;
+	if (index >= DEP_CACHE_SLOTS)
+		return site;
+	slot = &t->cache[index];
 	slot->lock = lock;
 	slot->context = t->held_hash;
 	slot->gen = key.gen;
@@ -905,7 +936,6 @@ static __always_inline __u64 note_dependency(struct pt_regs *ctx,
 	slot->mode = mode;
 	slot->how = how;
 	slot->valid = 1;
-	*gen_out = key.gen;
 	return site;
 }
 
@@ -952,6 +982,7 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 					  __u8 mode, __u8 kind, __u8 how)
 {
 	gadget_tid tid = current_tid();
+	struct dep_cache_slot *cached;
 	struct thread_locks *t;
 	struct held_lock *held;
 	__u64 site;
@@ -964,6 +995,14 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	if (!t)
 		return 0;
 
+	check_cache_epoch(t);
+	cached = cached_dependency(t, lock, mode, how);
+	if (cached) {
+		/* the common case: a known request, and the lock is not held */
+		gen = cached->gen;
+		site = cached->site;
+		goto acquire;
+	}
 	i = find_held(t, lock);
 	if (i >= 0) {
 		/* recursive acquisition: no self edge, count the depth */
@@ -980,7 +1019,8 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 		return 0;
 	}
 
-	site = note_dependency(ctx, t, lock, mode, kind, how, &gen);
+	site = learn_dependency(ctx, t, lock, mode, kind, how, &gen);
+acquire:
 	if (how != ACQUIRE_TRY)
 		note_wait(t, lock, gen, site, mode, kind, how);
 	if (how == ACQUIRE_BLOCKING) {

@@ -177,6 +177,7 @@ def main() -> int:
     binary, empty = build(*arch)
     workloads = [
         Workload("uncontended, 1 thread, depth 2", 1, 2, args.iterations, "uncontended"),
+        Workload("uncontended, 1 thread, depth 8", 1, 8, args.iterations // 4, "uncontended"),
         Workload("uncontended, 2 threads, depth 4", 2, 4, args.iterations // 2, "uncontended"),
         Workload("contended, 2 threads, depth 2", 2, 2, args.iterations // 2, "contended"),
     ]
