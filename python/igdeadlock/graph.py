@@ -358,27 +358,64 @@ class ProcessGraph:
         chosen = _assign(options, distinct=True, gate_free=True, blocking=True, no_deadline=True)
         if chosen is not None:
             return build(POTENTIAL_DEADLOCK, None, chosen)
-        chosen = _assign(options, distinct=True, gate_free=False, blocking=True, no_deadline=True)
-        if chosen is not None:
-            return build(POTENTIAL_DEADLOCK, SUPPRESSED_GATE_LOCK, chosen, _gate_locks(chosen))
-        chosen = _assign(options, distinct=True, gate_free=True, blocking=False, no_deadline=True)
-        if chosen is None:
-            chosen = _assign(options, distinct=True, gate_free=False, blocking=False, no_deadline=True)
-        if chosen is not None:
-            return build(POTENTIAL_DEADLOCK, SUPPRESSED_READ_READ, chosen)
-        chosen = _assign(options, distinct=True, gate_free=False, blocking=False, no_deadline=False)
-        if chosen is not None:
-            return build(POTENTIAL_DEADLOCK, SUPPRESSED_TIMED_LOCK, chosen)
-        chosen = _assign(options, same_thread=True, blocking=True, no_deadline=True)
-        if chosen is not None:
-            return build(SINGLE_THREAD_INVERSION, None, chosen)
-        chosen = _assign(options, same_thread=True, blocking=False, no_deadline=True)
-        if chosen is not None:
-            return build(SINGLE_THREAD_INVERSION, SUPPRESSED_READ_READ, chosen)
-        chosen = _assign(options, same_thread=True, blocking=False, no_deadline=False)
-        if chosen is not None:
-            return build(SINGLE_THREAD_INVERSION, SUPPRESSED_TIMED_LOCK, chosen)
+        threads = [{ev.tid for ev in option} for option in options]
+        # The weakest condition of each family, decided exactly: if it fails, so do
+        # all the searches below it (most cycles found in big graphs fail both).
+        if _distinct_threads_possible(threads):
+            found = _classify_distinct(options, build)
+            if found is not None:
+                return found
+        if threads and set.intersection(*threads):
+            return _classify_same_thread(options, build)
         return None
+
+
+def _classify_distinct(options: List[List[Evidence]], build: Callable[..., Cycle]) -> Optional[Cycle]:
+    """Distinct threads can close the cycle: which condition keeps it from deadlocking, if any."""
+    chosen = _assign(options, distinct=True, gate_free=False, blocking=True, no_deadline=True)
+    if chosen is not None:
+        return build(POTENTIAL_DEADLOCK, SUPPRESSED_GATE_LOCK, chosen, _gate_locks(chosen))
+    chosen = _assign(options, distinct=True, gate_free=True, blocking=False, no_deadline=True)
+    if chosen is None:
+        chosen = _assign(options, distinct=True, gate_free=False, blocking=False, no_deadline=True)
+    if chosen is not None:
+        return build(POTENTIAL_DEADLOCK, SUPPRESSED_READ_READ, chosen)
+    chosen = _assign(options, distinct=True, gate_free=False, blocking=False, no_deadline=False)
+    if chosen is not None:
+        return build(POTENTIAL_DEADLOCK, SUPPRESSED_TIMED_LOCK, chosen)
+    return None
+
+def _classify_same_thread(options: List[List[Evidence]], build: Callable[..., Cycle]) -> Optional[Cycle]:
+    """One thread made every step: an inversion, and whether a mode or deadline makes it harmless."""
+    chosen = _assign(options, same_thread=True, blocking=True, no_deadline=True)
+    if chosen is not None:
+        return build(SINGLE_THREAD_INVERSION, None, chosen)
+    chosen = _assign(options, same_thread=True, blocking=False, no_deadline=True)
+    if chosen is not None:
+        return build(SINGLE_THREAD_INVERSION, SUPPRESSED_READ_READ, chosen)
+    chosen = _assign(options, same_thread=True, blocking=False, no_deadline=False)
+    if chosen is not None:
+        return build(SINGLE_THREAD_INVERSION, SUPPRESSED_TIMED_LOCK, chosen)
+    return None
+
+
+def _distinct_threads_possible(threads: Sequence[Set[int]]) -> bool:
+    """Can each step get a thread of its own (``threads[i]``: the threads that made
+    step i)? A bipartite matching, by augmenting paths (Kuhn): exact, and cheap for
+    cycles of at most MAX_CYCLE_LENGTH steps."""
+    owner: Dict[int, int] = {}  # thread -> the step it is matched to
+
+    def augment(step: int, visited: Set[int]) -> bool:
+        for tid in threads[step]:
+            if tid in visited:
+                continue
+            visited.add(tid)
+            if tid not in owner or augment(owner[tid], visited):
+                owner[tid] = step
+                return True
+        return False
+
+    return all(augment(step, set()) for step in range(len(threads)))
 
 
 def _identity(evidence: Evidence) -> tuple:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence, Tuple
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from igdeadlock.decode import HeldLock, LockEdge, ProcessExit
 from igdeadlock.graph import (
     POTENTIAL_DEADLOCK,
@@ -14,6 +17,8 @@ from igdeadlock.graph import (
     LockGraphStore,
     ProcessGraph,
     ProcessKey,
+    _assign,
+    _distinct_threads_possible,
 )
 
 W, R = 0, 1
@@ -252,3 +257,20 @@ def test_big_graphs_skip_the_component_pass_and_keep_edges_a_cut_search_missed(m
     assert g.find_cycles(budget=2) == []  # the search through the first edge was cut short...
     assert len(g.dirty) == 5  # ...so every edge waits for the next analysis
     assert summary(g) == [(tuple(ring), POTENTIAL_DEADLOCK, None)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sets(st.integers(1, 6), min_size=1, max_size=4), min_size=2, max_size=7))
+def test_distinct_thread_precheck_agrees_with_the_search(threads):
+    """The exact matching that lets classify skip searches says yes exactly when
+    the backtracking search finds one distinct thread per step."""
+    options = [[LockEdge(PID, tid, "t", 1, 1, PID, 0, 0, W, 0, 0, 0, 0, W, 0, 0, 0, ()) for tid in sorted(step)]
+               for step in threads]
+    assert _distinct_threads_possible(threads) == (_assign(options, distinct=True) is not None)
+
+
+def test_a_cycle_no_distinct_threads_nor_one_thread_can_close_is_no_finding():
+    # threads 1 and 2 made A->B and B->C, thread 1 alone C->A: three steps, two threads
+    graph = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(2, [(0xB, W)], 0xC), acquire(1, [(0xC, W)], 0xA))
+    assert graph.classify(((0xA, 0), (0xB, 0), (0xC, 0))) is None
+    assert graph.find_cycles() == []
