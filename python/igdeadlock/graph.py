@@ -423,10 +423,6 @@ def _identity(evidence: Evidence) -> tuple:
     return (evidence.tid, evidence.from_mode, evidence.to_mode, evidence.to_how, evidence.held)
 
 
-def _evidence_list(bucket: object) -> List[Evidence]:
-    return list(bucket.values()) if type(bucket) is dict else [bucket]  # type: ignore[attr-defined,list-item]
-
-
 class _OneComponent:
     """Stands in for strongly_connected()'s map: every lock in component 0."""
 
