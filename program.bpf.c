@@ -26,8 +26,9 @@
 #include <gadget/types.h>
 
 #define MAX_HELD_LOCKS 16 /* nesting depth tracked per thread */
-#define DEP_CACHE_SLOTS 16 /* per-thread cache of known dependencies */
-#define DEP_CACHE_GROUPS 4 /* nesting depths with slots of their own (power of 2) */
+#define DEP_CACHE_SETS 8 /* dependency-cache sets: one per nesting depth, modulo (power of 2) */
+#define DEP_CACHE_WAYS 2 /* requests a set keeps at once */
+#define DEP_CACHE_SLOTS (DEP_CACHE_SETS * DEP_CACHE_WAYS)
 #define MAX_STACK_FRAMES 16 /* user frames kept per acquisition site */
 #define FILE_PATH_MAX 256 /* longest mapped-file path reported (power of 2) */
 #define MAX_PATH_PARTS 32 /* directory levels walked for a path (power of 2) */
@@ -132,6 +133,7 @@ struct thread_locks {
 	__u32 epoch; /* destroy_epoch the cache was filled under */
 	gadget_tid owner; /* thread whose state this slot holds, 0 if free */
 	__u32 __pad;
+	__u8 cache_victim[DEP_CACHE_SETS]; /* way of each set the next miss replaces */
 };
 
 /* slot -> the lock state of the thread that claimed it */
@@ -582,16 +584,13 @@ static __always_inline __u32 lock_generation(__u32 pid, __u64 lock)
 	return gen ? *gen : 0;
 }
 
-/* Dependency-cache slot of a request: the depth picks a group of slots, the
- * hash a slot in it. A nested path of up to DEP_CACHE_GROUPS locks then never
- * evicts its own entries (hashing alone made that likely: 4 keys in 8 slots
- * collide 59% of the time), and requests at one depth spread by hash. */
-static __always_inline __u32 cache_slot(__u32 depth, __u64 context, __u64 lock)
+/* First slot of the dependency-cache set for requests at this nesting depth.
+ * Sets by depth: a nested path of up to DEP_CACHE_SETS locks never evicts its
+ * own entries (hashing into 8 slots, 4 requests collided 59% of the time), and
+ * each depth keeps DEP_CACHE_WAYS different requests. */
+static __always_inline __u32 cache_set(__u32 depth)
 {
-	__u32 per_group = DEP_CACHE_SLOTS / DEP_CACHE_GROUPS;
-
-	return (depth & (DEP_CACHE_GROUPS - 1)) * per_group +
-	       (mix64(context ^ lock) & (per_group - 1));
+	return (depth & (DEP_CACHE_SETS - 1)) * DEP_CACHE_WAYS;
 }
 
 /* Return address of the lock function: the calling site, even without frame
@@ -881,16 +880,33 @@ static __always_inline void check_cache_epoch(struct thread_locks *t)
 static __always_inline struct dep_cache_slot *
 cached_dependency(struct thread_locks *t, __u64 lock, __u8 mode, __u8 how)
 {
-	__u32 index = cache_slot(t->nheld, t->held_hash, lock);
+	__u32 first = cache_set(t->nheld);
 	struct dep_cache_slot *slot;
 
+	for (int way = 0; way < DEP_CACHE_WAYS; way++) {
+		if (first + way >= DEP_CACHE_SLOTS)
+			break;
+		slot = &t->cache[first + way];
+		if (slot->valid && slot->lock == lock &&
+		    slot->context == t->held_hash && slot->mode == mode &&
+		    slot->how == how)
+			return slot;
+	}
+	return NULL;
+}
+
+/* The slot a new entry of this depth's set goes to (round robin). */
+static __always_inline struct dep_cache_slot *
+cache_victim(struct thread_locks *t)
+{
+	__u32 set = t->nheld & (DEP_CACHE_SETS - 1);
+	__u32 way = t->cache_victim[set] % DEP_CACHE_WAYS;
+	__u32 index = cache_set(t->nheld) + way;
+
+	t->cache_victim[set] = (way + 1) % DEP_CACHE_WAYS;
 	if (index >= DEP_CACHE_SLOTS)
 		return NULL;
-	slot = &t->cache[index];
-	if (slot->valid && slot->lock == lock && slot->context == t->held_hash &&
-	    slot->mode == mode && slot->how == how)
-		return slot;
-	return NULL;
+	return &t->cache[index];
 }
 
 /*
@@ -903,7 +919,6 @@ static __always_inline __u64 learn_dependency(struct pt_regs *ctx,
 					      __u64 lock, __u8 mode, __u8 kind,
 					      __u8 how, __u32 *gen_out)
 {
-	__u32 index = cache_slot(t->nheld, t->held_hash, lock);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct dep_cache_slot *slot;
 	struct dep_key key = {};
@@ -926,9 +941,9 @@ static __always_inline __u64 learn_dependency(struct pt_regs *ctx,
 		bpf_map_update_elem(&known_dependencies, &key, &site, BPF_ANY);
 	}
 	*gen_out = key.gen;
-	if (index >= DEP_CACHE_SLOTS)
+	slot = cache_victim(t);
+	if (!slot)
 		return site;
-	slot = &t->cache[index];
 	slot->lock = lock;
 	slot->context = t->held_hash;
 	slot->gen = key.gen;

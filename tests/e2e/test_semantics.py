@@ -112,6 +112,14 @@ def test_threads_hammering_private_nested_locks(ig_daemon, program):
     assert report["stats"]["events_lost"]["held_lock_overflow"] == 0
 
 
+def test_deep_nesting_reports_every_edge_once(ig_daemon, program):
+    report, facts = traced(ig_daemon, program("deep"))
+    assert summary(report) == [("potential-deadlock", "", locks(facts, "L0", "X2"))]
+    assert sorted(report["findings"][0]["threads"]) == sorted(facts["deep"] + facts["inverted"])
+    assert report["stats"]["edges_seen"] == 55 + 3 * 11 + 1
+    assert report["stats"]["events_lost"]["edge_map_full"] == 0
+
+
 def test_c11_mtx(ig_daemon, program):
     report, facts = traced(ig_daemon, program("c11"))
     assert summary(report) == [("potential-deadlock", "", locks(facts, "A", "B"))]
