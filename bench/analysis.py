@@ -20,10 +20,11 @@ from igdeadlock.proto import api_pb2
 from igdeadlock.session import tune_garbage_collector
 
 
-def ingest_rate(info: api_pb2.GadgetInfo, records: int) -> Dict[str, float]:
-    """Edge records per second through the decoder and into the lock-order graphs."""
+def ingest_rate(info: api_pb2.GadgetInfo, records: int, pods: int = 0) -> Dict[str, float]:
+    """Edge records per second through the decoder and into the lock-order graphs
+    (``pods``: of that many processes in Kubernetes pods, IG's enrichment filled in)."""
     edges_ds = next(ds for ds in info.dataSources if ds.name == "edges")
-    events = synthetic.batches(edges_ds, synthetic.random_edges(records, locks=records // 5, threads=64))
+    events = synthetic.batches(edges_ds, synthetic.random_edges(records, locks=records // 5, threads=64, pods=pods))
     decoder = StreamDecoder(lazy_edges=True)  # as the igdeadlock command decodes
     decoder.set_info(info)
     store = LockGraphStore()
@@ -143,6 +144,7 @@ def main() -> None:
     info = synthetic.numbered(info)
     result = {
         "ingest": ingest_rate(info, args.records),
+        "ingest_kubernetes": ingest_rate(info, args.records, pods=20),
         "adversarial": adversarial(),
         "many_processes": many_processes(1000, args.million // 1000, locks_each=300),
         "million": million(args.million, locks=args.million // 5, threads=256),

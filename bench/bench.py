@@ -219,6 +219,7 @@ def render(results: Dict[str, Dict[str, Dict[str, float]]], analysis: Dict[str, 
                      f"{floor['bpf_ns_per_pair']:.0f} | {ours['wall_ns_per_pair']:.0f} | "
                      f"{ours['bpf_ns_per_pair']:.0f} | {ratio:.2f} | {ours['hits_per_pair']:.2f} |")
     ingest, adversarial, million = analysis["ingest"], analysis["adversarial"], analysis["million"]
+    kubernetes = analysis["ingest_kubernetes"]
     many = analysis["many_processes"]
     lines += [
         "",
@@ -226,6 +227,8 @@ def render(results: Dict[str, Dict[str, Dict[str, float]]], analysis: Dict[str, 
         "|---|---|",
         f"| decode + ingest, synthetic edge records in IG's wire format | "
         f"{ingest['records_per_second']:,.0f} records/s ({ingest['records']:,} records) |",
+        f"| the same from 20 processes in Kubernetes pods (enrichment strings of different lengths) | "
+        f"{kubernetes['records_per_second']:,.0f} records/s |",
         f"| complete graph, {adversarial['locks']} locks, {adversarial['edges']} edges (≈3.5e12 simple cycles) | "
         f"{adversarial['witness_cycles']} witness cycles in {adversarial['seconds'] * 1000:.1f} ms |",
         f"| {many['edges']:,} edges in {many['processes']:,} processes, analysed to the end | ingest "

@@ -33,9 +33,12 @@ def pack_element(ds: api_pb2.DataSource, values: Mapping[str, object]) -> api_pb
     count = max(f.payloadIndex for f in ds.fields) + 1
     buffers = [bytearray(sizes.get(i, 0)) for i in range(count)]
     for f in ds.fields:
-        if not f.size or f.flags & FIELD_FLAG_EMPTY or f.fullName not in values:
+        if f.flags & FIELD_FLAG_EMPTY or f.fullName not in values:
             continue
         value, kind = values[f.fullName], int(f.kind)
+        if not f.size:  # an operator-added string: the whole payload
+            buffers[f.payloadIndex][:] = str(value).encode()
+            continue
         if kind & KIND_ARRAY_FLAG:
             char, size = _SCALARS[kind & ~KIND_ARRAY_FLAG]
             items = list(value) + [0] * (f.size // size - len(value))
@@ -47,18 +50,27 @@ def pack_element(ds: api_pb2.DataSource, values: Mapping[str, object]) -> api_pb
     return api_pb2.DataElement(payload=[bytes(b) for b in buffers])
 
 
-def random_edges(count: int, locks: int, threads: int, pid: int = 4242, seed: int = 1) -> Iterator[Dict[str, object]]:
-    """Edge records of one process: random lock pairs, one held lock each."""
+def random_edges(count: int, locks: int, threads: int, pid: int = 4242, seed: int = 1,
+                 pods: int = 0) -> Iterator[Dict[str, object]]:
+    """Edge records of one process: random lock pairs, one held lock each. With
+    ``pods``, of that many processes, each in a Kubernetes pod and container of
+    its own (names of different lengths, as IG's enrichment sends them)."""
     rng = random.Random(seed)
     base = 0x7f0000000000
     for _ in range(count):
         a, b = rng.sample(range(locks), 2)
-        tid = pid + 1 + rng.randrange(threads)
-        yield {
-            "from_lock": base + 64 * a, "to_lock": base + 64 * b, "context": a, "pid": pid, "tid": tid,
-            "mntns_id": 4026531840, "process_start": 1, "session_id": pid, "from_site": 1, "to_site": 2,
-            "held_count": 1, "comm": "synthetic", "held_locks": [base + 64 * a],
+        process = pid + 100_000 * rng.randrange(pods) if pods else pid
+        record: Dict[str, object] = {
+            "from_lock": base + 64 * a, "to_lock": base + 64 * b, "context": a, "pid": process,
+            "tid": process + 1 + rng.randrange(threads), "mntns_id": 4026531840, "process_start": 1,
+            "session_id": process, "from_site": 1, "to_site": 2, "held_count": 1, "comm": "synthetic",
+            "held_locks": [base + 64 * a],
         }
+        if pods:
+            number = process // 100_000
+            record.update({"k8s.node": "node-1", "k8s.namespace": "shop", "k8s.podName": f"api-{number}-{'x' * number}",
+                           "k8s.containerName": f"app{number}", "runtime.containerName": f"k8s_app{number}"})
+        yield record
 
 
 def batches(ds: api_pb2.DataSource, records: Iterator[Mapping[str, object]], batch: int = 1000,

@@ -13,7 +13,8 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
-from operator import itemgetter
+from itertools import chain
+from operator import itemgetter, sub
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -466,10 +467,14 @@ def compile_extractor(layout: DataSourceLayout, fields: Sequence[Tuple[str, Opti
 
 # --- whole batches ---------------------------------------------------------------
 #
-# A map-iterator fetch arrives as one serialized GadgetDataArray. When all its
-# elements are framed alike (same number of payloads, same sizes: fixed-size
-# structs and equal strings, as on one host), element i is a fixed slice of the
-# batch and the fields ingest needs are unpacked for all elements at once.
+# A map-iterator fetch arrives as one serialized GadgetDataArray. A record is
+# made of its element's leading payloads (the gadget's fixed-size structs);
+# when those are framed alike in every element, the fields ingest needs are
+# unpacked for all elements at once, and each element's leading payloads are
+# kept as bytes to decode in full later. The elements lie at a fixed stride
+# when they are framed alike as a whole (always on one host); otherwise (IG's
+# Kubernetes fields, strings of different lengths, follow the leading payloads)
+# the element boundaries are walked.
 
 _ARRAY_ELEMENT_TAG = 0x1A  # GadgetDataArray.dataArray: field 3, length-delimited
 _PAYLOAD_TAG = 0x0A  # DataElement.payload: field 1, length-delimited
@@ -481,6 +486,17 @@ class ElementFraming(NamedTuple):
     stride: int  # bytes per element, its own tag and length included
     count: int
     payloads: Tuple[Tuple[int, int], ...]  # (offset in the element, size) of each payload
+    body: int  # where the element's first payload starts, in the element
+
+
+class BatchSplit(NamedTuple):
+    """The elements of a batch, cut to their leading payloads (framed alike)."""
+
+    raws: List[bytes]  # element i's bytes from (at least) its leading payloads, as sent
+    payloads: Tuple[Tuple[int, int], ...]  # (offset in a raw, size) of each leading payload
+    joined: Any  # the raws end to end (a buffer)
+    bodies: Sequence[int]  # where element i's first payload starts in the batch
+    ends: Sequence[int]  # where element i ends in the batch
 
 
 def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
@@ -494,59 +510,136 @@ def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
     raise IndexError("varint longer than 10 bytes")
 
 
+def _first_element(batch: bytes) -> Optional[int]:
+    """Where the elements start: after the node and seq fields, which come first."""
+    pos, end = 0, len(batch)
+    while pos < end and batch[pos] != _ARRAY_ELEMENT_TAG:
+        if batch[pos] == _NODE_TAG:
+            size, pos = _varint(batch, pos + 1)
+            pos += size
+        elif batch[pos] == _SEQ_TAG:
+            pos = _varint(batch, pos + 1)[1]
+        else:
+            return None
+    return pos if pos < end else None
+
+
+def _payload_framing(batch: bytes, body: int, end: int, count: Optional[int] = None
+                     ) -> Optional[Tuple[List[int], List[Tuple[int, int]], int]]:
+    """The first ``count`` payloads (all if None) of the element body batch[body:end]:
+    the positions of their tag and length bytes, (offset, size) of each, and
+    where they end; offsets are relative to ``body``."""
+    framing: List[int] = []
+    payloads: List[Tuple[int, int]] = []
+    pos = body
+    while pos < end and (count is None or len(payloads) < count):
+        if batch[pos] != _PAYLOAD_TAG:
+            return None
+        length, data = _varint(batch, pos + 1)
+        framing.extend(range(pos - body, data - body))
+        payloads.append((data - body, length))
+        pos = data + length
+    if pos > end or (count is not None and len(payloads) < count) or (count is None and pos != end):
+        return None
+    return framing, payloads, pos - body
+
+
+def _alike(data: bytes, stride: int, positions: Iterable[int]) -> bool:
+    """Every stride-long piece of ``data`` has the same byte at each position
+    (one strided slice per position)."""
+    count = len(data) // stride
+    return all(data[at::stride] == data[at:at + 1] * count for at in positions)
+
+
 def uniform_framing(batch: bytes) -> Optional[ElementFraming]:
     """How the elements of a serialized GadgetDataArray lie, if they all lie alike.
 
     Every tag and length byte of the first element is compared with the same
-    byte of every other element (one strided slice each), so when this returns,
-    each element parses exactly like the first one.
+    byte of every other element, so when this returns, each element parses
+    exactly like the first one.
     """
-    end = len(batch)
     try:
-        pos = 0
-        while pos < end and batch[pos] != _ARRAY_ELEMENT_TAG:
-            if batch[pos] == _NODE_TAG:
-                size, pos = _varint(batch, pos + 1)
-                pos += size
-            elif batch[pos] == _SEQ_TAG:
-                pos = _varint(batch, pos + 1)[1]
-            else:
-                return None
-        if pos >= end:
+        first = _first_element(batch)
+        if first is None:
             return None
-        first = pos
-        size, body = _varint(batch, pos + 1)
-        framing = list(range(first, body))
-        payloads = []
-        pos = body
-        while pos < body + size:
-            if batch[pos] != _PAYLOAD_TAG:
-                return None
-            length, data = _varint(batch, pos + 1)
-            framing.extend(range(pos, data))
-            payloads.append((data - first, length))
-            pos = data + length
+        size, body = _varint(batch, first + 1)
+        inner = _payload_framing(batch, body, body + size)
     except IndexError:
         return None
     stride = body + size - first
-    if pos != body + size or (end - first) % stride:
+    if inner is None or (len(batch) - first) % stride:
         return None
-    count = (end - first) // stride
-    for at in framing:
-        if batch[at:end:stride] != batch[at:at + 1] * count:
+    framing, payloads, _ = inner
+    header = body - first
+    if not _alike(batch[first:], stride, chain(range(header), (header + at for at in framing))):
+        return None
+    return ElementFraming(first, stride, (len(batch) - first) // stride,
+                         tuple((header + offset, length) for offset, length in payloads), header)
+
+
+def split_elements(batch: bytes, leading: int) -> Optional[BatchSplit]:
+    """The elements of a serialized GadgetDataArray, each cut to its first
+    ``leading`` payloads, if those are framed alike in every element; None if
+    they are not or the batch does not parse (then elements are decoded one by one)."""
+    framing = uniform_framing(batch)
+    if framing is not None:
+        if len(framing.payloads) < leading:
             return None
-    return ElementFraming(first, stride, count, tuple(payloads))
+        # whole elements: they lie end to end in the batch already
+        first, stride, end = framing.first, framing.stride, len(batch)
+        raws = [batch[at:at + stride] for at in range(first, end, stride)]
+        return BatchSplit(raws, framing.payloads[:leading], memoryview(batch)[first:],
+                          range(first + framing.body, end, stride), range(first + stride, end + 1, stride))
+    return _walk_elements(batch, leading)
 
 
-def raw_layout(layout: DataSourceLayout, framing: ElementFraming) -> DataSourceLayout:
-    """The layout of one element's bytes as sent: every field at its place in them.
+def _walk_elements(batch: bytes, leading: int) -> Optional[BatchSplit]:
+    bodies: List[int] = []
+    ends: List[int] = []
+    end = len(batch)
+    try:
+        pos = _first_element(batch)
+        if pos is None:
+            return None
+        while pos < end:  # one element per turn: its tag, its length (usually 2 bytes), its body
+            if batch[pos] != _ARRAY_ELEMENT_TAG:
+                return None
+            low = batch[pos + 1]
+            if low < 0x80:
+                body, pos = pos + 2, pos + 2 + low
+            elif batch[pos + 2] < 0x80:
+                body, pos = pos + 3, pos + 3 + ((low & 0x7F) | batch[pos + 2] << 7)
+            else:
+                size, body = _varint(batch, pos + 1)
+                pos = body + size
+            bodies.append(body)
+            ends.append(pos)
+        if pos != end:
+            return None
+        inner = _payload_framing(batch, bodies[0], ends[0], leading)
+    except IndexError:
+        return None
+    if inner is None:
+        return None
+    framing, payloads, size = inner
+    if min(map(sub, ends, bodies)) < size:
+        return None
+    raws = [batch[at:at + size] for at in bodies]
+    joined = b"".join(raws)
+    if not _alike(joined, size, framing):
+        return None
+    return BatchSplit(raws, tuple(payloads), joined, bodies, ends)
 
-    Fields whose payload is absent, too short or empty are left out (missing)."""
+
+def raw_layout(layout: DataSourceLayout, payloads: Sequence[Tuple[int, int]]) -> DataSourceLayout:
+    """The layout of a record's bytes as sent (``payloads``: (offset, size) of each
+    payload in them): every field at its place. Fields whose payload is absent,
+    too short or empty are left out (missing)."""
     fields = []
     for f in layout.fields:
-        if f.payload_index >= len(framing.payloads):
+        if f.payload_index >= len(payloads):
             continue
-        base, size = framing.payloads[f.payload_index]
+        base, size = payloads[f.payload_index]
         if f.size == 0 and size:  # a whole-payload field: its size is the payload's here
             fields.append(FieldSpec(f.name, 0, base, size, f.kind))
         elif f.size and f.offset + f.size <= size:
@@ -556,8 +649,9 @@ def raw_layout(layout: DataSourceLayout, framing: ElementFraming) -> DataSourceL
 
 def compile_batch_keys(layout: DataSourceLayout, names: Sequence[str], stride: int
                        ) -> Callable[[Any], Iterable[Tuple[int, ...]]]:
-    """A function: the elements of a batch (from the first one on) -> for each, the
-    integer fields ``names`` in that order. ``layout`` is a :func:`raw_layout`."""
+    """A function: records laid end to end -> for each, the integer fields
+    ``names`` in that order. ``layout`` is a :func:`raw_layout`, ``stride`` the
+    size of one record."""
     specs = {f.name: f for f in layout.fields}
     members = []
     for name in names:
@@ -577,24 +671,20 @@ def compile_batch_keys(layout: DataSourceLayout, names: Sequence[str], stride: i
     if by_offset == list(range(len(members))):
         return unpack
     reorder = itemgetter(*[by_offset.index(i) for i in range(len(members))])
-    return lambda elements: map(reorder, unpack(elements))
+    return lambda records: map(reorder, unpack(records))
 
 
 class _BatchBuilder(NamedTuple):
     keys: Callable[[Any], Iterable[Tuple[int, ...]]]
     decode: Callable[[bytes], Record]
-    process_meta: Callable[[bytes], Tuple[Value, ...]]  # (mntns_id, *META_FIELDS)
 
 
-def _batch_builder(layout: DataSourceLayout, schema: RecordSchema, framing: ElementFraming) -> _BatchBuilder:
-    raw = raw_layout(layout, framing)
+def _batch_builder(layout: DataSourceLayout, schema: RecordSchema, split: BatchSplit) -> _BatchBuilder:
+    raw = raw_layout(layout, split.payloads)
     extract = compile_extractor(raw, schema.fields, raw=True)
     make = schema.make
-    return _BatchBuilder(
-        compile_batch_keys(raw, schema.batch_keys, framing.stride),
-        lambda element: make(extract(element)),
-        compile_extractor(raw, (("mntns_id", INT),) + META_FIELDS, optional=True, raw=True),
-    )
+    return _BatchBuilder(compile_batch_keys(raw, schema.batch_keys, len(split.raws[0])),
+                         lambda record: make(extract(record)))
 
 
 _PROCESS_OF_KEY = itemgetter(0, 1)  # batch key -> (pid, process_start)
@@ -727,33 +817,41 @@ class StreamDecoder:
         return out
 
     def _lazy_batch(self, layout: DataSourceLayout, payload: bytes) -> Optional[List[Output]]:
-        """A batch as one LockEdgeBatch, when its elements are framed alike; else None."""
+        """A batch as one LockEdgeBatch, when its records are framed alike; else None."""
         schema = self.schemas[layout.name]
         if not schema.batch_keys:
             return None
-        framing = uniform_framing(payload)
-        if framing is None:
+        leading = 1 + max(f.payload_index for f in layout.fields if f.name in dict(schema.fields))
+        split = split_elements(payload, leading)
+        if split is None:
             return None
-        cache_key = (layout.id, framing.stride, framing.payloads)
+        if type(split.bodies) is list:
+            # the elements were walked, not checked whole: let protobuf check them all,
+            # so that a batch the element-by-element decoder rejects is rejected here too
+            try:
+                api_pb2.GadgetDataArray.FromString(payload)
+            except ProtobufDecodeError:
+                return None
+        cache_key = (layout.id, len(split.raws[0]), split.payloads)
         if cache_key not in self._batch_builders:
             try:
-                self._batch_builders[cache_key] = _batch_builder(layout, schema, framing)
+                self._batch_builders[cache_key] = _batch_builder(layout, schema, split)
             except (DecodeError, KeyError, ValueError, struct.error):
                 self._batch_builders[cache_key] = None  # these elements lack a field: decode one by one
         builder = self._batch_builders[cache_key]
         if builder is None:
             return None
-        stride = framing.stride
-        keys = list(builder.keys(memoryview(payload)[framing.first:]))
-        raws = [payload[at:at + stride] for at in range(framing.first, len(payload), stride)]
+        raws = split.raws
+        keys = list(builder.keys(split.joined))
         out: List[Output] = []
         new = set(map(_PROCESS_OF_KEY, keys)).difference(self._processes)
-        for key, raw in zip(keys, raws) if new else ():
+        for index, key in enumerate(keys) if new else ():
             process = (key[0], key[1])
             if process in new:
                 new.discard(process)
                 self._processes.add(process)
-                out.append(ProcessMeta(key[0], key[1], *builder.process_meta(raw)))
+                out.append(self._process_meta(layout.id, builder.decode(raws[index]),
+                                              payload[split.bodies[index]:split.ends[index]]))
                 if not new:
                     break
         out.append(LockEdgeBatch(keys, raws, builder.decode))  # type: ignore[arg-type]
@@ -761,3 +859,9 @@ class StreamDecoder:
         self.stats.records += len(keys)
         self.stats.batched += len(keys)
         return out
+
+    def _process_meta(self, datasource_id: int, record: Record, element: bytes) -> ProcessMeta:
+        """Where the process of ``record`` runs, from its element's enrichment fields."""
+        meta = self._builders[datasource_id][2]
+        values = meta(api_pb2.DataElement.FromString(element)) if meta is not None else ("",) * len(META_FIELDS)
+        return ProcessMeta(record[0], record[4], record[3], *values)  # type: ignore[index]

@@ -616,16 +616,19 @@ class LockGraphStore:
         pid = start = -1
         graph: Optional[ProcessGraph] = None
         edges: Dict[Tuple[LockId, LockId], object] = {}
+        in_batch: Dict[Tuple[int, int], ProcessGraph] = {}  # the graphs of this batch's processes
         seen = 0
         for (record_pid, record_start, session, from_lock, from_gen, to_lock, to_gen), raw in zip(batch.keys,
                                                                                                  batch.raws):
             if keep is not None and not keep(session):
                 continue
             seen += 1
-            if record_pid != pid or record_start != start:
+            if record_pid != pid or record_start != start:  # records of several processes interleave
                 pid, start = record_pid, record_start
-                graph = self._graph(pid, start)
-                self._dirty.add(graph.key)
+                graph = in_batch.get((pid, start))
+                if graph is None:
+                    graph = in_batch[(pid, start)] = self._graph(pid, start)
+                    self._dirty.add(graph.key)
                 edges = graph.edges
             source = (from_lock, from_gen)
             target = (to_lock, to_gen)

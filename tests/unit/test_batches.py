@@ -15,6 +15,7 @@ from igdeadlock.decode import (
     LockEdgeBatch,
     ProcessMeta,
     StreamDecoder,
+    split_elements,
     uniform_framing,
 )
 from igdeadlock.graph import LockGraphStore
@@ -96,15 +97,28 @@ def test_a_uniform_fetch_decodes_to_the_same_records_and_process_metadata(shuffl
     assert [o for o in lazy if type(o) is FetchTick] == [FetchTick("edges", 100)] * 3
 
 
-def test_differently_framed_elements_are_decoded_one_by_one():
+def test_elements_with_strings_of_different_lengths_are_walked():
+    """In Kubernetes, IG's string fields follow the gadget's structs and differ in
+    length from one element to the next: the structs are still decoded at once."""
     ds, layout = edges_datasource()
     ds = with_pod_field(ds)
     rng = random.Random(6)
-    pods = ["a", "bb", "a"]  # pod names of different lengths: elements of different sizes
-    events = [batch_event(0, [element(layout, random_values(rng), pod=pod) for pod in pods])]
+    pods = ["a", "bb", "a", "pod-" + "x" * 200, ""]  # 200: a 3-byte element length
+    values = [random_values(rng, processes=5) for _ in pods]
+    events = [batch_event(0, [element(layout, v, pod=pod) for v, pod in zip(values, pods)])]
     plain, lazy, decoder = decode_both(ds, events)
+    assert records_of(lazy) == records_of(plain)
+    assert decoder.stats.batched == decoder.stats.records == len(pods)
+    assert {m.pod for m in records_of(lazy)[1]} <= set(pods)
+
+
+def test_elements_whose_structs_are_framed_differently_are_decoded_one_by_one():
+    ds, layout = edges_datasource()
+    rng = random.Random(10)
+    elements = [pack(layout, random_values(rng)) for _ in range(3)]
+    longer = api_pb2.DataElement(payload=[elements[1].payload[0] + b"\0", elements[1].payload[1]])
+    plain, lazy, decoder = decode_both(ds, [batch_event(0, [elements[0], longer, elements[2]])])
     assert lazy == plain and decoder.stats.batched == 0 and decoder.stats.records == 3
-    assert {o.pod for o in lazy if type(o) is ProcessMeta} <= {"a", "bb"}
 
 
 def test_elements_too_short_for_the_layout_are_rejected_as_before():
@@ -119,21 +133,33 @@ def test_framing_is_found_after_node_and_seq_and_checked_in_every_element():
     elements = [api_pb2.DataElement(payload=[bytes(10), b"", b"xyz"])] * 5
     payload = api_pb2.GadgetDataArray(node="n", seq=7, dataArray=elements).SerializeToString()
     framing = uniform_framing(payload)
-    assert framing == ElementFraming(first=5, stride=21, count=5, payloads=((4, 10), (16, 0), (18, 3)))
+    assert framing == ElementFraming(first=5, stride=21, count=5, payloads=((4, 10), (16, 0), (18, 3)), body=2)
     assert payload[framing.first + framing.stride * 4 + 18:] == b"xyz"
     # a different payload length in the last element: not uniform
     odd = elements[:4] + [api_pb2.DataElement(payload=[bytes(10), b"", b"xy", b"z"])]
-    assert uniform_framing(api_pb2.GadgetDataArray(dataArray=odd).SerializeToString()) is None
+    odd_batch = api_pb2.GadgetDataArray(dataArray=odd).SerializeToString()
+    assert uniform_framing(odd_batch) is None
+    # ...but its first two payloads are framed alike: walked, cut to them
+    split = split_elements(odd_batch, leading=2)
+    assert split.raws == [b"\x0a\x0a" + bytes(10) + b"\x0a\x00"] * 5 and split.payloads == ((2, 10), (14, 0))
+    assert [odd_batch[b:e] for b, e in zip(split.bodies, split.ends)] == [e.SerializeToString() for e in odd]
+    assert split_elements(odd_batch, leading=3) is None  # "xyz" and "xy"
     assert uniform_framing(payload + b"\x1a") is None  # a trailing byte
     assert uniform_framing(b"") is None and uniform_framing(b"\x0a\x05ab") is None  # no element, truncated
 
 
-def test_every_truncation_and_byte_flip_is_decoded_like_the_plain_decoder_does():
+@pytest.mark.parametrize("pods", [None, ("a", "bb", "")], ids=["strided", "walked"])
+def test_every_truncation_and_byte_flip_is_decoded_like_the_plain_decoder_does(pods):
     ds, layout = edges_datasource()
     rng = random.Random(7)
-    good = batch_event(0, [pack(layout, random_values(rng)) for _ in range(3)]).payload
+    if pods is None:
+        elements = [pack(layout, random_values(rng)) for _ in range(3)]
+    else:
+        ds = with_pod_field(ds)
+        elements = [element(layout, random_values(rng), pod=pod) for pod in pods]
+    good = batch_event(0, elements).payload
     variants = [good[:cut] for cut in range(0, len(good), 7)]
-    for _ in range(300):
+    for _ in range(400):
         flipped = bytearray(good)
         flipped[rng.randrange(len(good))] = rng.randrange(256)
         variants.append(bytes(flipped))
