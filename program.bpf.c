@@ -584,13 +584,13 @@ static __always_inline __u32 lock_generation(__u32 pid, __u64 lock)
 	return gen ? *gen : 0;
 }
 
-/* First slot of the dependency-cache set for requests at this nesting depth.
- * Sets by depth: a nested path of up to DEP_CACHE_SETS locks never evicts its
- * own entries (hashing into 8 slots, 4 requests collided 59% of the time), and
- * each depth keeps DEP_CACHE_WAYS different requests. */
+/* The dependency-cache set for requests at this nesting depth. Sets by depth:
+ * a nested path of up to DEP_CACHE_SETS locks never evicts its own entries
+ * (hashing into 8 slots, 4 requests collided 59% of the time), and each depth
+ * keeps DEP_CACHE_WAYS different requests. */
 static __always_inline __u32 cache_set(__u32 depth)
 {
-	return (depth & (DEP_CACHE_SETS - 1)) * DEP_CACHE_WAYS;
+	return depth & (DEP_CACHE_SETS - 1);
 }
 
 /* Return address of the lock function: the calling site, even without frame
@@ -880,13 +880,11 @@ static __always_inline void check_cache_epoch(struct thread_locks *t)
 static __always_inline struct dep_cache_slot *
 cached_dependency(struct thread_locks *t, __u64 lock, __u8 mode, __u8 how)
 {
-	__u32 first = cache_set(t->nheld);
+	__u32 first = cache_set(t->nheld) * DEP_CACHE_WAYS;
 	struct dep_cache_slot *slot;
 
 	for (int way = 0; way < DEP_CACHE_WAYS; way++) {
-		if (first + way >= DEP_CACHE_SLOTS)
-			break;
-		slot = &t->cache[first + way];
+		slot = &t->cache[(first + way) & (DEP_CACHE_SLOTS - 1)];
 		if (slot->valid && slot->lock == lock &&
 		    slot->context == t->held_hash && slot->mode == mode &&
 		    slot->how == how)
@@ -899,14 +897,11 @@ cached_dependency(struct thread_locks *t, __u64 lock, __u8 mode, __u8 how)
 static __always_inline struct dep_cache_slot *
 cache_victim(struct thread_locks *t)
 {
-	__u32 set = t->nheld & (DEP_CACHE_SETS - 1);
+	__u32 set = cache_set(t->nheld);
 	__u32 way = t->cache_victim[set] % DEP_CACHE_WAYS;
-	__u32 index = cache_set(t->nheld) + way;
 
 	t->cache_victim[set] = (way + 1) % DEP_CACHE_WAYS;
-	if (index >= DEP_CACHE_SLOTS)
-		return NULL;
-	return &t->cache[index];
+	return &t->cache[(set * DEP_CACHE_WAYS + way) & (DEP_CACHE_SLOTS - 1)];
 }
 
 /*
@@ -942,8 +937,6 @@ static __always_inline __u64 learn_dependency(struct pt_regs *ctx,
 	}
 	*gen_out = key.gen;
 	slot = cache_victim(t);
-	if (!slot)
-		return site;
 	slot->lock = lock;
 	slot->context = t->held_hash;
 	slot->gen = key.gen;
@@ -992,6 +985,27 @@ static __always_inline void note_wait(struct thread_locks *t, __u64 lock,
 	t->wait.waiting = 0;
 }
 
+/* A lock function entered for a lock the thread holds (held[i]): no self
+ * edge; a blocking acquisition counts the depth, a try or timed one does if
+ * it succeeds. */
+static __always_inline int lock_reacquired(struct thread_locks *t, int i,
+					   __u64 lock, __u8 mode, __u8 kind,
+					   __u8 how)
+{
+	struct held_lock *held = &t->held[held_slot(i)];
+
+	if (how != ACQUIRE_TRY)
+		note_wait(t, lock, held->gen, held->site, mode, kind, how);
+	if (how == ACQUIRE_BLOCKING) {
+		held->depth++;
+		return 0;
+	}
+	t->pending.lock = lock;
+	t->pending.recursive = 1;
+	t->pending.active = 1;
+	return 0;
+}
+
 /* Entry of a lock function. */
 static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 					  __u8 mode, __u8 kind, __u8 how)
@@ -999,7 +1013,6 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	gadget_tid tid = current_tid();
 	struct dep_cache_slot *cached;
 	struct thread_locks *t;
-	struct held_lock *held;
 	__u64 site;
 	__u32 gen = 0;
 	int i;
@@ -1016,26 +1029,12 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 		/* the common case: a known request, and the lock is not held */
 		gen = cached->gen;
 		site = cached->site;
-		goto acquire;
+	} else {
+		i = find_held(t, lock);
+		if (i >= 0)
+			return lock_reacquired(t, i, lock, mode, kind, how);
+		site = learn_dependency(ctx, t, lock, mode, kind, how, &gen);
 	}
-	i = find_held(t, lock);
-	if (i >= 0) {
-		/* recursive acquisition: no self edge, count the depth */
-		held = &t->held[held_slot(i)];
-		if (how != ACQUIRE_TRY)
-			note_wait(t, lock, held->gen, held->site, mode, kind, how);
-		if (how == ACQUIRE_BLOCKING) {
-			held->depth++;
-		} else {
-			t->pending.lock = lock;
-			t->pending.recursive = 1;
-			t->pending.active = 1;
-		}
-		return 0;
-	}
-
-	site = learn_dependency(ctx, t, lock, mode, kind, how, &gen);
-acquire:
 	if (how != ACQUIRE_TRY)
 		note_wait(t, lock, gen, site, mode, kind, how);
 	if (how == ACQUIRE_BLOCKING) {

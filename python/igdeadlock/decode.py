@@ -821,8 +821,9 @@ class StreamDecoder:
         schema = self.schemas[layout.name]
         if not schema.batch_keys:
             return None
-        leading = 1 + max(f.payload_index for f in layout.fields if f.name in dict(schema.fields))
-        split = split_elements(payload, leading)
+        wanted = dict(schema.fields)
+        leading = 1 + max((f.payload_index for f in layout.fields if f.name in wanted), default=-1)
+        split = split_elements(payload, leading) if leading else None
         if split is None:
             return None
         if type(split.bodies) is list:
