@@ -544,11 +544,11 @@ def _payload_framing(batch: bytes, body: int, end: int, count: Optional[int] = N
     return framing, payloads, pos - body
 
 
-def _alike(data: bytes, stride: int, positions: Iterable[int]) -> bool:
-    """Every stride-long piece of ``data`` has the same byte at each position
-    (one strided slice per position)."""
-    count = len(data) // stride
-    return all(data[at::stride] == data[at:at + 1] * count for at in positions)
+def _alike(data: bytes, stride: int, positions: Iterable[int], start: int = 0) -> bool:
+    """Every stride-long piece of ``data[start:]`` has the same byte at each
+    position (one strided slice per position)."""
+    count = (len(data) - start) // stride
+    return all(data[start + at::stride] == data[start + at:start + at + 1] * count for at in positions)
 
 
 def uniform_framing(batch: bytes) -> Optional[ElementFraming]:
@@ -571,7 +571,7 @@ def uniform_framing(batch: bytes) -> Optional[ElementFraming]:
         return None
     framing, payloads, _ = inner
     header = body - first
-    if not _alike(batch[first:], stride, chain(range(header), (header + at for at in framing))):
+    if not _alike(batch, stride, chain(range(header), (header + at for at in framing)), first):
         return None
     return ElementFraming(first, stride, (len(batch) - first) // stride,
                          tuple((header + offset, length) for offset, length in payloads), header)
@@ -627,6 +627,12 @@ def _walk_elements(batch: bytes, leading: int) -> Optional[BatchSplit]:
     raws = [batch[at:at + size] for at in bodies]
     joined = b"".join(raws)
     if not _alike(joined, size, framing):
+        return None
+    # only the leading payloads were checked: let protobuf check the rest, so that a
+    # batch the element-by-element decoder rejects is rejected here too
+    try:
+        api_pb2.GadgetDataArray.FromString(batch)
+    except ProtobufDecodeError:
         return None
     return BatchSplit(raws, tuple(payloads), joined, bodies, ends)
 
@@ -826,13 +832,6 @@ class StreamDecoder:
         split = split_elements(payload, leading) if leading else None
         if split is None:
             return None
-        if type(split.bodies) is list:
-            # the elements were walked, not checked whole: let protobuf check them all,
-            # so that a batch the element-by-element decoder rejects is rejected here too
-            try:
-                api_pb2.GadgetDataArray.FromString(payload)
-            except ProtobufDecodeError:
-                return None
         cache_key = (layout.id, len(split.raws[0]), split.payloads)
         if cache_key not in self._batch_builders:
             try:
