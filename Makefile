@@ -18,9 +18,6 @@ PYTHON ?= python3
 BUILD := build
 IG ?= /usr/local/bin/ig
 IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget" { print $$2; exit }' tools/ig/go.mod)
-# Debian packages: compiler and BPF headers for `ig image build --local`, bpftool,
-# binutils (addr2line for source lines), util-linux (unshare).
-DEB_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool binutils gcc g++ make util-linux openssl npm
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
@@ -32,15 +29,7 @@ help:
 setup: setup-packages setup-ig setup-python setup-test-tools
 
 setup-packages:
-	@missing=""; \
-	for cmd in clang-19 llvm-strip-19 bpftool addr2line gcc g++ unshare openssl npm; do \
-		command -v $$cmd >/dev/null || [ -x /usr/sbin/$$cmd ] || missing=1; \
-	done; \
-	[ -f /usr/include/bpf/bpf_helpers.h ] || missing=1; \
-	if [ -n "$$missing" ]; then \
-		echo "setup: installing Debian packages: $(DEB_PACKAGES)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PACKAGES); \
-	fi
+	@tools/setup-packages.sh build test
 	@# ig's local build runs exactly `clang` and `llvm-strip`
 	@command -v clang >/dev/null || ln -sf "$$(command -v clang-19)" /usr/local/bin/clang
 	@command -v llvm-strip >/dev/null || ln -sf "$$(command -v llvm-strip-19)" /usr/local/bin/llvm-strip
@@ -61,8 +50,6 @@ $(VENV)/.installed: python/pyproject.toml
 # For the tests only: Microsoft's SARIF validator (npm) and a headless browser (Debian).
 SARIF_MULTITOOL := $(BUILD)/tools/node_modules/@microsoft/sarif-multitool-linux/Sarif.Multitool
 setup-test-tools: $(SARIF_MULTITOOL)
-	@command -v chromium >/dev/null || { echo "setup: installing chromium (HTML report tests)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 $(SARIF_MULTITOOL):
 	mkdir -p $(BUILD)/tools

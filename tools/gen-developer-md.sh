@@ -8,8 +8,10 @@ ig=$1
 image=$2
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+# --auto-mount-filesystems: on a freshly booted machine tracefs and debugfs are
+# not mounted, and inspect refuses to run without them.
 diagram() {
-	"$ig" image inspect "$image" --extra-info "$1" --verify-image=false 2>/dev/null
+	"$ig" image inspect "$image" --extra-info "$1" --verify-image=false --auto-mount-filesystems 2>/dev/null
 }
 flowchart=$(diagram ebpf.flowchart)
 sequence=$(diagram ebpf.sequence)

@@ -24,7 +24,8 @@ REQUIRED_MAPS = {"dead_pids", "edges", "gadget_heap", "gadget_mntns_filter_map",
 
 
 def inspect(key: str) -> str:
-    return subprocess.run(["ig", "image", "inspect", IMAGE, "--extra-info", key, "--verify-image=false"],
+    return subprocess.run(["ig", "image", "inspect", IMAGE, "--extra-info", key, "--verify-image=false",
+                           "--auto-mount-filesystems"],
                           capture_output=True, text=True, check=True).stdout
 
 
@@ -43,6 +44,20 @@ def test_developer_md_diagrams_are_generated_from_the_image():
     generated = subprocess.run([str(REPO / "tools" / "gen-developer-md.sh"), "ig", IMAGE],
                                capture_output=True, text=True, check=True).stdout
     assert (REPO / "DEVELOPER.md").read_text() == generated, "run `make diagrams`"
+
+
+def test_diagrams_need_no_mounted_tracefs_or_debugfs():
+    """A freshly booted machine has neither mounted: generate the diagrams in a
+    private mount namespace where both are unmounted."""
+    script = (
+        "for m in $(findmnt -rn -t tracefs,debugfs -o TARGET | sort -r); do umount -l \"$m\"; done; "
+        "if findmnt -rn -t tracefs,debugfs >/dev/null; then echo 'still mounted' >&2; exit 3; fi; "
+        f"exec {REPO / 'tools' / 'gen-developer-md.sh'} ig {IMAGE}"
+    )
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (REPO / "DEVELOPER.md").read_text()
 
 
 def test_every_datasource_and_gadget_field_is_described(ig_daemon):
