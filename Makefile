@@ -1,11 +1,12 @@
 # igdeadlock: an Inspektor Gadget gadget that finds deadlocks, and its Python companion.
 #
-#   make setup     install what is missing (Debian packages, ig, the Python virtualenv)
-#   make gadget    build the gadget image (only when its sources changed)
-#   make test      set up, build, run the whole test suite
-#   make demo      set up, build, trace an example program with a lock-order inversion
-#   make bench     measure the cost of tracing (BPF time per lock/unlock pair) and the analysis
-#   make diagrams  regenerate DEVELOPER.md's program-map diagrams from the built image
+#   make setup       install what is missing (Debian packages, ig, the Python virtualenv)
+#   make gadget      build the gadget image (only when its sources changed)
+#   make test        set up, build, run the whole test suite
+#   make demo        set up, build, trace an example program with a lock-order inversion
+#   make bench       measure the cost of tracing (BPF time per lock/unlock pair) and the analysis
+#   make diagrams    regenerate DEVELOPER.md's program-map diagrams from the built image
+#   make containers  start Docker and build the test images (igdeadlock-test/glibc, /musl)
 #
 # Everything here runs as root: eBPF and `ig daemon` need it.
 
@@ -21,10 +22,10 @@ IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget"
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test demo bench diagrams proto clean
+.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test demo bench diagrams containers proto clean
 
 help:
-	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: setup-packages setup-ig setup-python setup-test-tools
 
@@ -83,6 +84,12 @@ demo: setup gadget
 
 bench: setup gadget
 	cd bench && ../$(VENV)/bin/python bench.py --json ../$(BUILD)/bench/results.json
+
+# A Docker engine (started when it does not answer) and the images the tests run
+# programs in; both steps are idempotent and cached (tools/containers/).
+containers:
+	@tools/containers/docker.sh start
+	@tools/containers/build-images.sh
 
 # DEVELOPER.md's diagrams come from the built image, never from hand edits.
 diagrams: gadget

@@ -43,10 +43,17 @@
 #define MAX_LOCK_GENERATIONS 16384
 #define MAX_BLOCKED_THREADS 4096
 
-/* What futex waits tell about a lock (glibc, x86-64 and aarch64 layouts). */
+#define MAX_TREE_PROCESSES 16384 /* processes of a traced command's tree */
+#define EXE_NAME_MAX 128 /* longest executable name in process events */
+
+/* What futex waits tell about a lock (x86-64 and aarch64 layouts). */
 #define LOCK_OBJECT_SPAN 64 /* pthread_rwlock_t (56) and pthread_mutex_t (40) fit */
-#define MUTEX_OWNER_OFFSET 8 /* struct __pthread_mutex_s.__owner */
-#define RWLOCK_WRITER_OFFSET 24 /* struct __pthread_rwlock_arch_t.__cur_writer */
+#define GLIBC_MUTEX_OWNER_OFFSET 8 /* struct __pthread_mutex_s.__owner */
+#define GLIBC_RWLOCK_WRITER_OFFSET 24 /* struct __pthread_rwlock_arch_t.__cur_writer */
+#define MUSL_MUTEX_TYPE_OFFSET 0 /* _m_type: __u.__i[0] */
+#define MUSL_MUTEX_LOCK_OFFSET 4 /* _m_lock: __u.__vi[1], owner tid unless the type is normal */
+#define MUSL_MUTEX_TYPE_MASK 15 /* 0: normal, which keeps no owner */
+#define MUSL_OWNER_MASK 0x3fffffff /* _m_lock without its waiter and owner-died bits */
 #define FUTEX_CMD_MASK 0x7f /* without FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME */
 #define FUTEX_WAIT 0
 #define FUTEX_LOCK_PI 6
@@ -67,6 +74,27 @@
 #define ACQUIRE_TRY 1 /* never waits: no incoming edge */
 #define ACQUIRE_TIMED 2 /* waits, but gives up at a deadline */
 
+/* Which C library the probed lock functions belong to: the attach cookie of
+ * the uprobe (0 when ig attaches, which it does for glibc only). */
+#define LIBC_GLIBC 0
+#define LIBC_MUSL 1
+#define COOKIE_LIBC_MASK 0xff /* cookie bits 0-7: LIBC_* */
+#define COOKIE_SIZE_SHIFT 32 /* cookie bits 32-63: size of the probed function */
+#define LOCK_CALL_RANGES 2 /* musl nests lock functions two deep (lock, timedlock, trylock) */
+
+/* Where the stack pointer is at a return probe, relative to the entry: x86
+ * `ret` pops the return address, arm64 returns through the link register. */
+#if defined(bpf_target_x86)
+#define RETURN_SP_OFFSET 8
+#else
+#define RETURN_SP_OFFSET 0
+#endif
+
+/* Kinds of process events. */
+#define PROCESS_EXEC 0 /* the process ran execve: it may use another C library now */
+#define PROCESS_FORK 1 /* a new process in the traced command's tree */
+#define SIGSTOP 19 /* x86-64 and arm64 */
+
 /* Counters of what could not be tracked (keys of `counters`). */
 #define STAT_HELD_OVERFLOW 0 /* a lock not tracked: held set full */
 #define STAT_THREADS_FULL 1 /* a thread not tracked: thread map full */
@@ -74,6 +102,7 @@
 #define STAT_SITES_FULL 3 /* a stack lost: stack map full */
 #define STAT_GENERATIONS_FULL 4 /* a destroy not recorded */
 #define STAT_BLOCKED_FULL 5 /* a blocked thread not recorded */
+#define STAT_TREE_FULL 6 /* a process of the traced tree not tracked */
 
 #define GOLDEN_RATIO_64 0x9E3779B97F4A7C15ULL
 
@@ -102,11 +131,25 @@ struct dep_cache_slot {
 struct pending_acquire {
 	__u64 lock;
 	__u64 site;
+	__u64 sp; /* stack pointer at entry: tells its return from a nested call's */
 	__u32 gen;
 	__u8 mode;
 	__u8 kind;
 	__u8 active;
 	__u8 recursive; /* the lock is already held: success only adds depth */
+};
+
+/* The code of a lock function this thread entered (musl only). */
+struct code_range {
+	__u64 start;
+	__u64 end;
+};
+
+/* The last lock-function entry of a thread (musl only). */
+struct lock_call {
+	__u64 sp; /* stack pointer at the entry */
+	__u64 lock;
+	__u64 start; /* the function entered */
 };
 
 /* The acquisition the thread may be blocked in: set when a blocking or timed
@@ -132,7 +175,11 @@ struct thread_locks {
 	__u32 nheld;
 	__u32 epoch; /* destroy_epoch the cache was filled under */
 	gadget_tid owner; /* thread whose state this slot holds, 0 if free */
-	__u32 __pad;
+	__u8 libc; /* LIBC_*: how to read owners from its locks */
+	__u8 next_lock_call; /* next entry of lock_calls to replace */
+	__u8 __pad[2];
+	struct code_range lock_calls[LOCK_CALL_RANGES];
+	struct lock_call last_call;
 	__u8 cache_victim[DEP_CACHE_SETS]; /* way of each set the next miss replaces */
 };
 
@@ -361,6 +408,43 @@ struct dead_pid {
 	gadget_comm comm[TASK_COMM_LEN];
 };
 
+/* A process started a program, or joined the traced tree: user space finds
+ * the C library it uses and probes it. */
+struct process_event {
+	gadget_mntns_id mntns_id;
+	__u64 process_start;
+	gadget_pid pid;
+	gadget_ppid parent_pid;
+	__u8 event; /* PROCESS_* */
+	__u8 paused; /* stopped (SIGSTOP) until user space continues it */
+	__u8 __pad[6];
+	gadget_comm comm[TASK_COMM_LEN];
+	char exe[EXE_NAME_MAX]; /* the file execve was given (exec events) */
+};
+
+/* The traced command's process (0: trace every process): only it and its
+ * descendants are traced, so bystanders produce no records. */
+const volatile gadget_pid tree_pid = 0;
+GADGET_PARAM(tree_pid);
+
+/* Stop each new process of the traced tree before its first instruction
+ * (SIGSTOP), so that user space can probe its C library for it alone and then
+ * continue it: uprobes placed per process (bystanders never trap) see a new
+ * process from its start. */
+const volatile bool pause_new_processes = false;
+GADGET_PARAM(pause_new_processes);
+
+extern int bpf_send_signal_task(struct task_struct *task, int sig,
+				enum pid_type type, __u64 value) __ksym __weak;
+
+/* process -> 1: the descendants of tree_pid that are still running */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TREE_PROCESSES);
+	__type(key, gadget_pid);
+	__type(value, __u8);
+} tree_processes SEC(".maps");
+
 /* scratch space for records too big for the BPF stack */
 struct scratch_buffers {
 	struct lock_edge edge;
@@ -380,6 +464,7 @@ struct {
 
 GADGET_TRACER_MAP(dead_pids, 1024 * 256);
 GADGET_TRACER_MAP(resumed_threads, 1024 * 64);
+GADGET_TRACER_MAP(process_events, 1024 * 256);
 
 GADGET_MAPITER(edges, edges);
 GADGET_MAPITER(stacks, stackmap);
@@ -388,6 +473,7 @@ GADGET_MAPITER(counters, counters);
 GADGET_MAPITER(blocked, blocked_threads);
 GADGET_TRACER(dead_pids, dead_pids, dead_pid);
 GADGET_TRACER(resumed, resumed_threads, resumed_thread);
+GADGET_TRACER(processes, process_events, process_event);
 
 /* Bumped by every destroy: tells threads their dependency cache is stale. */
 volatile __u32 destroy_epoch = 0;
@@ -454,22 +540,35 @@ static __always_inline gadget_tid current_tid(void)
 	return bpf_get_current_task_btf()->pid;
 }
 
+static __always_inline bool in_traced_tree(gadget_pid pid)
+{
+	return pid == tree_pid || bpf_map_lookup_elem(&tree_processes, &pid);
+}
+
 /* Filters cost nothing unless the user set one (the constants are frozen). */
 static __always_inline bool current_is_filtered_out(void)
 {
 	if (!gadget_filter_by_mntns && targ_pid == 0 && targ_tid == 0 &&
 	    targ_uid == GADGET_INVALID_ID && targ_gid == GADGET_INVALID_ID &&
-	    targ_comm[0] == '\0')
+	    targ_comm[0] == '\0' && tree_pid == 0)
 		return false;
+	if (tree_pid && !in_traced_tree(bpf_get_current_pid_tgid() >> 32))
+		return true;
 	return gadget_should_discard_data_current();
 }
 
 /* Initial state of a thread: too big for the BPF stack, so kept read-only. */
 static const struct thread_locks empty_thread = {};
 
-/* Claim a free slot for a new thread (first lock operation): only one thread
- * can insert a given slot into slot_owners. */
-static __always_inline struct thread_locks *claim_slot(gadget_tid tid,
+/* The C library of the probe that runs: the attach cookie's low byte. */
+static __always_inline __u8 probed_libc(void *ctx)
+{
+	return (bpf_get_attach_cookie(ctx) & COOKIE_LIBC_MASK) == LIBC_MUSL ? LIBC_MUSL : LIBC_GLIBC;
+}
+
+/* Claim a free slot for a new thread (first lock operation, in the probe
+ * `ctx`): only one thread can insert a given slot into slot_owners. */
+static __always_inline struct thread_locks *claim_slot(void *ctx, gadget_tid tid,
 							__u32 *claimed)
 {
 	struct thread_locks *t;
@@ -487,6 +586,7 @@ static __always_inline struct thread_locks *claim_slot(gadget_tid tid,
 			return NULL;
 		}
 		t->owner = tid;
+		t->libc = probed_libc(ctx);
 		*claimed = index;
 		return t;
 	}
@@ -513,10 +613,11 @@ static __always_inline void release_thread(gadget_tid tid)
 /*
  * The thread's lock state. Hot path: this CPU ran the same thread last, and
  * array lookups compile to plain loads. Otherwise the tid -> slot hash tells;
- * `create` claims a slot on the thread's first lock operation.
+ * a lock probe (`probe_ctx`, NULL elsewhere) claims a slot on the thread's
+ * first lock operation.
  */
 static __always_inline struct thread_locks *thread_state(gadget_tid tid,
-							 bool create)
+							 void *probe_ctx)
 {
 	struct cpu_thread *last = bpf_map_lookup_elem(&last_thread, &(__u32){ 0 });
 	struct thread_locks *t;
@@ -537,9 +638,9 @@ static __always_inline struct thread_locks *thread_state(gadget_tid tid,
 		if (!t || t->owner != tid)
 			return NULL;
 	} else {
-		if (!create || current_is_filtered_out())
+		if (!probe_ctx || current_is_filtered_out())
 			return NULL;
-		t = claim_slot(tid, &index);
+		t = claim_slot(probe_ctx, tid, &index);
 		if (!t) {
 			count_stat(STAT_THREADS_FULL);
 			return NULL;
@@ -607,6 +708,37 @@ static __always_inline __u64 caller_address(struct pt_regs *ctx)
 #else
 	return 0;
 #endif
+}
+
+/*
+ * musl's lock functions call each other with the same lock (lock calls
+ * timedlock, which calls trylock): such a call is part of the outer
+ * acquisition, not one of the program's own. A plain nested call returns into
+ * the code of a lock function this thread entered (each entry's code range is
+ * kept; the probe's cookie holds the function's size); a tail call enters the
+ * next function with the stack of the previous entry, for the same lock. The
+ * program's own calls return into its own code, from frames of their own.
+ */
+static __always_inline bool nested_lock_call(struct pt_regs *ctx, struct thread_locks *t,
+					     __u64 lock)
+{
+	__u64 caller = caller_address(ctx), start = PT_REGS_IP(ctx), sp = PT_REGS_SP(ctx);
+	struct code_range *range;
+	bool nested = sp == t->last_call.sp && lock == t->last_call.lock &&
+		      start != t->last_call.start;
+
+	for (int i = 0; i < LOCK_CALL_RANGES; i++) {
+		range = &t->lock_calls[i];
+		if (caller - range->start < range->end - range->start)
+			nested = true;
+	}
+	range = &t->lock_calls[t->next_lock_call++ & (LOCK_CALL_RANGES - 1)];
+	range->start = start;
+	range->end = start + (bpf_get_attach_cookie(ctx) >> COOKIE_SIZE_SHIFT);
+	t->last_call.sp = sp;
+	t->last_call.lock = lock;
+	t->last_call.start = start;
+	return nested;
 }
 
 struct vma_lookup {
@@ -988,7 +1120,8 @@ static __always_inline void note_wait(struct thread_locks *t, __u64 lock,
 /* A lock function entered for a lock the thread holds (held[i]): no self
  * edge; a blocking acquisition counts the depth, a try or timed one does if
  * it succeeds. */
-static __always_inline int lock_reacquired(struct thread_locks *t, int i,
+static __always_inline int lock_reacquired(struct pt_regs *ctx,
+					   struct thread_locks *t, int i,
 					   __u64 lock, __u8 mode, __u8 kind,
 					   __u8 how)
 {
@@ -1001,6 +1134,7 @@ static __always_inline int lock_reacquired(struct thread_locks *t, int i,
 		return 0;
 	}
 	t->pending.lock = lock;
+	t->pending.sp = PT_REGS_SP(ctx);
 	t->pending.recursive = 1;
 	t->pending.active = 1;
 	return 0;
@@ -1019,8 +1153,10 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 
 	if (!lock)
 		return 0;
-	t = thread_state(tid, true);
+	t = thread_state(tid, ctx);
 	if (!t)
+		return 0;
+	if (t->libc == LIBC_MUSL && nested_lock_call(ctx, t, lock))
 		return 0;
 
 	check_cache_epoch(t);
@@ -1032,7 +1168,7 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	} else {
 		i = find_held(t, lock);
 		if (i >= 0)
-			return lock_reacquired(t, i, lock, mode, kind, how);
+			return lock_reacquired(ctx, t, i, lock, mode, kind, how);
 		site = learn_dependency(ctx, t, lock, mode, kind, how, &gen);
 	}
 	if (how != ACQUIRE_TRY)
@@ -1043,6 +1179,7 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	}
 	/* try and timed acquisitions hold the lock only if they succeed */
 	t->pending.lock = lock;
+	t->pending.sp = PT_REGS_SP(ctx);
 	t->pending.gen = gen;
 	t->pending.site = site;
 	t->pending.mode = mode;
@@ -1059,9 +1196,10 @@ static __always_inline int lock_returned(struct pt_regs *ctx)
 	struct thread_locks *t;
 	int i;
 
-	t = thread_state(tid, false);
-	if (!t || !t->pending.active)
-		return 0;
+	t = thread_state(tid, NULL);
+	if (!t || !t->pending.active ||
+	    PT_REGS_SP(ctx) - RETURN_SP_OFFSET != t->pending.sp)
+		return 0; /* not the return of the pending call (a nested one's) */
 	t->pending.active = 0;
 	t->wait.lock = 0;
 	if (PT_REGS_RC(ctx) != 0)
@@ -1088,7 +1226,7 @@ static __always_inline int lock_released(__u64 lock)
 	__u32 last;
 	int i;
 
-	t = thread_state(tid, false);
+	t = thread_state(tid, NULL);
 	if (!t)
 		return 0;
 	t->wait.lock = 0;
@@ -1140,17 +1278,34 @@ static __always_inline bool is_futex_wait(__u64 op)
 	       op == FUTEX_LOCK_PI || op == FUTEX_LOCK_PI2;
 }
 
-/* The owner glibc records in the lock itself (0 if none or unknown). */
-static __always_inline __u32 lock_owner(__u64 lock, __u8 kind)
+/* The owner musl records in a lock: only recursive and error-checking
+ * mutexes keep one (a normal mutex holds a busy flag, an rwlock a count). */
+static __always_inline __u32 musl_lock_owner(__u64 lock, __u8 kind)
+{
+	__u32 type = 0, word = 0;
+
+	if (kind != LOCK_KIND_MUTEX)
+		return 0;
+	bpf_probe_read_user(&type, sizeof(type), (void *)(lock + MUSL_MUTEX_TYPE_OFFSET));
+	if (!(type & MUSL_MUTEX_TYPE_MASK))
+		return 0;
+	bpf_probe_read_user(&word, sizeof(word), (void *)(lock + MUSL_MUTEX_LOCK_OFFSET));
+	return word & MUSL_OWNER_MASK;
+}
+
+/* The owner the C library records in the lock itself (0 if none or unknown). */
+static __always_inline __u32 lock_owner(__u64 lock, __u8 kind, __u8 libc)
 {
 	__u32 owner = 0;
 
+	if (libc == LIBC_MUSL)
+		return musl_lock_owner(lock, kind);
 	if (kind == LOCK_KIND_MUTEX)
 		bpf_probe_read_user(&owner, sizeof(owner),
-				    (void *)(lock + MUTEX_OWNER_OFFSET));
+				    (void *)(lock + GLIBC_MUTEX_OWNER_OFFSET));
 	else if (kind == LOCK_KIND_RWLOCK)
 		bpf_probe_read_user(&owner, sizeof(owner),
-				    (void *)(lock + RWLOCK_WRITER_OFFSET));
+				    (void *)(lock + GLIBC_RWLOCK_WRITER_OFFSET));
 	return owner;
 }
 
@@ -1165,7 +1320,7 @@ static __always_inline int futex_wait_started(__u64 uaddr, __u64 op)
 	struct scratch_buffers *s;
 	__u32 nheld;
 
-	t = thread_state(key.tid, false);
+	t = thread_state(key.tid, NULL);
 	if (!t || !t->wait.lock || !is_futex_wait(op) ||
 	    uaddr - t->wait.lock >= LOCK_OBJECT_SPAN)
 		return 0;
@@ -1186,7 +1341,7 @@ static __always_inline int futex_wait_started(__u64 uaddr, __u64 op)
 	b->observed = bpf_ktime_get_boot_ns();
 	b->pid = pid_tgid >> 32;
 	b->gen = t->wait.gen;
-	b->owner_tid = lock_owner(t->wait.lock, t->wait.kind);
+	b->owner_tid = lock_owner(t->wait.lock, t->wait.kind, t->libc);
 	b->session_id = current_session_id();
 	b->mode = t->wait.mode;
 	b->kind = t->wait.kind;
@@ -1219,7 +1374,7 @@ static __always_inline int futex_wait_ended(void *ctx)
 	struct resumed_thread *event;
 	struct thread_locks *t;
 
-	t = thread_state(key.tid, false);
+	t = thread_state(key.tid, NULL);
 	if (!t || !t->wait.waiting)
 		return 0;
 	t->wait.waiting = 0;
@@ -1271,6 +1426,67 @@ static __always_inline int thread_exited(void *ctx)
 	event->mntns_id = gadget_get_current_mntns_id();
 	bpf_get_current_comm(event->comm, sizeof(event->comm));
 	gadget_submit_buf(ctx, &dead_pids, event, sizeof(*event));
+	if (tree_pid)
+		bpf_map_delete_elem(&tree_processes, &pid);
+	return 0;
+}
+
+/* Tell user space about a process whose C library may be new to it. */
+static __always_inline void send_process_event(void *ctx, struct task_struct *task,
+					       __u8 kind, bool paused, const char *exe)
+{
+	struct process_event *event;
+
+	event = gadget_reserve_buf(&process_events, sizeof(*event));
+	if (!event)
+		return;
+	__builtin_memset(event, 0, sizeof(*event));
+	event->mntns_id = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	event->process_start = BPF_CORE_READ(task, group_leader, start_boottime);
+	event->pid = BPF_CORE_READ(task, tgid);
+	event->parent_pid = BPF_CORE_READ(task, real_parent, tgid);
+	event->event = kind;
+	event->paused = paused;
+	BPF_CORE_READ_STR_INTO(&event->comm, task, comm);
+	if (exe)
+		bpf_probe_read_kernel_str(event->exe, sizeof(event->exe), exe);
+	gadget_submit_buf(ctx, &process_events, event, sizeof(*event));
+}
+
+/* A new process whose parent is in the traced tree joins it. */
+static __always_inline int process_forked(void *ctx, struct task_struct *parent,
+					  struct task_struct *child)
+{
+	gadget_pid pid = BPF_CORE_READ(child, tgid);
+	bool paused;
+	__u8 one = 1;
+
+	if (!tree_pid || BPF_CORE_READ(child, pid) != pid)
+		return 0; /* no tree to follow, or a new thread */
+	if (!in_traced_tree(BPF_CORE_READ(parent, tgid)))
+		return 0;
+	if (bpf_map_update_elem(&tree_processes, &pid, &one, BPF_ANY)) {
+		count_stat(STAT_TREE_FULL);
+		return 0;
+	}
+	/* a vfork child runs only until its exec, which pauses it */
+	paused = pause_new_processes && !BPF_CORE_READ(child, vfork_done) &&
+		 bpf_send_signal_task &&
+		 !bpf_send_signal_task(child, SIGSTOP, PIDTYPE_TGID, 0);
+	send_process_event(ctx, child, PROCESS_FORK, paused, NULL);
+	return 0;
+}
+
+/* A traced process started another program, perhaps on another C library. */
+static __always_inline int process_executed(void *ctx, struct task_struct *task,
+					    struct linux_binprm *bprm)
+{
+	bool paused;
+
+	if (current_is_filtered_out())
+		return 0;
+	paused = pause_new_processes && tree_pid && !bpf_send_signal(SIGSTOP);
+	send_process_event(ctx, task, PROCESS_EXEC, paused, BPF_CORE_READ(bprm, filename));
 	return 0;
 }
 
@@ -1494,6 +1710,19 @@ SEC("tracepoint/sched/sched_process_exit")
 int trace_sched_process_exit(void *ctx)
 {
 	return thread_exited(ctx);
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(trace_process_fork, struct task_struct *parent, struct task_struct *child)
+{
+	return process_forked(ctx, parent, child);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(trace_process_exec, struct task_struct *task, pid_t old_pid,
+	     struct linux_binprm *bprm)
+{
+	return process_executed(ctx, task, bprm);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -22,11 +22,15 @@ IGDEADLOCK = [sys.executable, "-m", "igdeadlock"]
 IMAGE = os.environ.get("IGDEADLOCK_IMAGE", "localhost/igdeadlock:latest")
 
 
-def compile_program(name: str, flags: Sequence[str] = ("-O0", "-g", "-fno-omit-frame-pointer")) -> Path:
-    """Compile tests/programs/NAME.c (or .cc) once per source and flags."""
+def compile_program(name: str, flags: Sequence[str] = ("-O0", "-g", "-fno-omit-frame-pointer"),
+                    compiler: Optional[str] = None) -> Path:
+    """Compile tests/programs/NAME.c (or .cc) once per source, flags and compiler
+    (gcc or g++ unless given, e.g. musl-gcc)."""
     source = next(p for p in (PROGRAMS / f"{name}.c", PROGRAMS / f"{name}.cc") if p.exists())
-    compiler = "g++" if source.suffix == ".cc" else "gcc"
-    digest = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    # a given compiler joins the digest; the default keeps the digests binaries already cached have
+    salt = " ".join(flags) + (f" {compiler}" if compiler else "")
+    compiler = compiler or ("g++" if source.suffix == ".cc" else "gcc")
+    digest = hashlib.sha256(source.read_bytes() + salt.encode()).hexdigest()[:12]
     BIN_CACHE.mkdir(exist_ok=True)
     binary = BIN_CACHE / f"{name}-{digest}"
     if not binary.exists():

@@ -5,28 +5,30 @@ library's real inode through a helper built on kprobes. On a kernel without
 kprobes that step fails quietly and the programs stay unattached. When the
 client runs on the daemon's host it can do the attachment instead: find the
 programs the daemon loaded (by name, newer than the run), open one uprobe
-perf event per program on the library's function and hand it the program
-(PERF_EVENT_IOC_SET_BPF). Closing the perf events detaches them.
+perf event per program on each lock library's function and link the program
+to it (BPF_LINK_CREATE, with a cookie naming the C library). Closing the
+links detaches them.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
-import functools
 import json
 import os
-import shutil
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from igdeadlock.bpfsys import Bpf, BpfError, ProgramInfo, machine, syscall
-from igdeadlock.elf import ElfError, ElfFile
+from igdeadlock.host.locklib import PROCESS_GONE, REASON_NONE, FileId, LockLibrary, LockLibraryFinder, ProcessLibrary
 
 # syscall numbers
 _PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}  # syscall numbers
@@ -37,6 +39,11 @@ PERF_EVENT_IOC_SET_BPF = 0x40042408
 PERF_ATTR_SIZE = 120
 UPROBE_PMU = "/sys/bus/event_source/devices/uprobe"
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+EVERY_PROCESS = -1  # perf_event_open's pid for "any process"
+# Attach cookies (program.bpf.c): bits 0-7 the C library (LIBC_*), bits 32-63
+# the size of the probed function
+LIBC_COOKIES = {"glibc": 0, "musl": 1}
+COOKIE_SIZE_SHIFT = 32
 
 
 class AttachError(RuntimeError):
@@ -83,53 +90,6 @@ def probe_points(programs_json: bytes) -> List[ProbePoint]:
 def kernel_has_kprobes() -> bool:
     """ig's uprobe attachment needs kprobes; without them the client must attach."""
     return os.path.isdir(KPROBE_PMU)
-
-
-@functools.lru_cache(maxsize=None)
-def resolve_library(name: str) -> str:
-    """A library path for a section's library part (a path or a bare name like ``libc``)."""
-    if name.startswith("/"):
-        return os.path.realpath(name)
-    arch = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(machine(), "")
-    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
-    try:
-        listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        listing = ""
-    candidates = []
-    for line in listing.splitlines():
-        soname, sep, path = line.strip().partition(" => ")
-        if sep and soname.startswith(name + ".so"):
-            candidates.append((arch not in soname, path.strip()))
-    if candidates:
-        return os.path.realpath(sorted(candidates)[0][1])
-    # fall back to the copy this process itself has mapped
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            path = line.split()[-1] if len(line.split()) >= 6 else ""
-            if os.path.basename(path).startswith(name + ".so") or os.path.basename(path).startswith(name + "-"):
-                return os.path.realpath(path)
-    raise AttachError(f"cannot find library {name!r} on this host")
-
-
-@functools.lru_cache(maxsize=8)
-def _elf(path: str) -> ElfFile:
-    try:
-        return ElfFile.open(path)
-    except (OSError, ElfError) as exc:
-        raise AttachError(f"cannot read {path}: {exc}") from exc
-
-
-def symbol_offset(path: str, symbol: str) -> int:
-    """File offset of a function, as the uprobe PMU wants it."""
-    elf = _elf(path)
-    sym = elf.find_function(symbol)
-    if sym is None:
-        raise AttachError(f"{path} has no function {symbol}")
-    offset = elf.vaddr_to_offset(sym.value)
-    if offset is None:
-        raise AttachError(f"{symbol} in {path} is not in a loaded segment")
-    return offset
 
 
 def program_ids() -> Set[int]:
@@ -230,8 +190,10 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
-def _uprobe_event(pmu_type: int, path: bytes, offset: int, retprobe: bool) -> int:
-    """A disabled uprobe perf event on every process's calls of the file offset."""
+def _uprobe_event(pmu_type: int, path: bytes, offset: int, retprobe: bool, pid: int) -> int:
+    """A disabled uprobe perf event on the file offset: in every process that maps
+    the file (pid -1), or only in process ``pid`` (and its threads: the kernel
+    filters uprobes by address space)."""
     number = _PERF_EVENT_OPEN.get(machine())
     if number is None:
         raise AttachError(f"client-side attachment is not supported on {machine()}")
@@ -243,64 +205,299 @@ def _uprobe_event(pmu_type: int, path: bytes, offset: int, retprobe: bool) -> in
     ctypes.c_uint64.from_buffer(attr, 40).value = 1  # flags: disabled until the program is set
     ctypes.c_uint64.from_buffer(attr, 56).value = ctypes.addressof(path_buf)  # config1: path
     ctypes.c_uint64.from_buffer(attr, 64).value = offset  # config2: file offset
-    return syscall(number, attr, ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1),
+    # an event of every process must name a CPU; one of a process runs on all of them
+    cpu = 0 if pid == EVERY_PROCESS else -1
+    return syscall(number, attr, ctypes.c_int(pid), ctypes.c_int(cpu), ctypes.c_int(-1),
                    ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
 
 
-@dataclass
-class UprobeAttachment:
-    """Uprobe perf events this client opened for a gadget's programs."""
+def _uprobe_pmu_type() -> int:
+    try:
+        with open(os.path.join(UPROBE_PMU, "type")) as handle:
+            return int(handle.read())
+    except OSError as exc:
+        raise AttachError("this kernel has no uprobe PMU (CONFIG_UPROBE_EVENTS)") from exc
 
-    fds: List[int] = field(default_factory=list)
-    described: List[str] = field(default_factory=list)
-    unprobeable: List[str] = field(default_factory=list)  # functions whose entry takes no uprobe
 
-    def attach(self, points: Sequence[ProbePoint], prog_ids: Mapping[str, int]) -> None:
+# Closes the links it is given, in a process of its own.
+_REAPER = "import os, sys\nfor fd in sys.argv[1:]:\n    os.close(int(fd))\n"
+
+
+class LinkCloser:
+    """Closes uprobe links off the caller's path.
+
+    Each close waits for the kernel to retire the uprobe (an RCU grace period,
+    about 0.1 s on the build machines) and closes are serialized in the kernel:
+    30 probes take seconds. A thread closes the links of processes that exited
+    while tracing goes on; at the end, ``hand_off()`` passes what is left to a
+    short-lived process of its own, so that no report waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._queue: List[int] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: Optional[threading.Thread] = None
+
+    def close_later(self, fds: Sequence[int]) -> None:
+        with self._lock:
+            self._queue.extend(fds)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="uprobe-closer", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._lock:
+                if self._stopped:
+                    return
+                if not self._queue:
+                    self._wake.clear()
+                    continue
+                fd = self._queue.pop()
+            _close_quietly(fd)
+
+    def hand_off(self, fds: Sequence[int]) -> None:
+        """Close these and everything still queued, in a process of its own."""
+        with self._lock:
+            self._stopped = True
+            fds = list(fds) + self._queue
+            self._queue = []
+        self._wake.set()
+        if not fds:
+            return
         try:
-            with open(os.path.join(UPROBE_PMU, "type")) as handle:
-                pmu_type = int(handle.read())
-        except OSError as exc:
-            raise AttachError("this kernel has no uprobe PMU (CONFIG_UPROBE_EVENTS)") from exc
+            subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER, *map(str, fds)], pass_fds=fds,
+                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        except OSError:
+            pass  # then our own exit closes them
+        for fd in fds:
+            _close_quietly(fd)  # the reaper holds the last reference: these return at once
+
+
+class ProbeSet:
+    """The uprobes this client placed for one gadget run: the gadget's probe
+    points on each lock library, for every process that maps it or (tracing a
+    command's tree) for one process at a time, so that other processes never
+    hit them. Each probe carries the library's flavour as its attach cookie:
+    the gadget reads lock owners where that C library keeps them."""
+
+    def __init__(self, points: Sequence[ProbePoint], prog_ids: Mapping[str, int]) -> None:
         # Release and return probes first, so no acquisition is seen without them.
-        ordered = sorted(points, key=lambda p: (not (p.retprobe or "unlock" in p.symbol), p.program))
-        for point in ordered:
-            path = resolve_library(point.library)
-            offset = symbol_offset(path, point.symbol)
+        self.points = sorted(points, key=lambda p: (not (p.retprobe or "unlock" in p.symbol), p.program))
+        self.prog_ids = dict(prog_ids)
+        self.libraries: Dict[FileId, LockLibrary] = {}  # every library probed so far
+        self.unprobeable: List[str] = []  # "file:function" whose entry takes no uprobe
+        self._links: Dict[Tuple[int, FileId], List[int]] = {}  # (pid or EVERY_PROCESS, file) -> link fds
+        self._prog_fds: Dict[str, int] = {}
+        self._pmu_type: Optional[int] = None
+        self._bpf = Bpf()
+        self._closer = LinkCloser()
+
+    def _prog_fd(self, program: str) -> int:
+        fd = self._prog_fds.get(program)
+        if fd is None:
+            fd = self._prog_fds[program] = self._bpf.program_fd(self.prog_ids[program])
+        return fd
+
+    def covers(self, library: LockLibrary, pid: int = EVERY_PROCESS) -> bool:
+        return (pid, library.file) in self._links or (EVERY_PROCESS, library.file) in self._links
+
+    def attach(self, library: LockLibrary, pid: int = EVERY_PROCESS) -> bool:
+        """Probe the library (for one process, or every one). False when it was
+        probed already, or the process is gone; AttachError when it cannot be."""
+        if self.covers(library, pid):
+            return False
+        if self._pmu_type is None:
+            self._pmu_type = _uprobe_pmu_type()
+        flavor = LIBC_COOKIES[library.flavor]
+        links: List[int] = []
+        for point in self.points:
+            offset = library.offsets.get(point.symbol)
+            if offset is None:
+                continue  # e.g. musl has no pthread_mutex_clocklock
             try:
-                perf_fd = _uprobe_event(pmu_type, path.encode(), offset, point.retprobe)
+                perf_fd = _uprobe_event(self._pmu_type, library.open_path.encode(), offset, point.retprobe, pid)
             except OSError as exc:
                 if exc.errno == ENOTSUPP:
                     # e.g. x86-64 glibc's pthread_spin_lock starts with a locked instruction
-                    self.unprobeable.append(f"{os.path.basename(path)}:{point.symbol}")
+                    name = f"{os.path.basename(library.path)}:{point.symbol}"
+                    if name not in self.unprobeable:
+                        self.unprobeable.append(name)
                     continue
-                self.detach()
-                raise AttachError(f"uprobe on {path}:{point.symbol}: {exc.strerror}") from exc
-            self.fds.append(perf_fd)
+                self._closer.close_later(links)
+                if exc.errno == errno.ESRCH and pid != EVERY_PROCESS:
+                    return False  # the process exited meanwhile
+                raise AttachError(f"uprobe on {library.path}:{point.symbol}: {exc.strerror}") from exc
             try:
-                prog_fd = Bpf().program_fd(prog_ids[point.program])
-                try:
-                    fcntl.ioctl(perf_fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
-                    fcntl.ioctl(perf_fd, PERF_EVENT_IOC_ENABLE, 0)
-                finally:
-                    os.close(prog_fd)
+                size = min(library.sizes.get(point.symbol, 0), 0xFFFFFFFF)
+                cookie = flavor | size << COOKIE_SIZE_SHIFT
+                links.append(self._bpf.perf_event_link(self._prog_fd(point.program), perf_fd, cookie))
+                fcntl.ioctl(perf_fd, PERF_EVENT_IOC_ENABLE, 0)
             except OSError as exc:
-                self.detach()
-                raise AttachError(f"attaching {point.program} to {path}:{point.symbol}: {exc.strerror}") from exc
-            kind = "uretprobe" if point.retprobe else "uprobe"
-            self.described.append(f"{kind} {path}:{point.symbol} -> {point.program}")
+                self._closer.close_later(links)
+                raise AttachError(f"attaching {point.program} to {library.path}:{point.symbol}: "
+                                  f"{exc.strerror}") from exc
+            finally:
+                os.close(perf_fd)  # the link keeps the event
+        self._links[(pid, library.file)] = links
+        self.libraries[library.file] = library
+        return True
+
+    def probe_count(self) -> int:
+        return sum(len(links) for links in self._links.values())
+
+    def detach_process(self, pid: int) -> None:
+        """Remove the probes placed for one process (it exited), in the background."""
+        keys = [key for key in self._links if key[0] == pid]
+        self._closer.close_later([fd for key in keys for fd in self._links.pop(key)])
 
     def detach(self) -> None:
-        """Close the perf events. Each close waits for the kernel to retire the
-        uprobe (an RCU grace period), so they are closed in parallel."""
-        fds, self.fds = self.fds, []
-        closers = [threading.Thread(target=_close_quietly, args=(fd,)) for fd in fds]
-        for closer in closers:
-            closer.start()
-        for closer in closers:
-            closer.join()
+        """Remove every probe. The programs stop running at once only where no
+        other probe still holds them; the kernel retires the probes afterwards,
+        in a process of their own."""
+        links, self._links = self._links, {}
+        self._closer.hand_off([fd for fds in links.values() for fd in fds])
+        for fd in self._prog_fds.values():
+            _close_quietly(fd)
+        self._prog_fds = {}
 
-    def __enter__(self) -> "UprobeAttachment":
+    def __enter__(self) -> "ProbeSet":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
+
+
+def _continue(pid: int) -> None:
+    """SIGCONT a process the gadget stopped for us; it may be gone already."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def _shares_our_root(pid: int) -> bool:
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+# How long after an exec the client keeps looking for the process's C library
+# (the dynamic loader maps it a moment after the exec itself).
+LIBRARY_SEARCH_SECONDS = 2.0
+REASON_EXITED_EARLY = "exited before its C library could be found and probed"
+
+
+class LockLibraryProbes:
+    """Keeps every traced process's own lock library probed.
+
+    Per process it finds the file that really holds its pthread lock functions
+    (the host's glibc, a container's copy, musl, or the executable itself) and
+    probes it: for every process at once, or, with ``per_process`` (tracing a
+    command's tree), only in that process. What it finds, or why a process
+    cannot be traced, goes to ``report(ProcessLibrary, process_start)``.
+    """
+
+    def __init__(self, probes: ProbeSet, finder: LockLibraryFinder, per_process: bool,
+                 report: Callable[[ProcessLibrary, int], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.probes = probes
+        self.finder = finder
+        self.per_process = per_process
+        self.report = report
+        self.clock = clock
+        # pid -> (give up at, start, what is known: a library predicted before it ran, or the last look)
+        self._pending: Dict[int, Tuple[float, int, ProcessLibrary]] = {}
+
+    def attach_library(self, library: LockLibrary, pid: int) -> bool:
+        return self.probes.attach(library, pid if self.per_process else EVERY_PROCESS)
+
+    def process_started(self, pid: int, process_start: int, paused: bool = False) -> None:
+        """A process in scope started a program or was forked: probe its library,
+        now or, while the loader is still mapping it, at a later poll(). A
+        ``paused`` process (stopped by the gadget before its first instruction)
+        is continued once its library is probed."""
+        self._pending[pid] = (self.clock() + LIBRARY_SEARCH_SECONDS, process_start,
+                              ProcessLibrary(pid, "", "", None, REASON_EXITED_EARLY))
+        try:
+            if paused:
+                self._probe_before_start(pid, process_start)
+            if pid in self._pending:
+                self._inspect(pid)
+        finally:
+            if paused:
+                _continue(pid)
+
+    def _probe_before_start(self, pid: int, process_start: int) -> None:
+        """A process stopped right after its exec has only its program and loader
+        mapped: the library its loader will map is predicted from the program,
+        the way the loader finds it (same root as ours only), and probed."""
+        found = self.finder.for_process(pid)
+        if found.library is not None or found.reason == PROCESS_GONE or not _shares_our_root(pid):
+            return
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                env = dict(item.decode("utf-8", "replace").partition("=")[::2]
+                           for item in handle.read().split(b"\0") if b"=" in item)
+            predicted = self.finder.for_command([exe], env, cwd)
+        except OSError:  # gone, or a program the loader would refuse: nothing to predict
+            return
+        if predicted.library is not None:
+            self.attach_library(predicted.library, pid)
+            give_up, _, _ = self._pending[pid]
+            # what the process will map, known before it runs: it holds if it exits early
+            self._pending[pid] = (give_up, process_start, replace(predicted, pid=pid, comm=found.comm))
+
+    def _inspect(self, pid: int) -> None:
+        give_up, process_start, _ = self._pending[pid]
+        found = self.finder.for_process(pid)
+        if found.library is not None:
+            del self._pending[pid]
+            self.attach_library(found.library, pid)
+        elif self.clock() >= give_up:
+            del self._pending[pid]
+        elif found.reason == PROCESS_GONE:
+            self.process_exited(pid)
+            return
+        elif found.reason != REASON_NONE:
+            del self._pending[pid]  # a static program, or one we cannot read: final
+        else:
+            if self._pending[pid][2].library is None:
+                self._pending[pid] = (give_up, process_start, found)
+            return  # not mapped yet: look again at the next poll
+        self.report(found, process_start)
+
+    def poll(self) -> None:
+        """Look again at processes whose library was not mapped yet."""
+        for pid in list(self._pending):
+            self._inspect(pid)
+
+    def process_exited(self, pid: int) -> None:
+        pending = self._pending.pop(pid, None)
+        if pending is not None:
+            # gone before its library showed in its map: the one predicted and
+            # probed before it ran, or else say so (lock records from it, if any,
+            # still mark it traced)
+            _, process_start, known = pending
+            if known.library is None:
+                known = replace(known, reason=REASON_EXITED_EARLY)
+            self.report(known, process_start)
+        if self.per_process:
+            self.probes.detach_process(pid)
+
+    def scan_running(self, pids: Iterable[int]) -> None:
+        """Probe the libraries of processes that run already (watching a host)."""
+        for pid in pids:
+            found = self.finder.for_process(pid)
+            if found.library is not None:
+                self.attach_library(found.library, pid)
+            self.report(found, 0)

@@ -14,6 +14,8 @@ BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_GET_FD_BY_ID = 19
+BPF_LINK_CREATE = 28
+BPF_PERF_EVENT = 41  # link attach type: a program on a perf event, with a cookie
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 
@@ -81,6 +83,13 @@ class Bpf:
         attr = ctypes.create_string_buffer(16)
         struct.pack_into("<I", attr, 0, prog_id)
         return self.call(BPF_PROG_GET_FD_BY_ID, attr)
+
+    def perf_event_link(self, prog_fd: int, perf_fd: int, cookie: int) -> int:
+        """Attach a program to a perf event (a uprobe) with a cookie the program
+        reads back with bpf_get_attach_cookie(); returns the link's fd."""
+        attr = ctypes.create_string_buffer(32)
+        struct.pack_into("<IIIIQ", attr, 0, prog_fd, perf_fd, BPF_PERF_EVENT, 0, cookie)
+        return self.call(BPF_LINK_CREATE, attr)
 
     def program_ids(self) -> Iterator[int]:
         current = 0

@@ -17,6 +17,7 @@ from igdeadlock.outputs import RENDERERS
 from igdeadlock.report import Report, render_finding, render_json, render_text
 from igdeadlock.session import (
     DEFAULT_IMAGE,
+    INTERRUPTED_BEFORE_START,
     TraceError,
     TraceOptions,
     gadget_params,
@@ -30,6 +31,8 @@ from igdeadlock.wire import DEFAULT_DAEMON_ADDRESS, TlsConfig, parse_address
 FORMATS = ("text", "json", "sarif", "dot", "mermaid", "html")
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+EXIT_INTERRUPTED = 130
+CONTAINER_NAME_PARAM = "operator.LocalManager.containername"  # as a shell reports a command ended by Ctrl-C
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only the gadget pods on these nodes (--k8s; repeat for several)")
     watch.add_argument("--containers-only", action="store_true",
                        help="ig daemons: trace containers only, not host processes")
+    watch.add_argument("--container", metavar="NAME",
+                       help="ig daemons: trace only the container(s) of this name (IG's filter, in the kernel)")
     watch.add_argument("--duration", type=_positive, metavar="SECONDS", help="stop after SECONDS")
     watch.add_argument("--status-interval", type=_positive, default=5.0, metavar="SECONDS",
                        help="how often the status line is printed (default: 5)")
@@ -182,14 +187,21 @@ def run_trace(args: argparse.Namespace) -> int:
     elif outcome.ended_by == "interrupt":
         _say("igdeadlock: interrupted; the command was terminated")
     report = outcome.report
+    if outcome.ended_by == INTERRUPTED_BEFORE_START:
+        _say("igdeadlock: interrupted before the command started: nothing was traced")
+        report.notes.append("interrupted before the command started: nothing was traced")
     _write(render(report, args.format, args.show_suppressed), args.output)
+    if outcome.ended_by == INTERRUPTED_BEFORE_START:
+        return EXIT_INTERRUPTED
     return EXIT_FINDINGS if args.exit_code and _found_deadlock(report) else EXIT_OK
 
 
 def watch_targets(args: argparse.Namespace, private: List[PrivateDaemon]) -> List[TargetSpec]:
     """The targets of a watch: remote daemons, gadget pods, or the local daemon."""
     interval = args.fetch_interval or 1000
-    params = gadget_params(interval, args.image, host=not args.containers_only)
+    params = gadget_params(interval, args.image, host=not (args.containers_only or args.container))
+    if args.container:
+        params[CONTAINER_NAME_PARAM] = args.container
     tls = _tls(args)
     specs: List[TargetSpec] = []
     for text in args.remote:

@@ -228,6 +228,7 @@ COUNTER_NAMES = {
     3: "stack_map_full",
     4: "generation_map_full",
     5: "blocked_map_full",
+    6: "tree_map_full",
 }
 
 
@@ -257,6 +258,23 @@ class BlockedThread(NamedTuple):
     observed: int  # boot time (ns) of the wait that made the record
     owner_tid: int  # glibc's owner of the lock, 0 if unknown
     held: Tuple[Tuple[int, int, int], ...]  # (lock, gen, mode) triples, as HeldLock
+
+
+PROCESS_EXEC, PROCESS_FORK = 0, 1  # ProcessEvent.event (PROCESS_* in program.bpf.c)
+
+
+class ProcessEvent(NamedTuple):
+    """A process started a program (exec), or joined the traced tree (fork):
+    the C library it uses may need uprobes of its own."""
+
+    pid: int
+    parent_pid: int
+    process_start: int
+    mntns_id: int
+    event: int
+    paused: int  # stopped (SIGSTOP) until the client has probed it and continues it
+    comm: str
+    exe: str  # the file execve was given (exec events)
 
 
 class ThreadResumed(NamedTuple):
@@ -300,7 +318,8 @@ class LogMessage:
         return LOG_LEVEL_NAMES[self.level] if self.level < len(LOG_LEVEL_NAMES) else str(self.level)
 
 
-Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed, ProcessMeta]
+Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed, ProcessMeta,
+               ProcessEvent]
 
 INT, TEXT, INTS = "int", "text", "ints"  # field categories a record can ask for
 _INT_KINDS = frozenset(range(1, 10))  # bool and the integer kinds
@@ -348,6 +367,8 @@ RECORD_SCHEMAS: Dict[str, RecordSchema] = {
         per_process=True,
     ),
     "resumed": RecordSchema(tuple((name, INT) for name in ThreadResumed._fields), ThreadResumed._make),
+    "processes": RecordSchema(
+        tuple((name, TEXT if name in ("comm", "exe") else INT) for name in ProcessEvent._fields), ProcessEvent._make),
     "dead_pids": RecordSchema(
         (("pid", INT), ("process_start", INT), ("mntns_id", INT), ("comm", TEXT)), ProcessExit._make),
     "stacks": RecordSchema(

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from igdeadlock.coverage import ProcessCoverage
 from igdeadlock.decode import ACQUIRE_HOW_NAMES, LOCK_KIND_NAMES, LOCK_MODE_NAMES
 from igdeadlock.graph import (
     ACTUAL_DEADLOCK,
@@ -20,7 +21,7 @@ from igdeadlock.graph import (
 )
 from igdeadlock.symbolize import Frame
 
-SCHEMA = "igdeadlock/report/v2"
+SCHEMA = "igdeadlock/report/v3"
 
 StackLookup = Callable[[int], Optional[List[Frame]]]
 
@@ -114,6 +115,8 @@ class Report:
     findings: List[FindingView]
     stats: Dict[str, object]
     targets: List[Dict[str, object]] = field(default_factory=list)
+    processes: List[ProcessCoverage] = field(default_factory=list)  # every process in scope that was seen
+    notes: List[str] = field(default_factory=list)  # what limits the report as a whole
 
     @property
     def clusters(self) -> List[ClusterFinding]:
@@ -338,6 +341,8 @@ def report_to_json(report: Report) -> Dict[str, object]:
         "findings": [finding_to_json(f) for f in report.findings],
         "clusters": [cluster_to_json(c) for c in report.clusters],
         "targets": report.targets,
+        "processes": [p.to_json() for p in report.processes],
+        "notes": list(report.notes),
         "stats": dict(report.stats),
     }
 
@@ -471,6 +476,8 @@ def render_text(report: Report, show_suppressed: bool = False) -> str:
         places = ", ".join(f"{where_occurrence(o)} pid {o.pid}" for o in c.occurrences)
         parts.append(f"The same {c.representative.kind} ({c.signature}) was seen {len(c.occurrences)} "
                      f"times: {places}\n")
+    parts.extend(render_untraced(report.processes))
+    parts.extend(f"igdeadlock: NOTE: {note}\n" for note in report.notes)
     if len(report.targets) > 1 or any(t["state"] != "connected" for t in report.targets):
         parts.append("targets: " + "; ".join(f"{t['address']} {t['state']}" + (f" ({t['error']})" if t.get('error')
                                                                                else "")
@@ -486,6 +493,18 @@ def render_text(report: Report, show_suppressed: bool = False) -> str:
         summary += " (--show-suppressed to see them)"
     parts.append(summary + "\n" + render_stats(stats))
     return "\n".join(parts)
+
+
+def render_untraced(processes: Sequence[ProcessCoverage]) -> List[str]:
+    """One line per process that could not be traced: no finding about it
+    means nothing there."""
+    lines = []
+    for p in processes:
+        if not p.traced:
+            exe = f", {p.exe}" if p.exe else ""
+            place = f" on {p.target}" if p.target else ""
+            lines.append(f"igdeadlock: NOT TRACED: pid {p.pid} ({p.comm}{exe}){place}: {p.reason}\n")
+    return lines
 
 
 def where_occurrence(o: Occurrence) -> str:

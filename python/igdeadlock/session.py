@@ -10,15 +10,18 @@ import gc
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from igdeadlock import attach as attach_mod
+from igdeadlock.coverage import CoverageTable, ProcessCoverage
 from igdeadlock.daemon import DaemonError, PrivateDaemon, find_ig
 from igdeadlock.decode import (
     COUNTER_NAMES,
@@ -29,12 +32,14 @@ from igdeadlock.decode import (
     LockEdgeBatch,
     LogMessage,
     MappedFile,
+    ProcessEvent,
     ProcessExit,
     ProcessMeta,
     StackTrace,
     StreamDecoder,
     ThreadResumed,
 )
+from igdeadlock.host.locklib import LockLibraryFinder, ProcessLibrary
 from igdeadlock.graph import Cycle, Deadlock, LockGraphStore, WaitForTracker
 from igdeadlock.proto import api_pb2
 from igdeadlock.report import FindingView, Report, build_deadlock_findings, build_findings, link_related
@@ -51,6 +56,9 @@ from igdeadlock.wire import (
 
 DEFAULT_IMAGE = os.environ.get("IGDEADLOCK_IMAGE", "localhost/igdeadlock:latest")
 MAP_ITERATORS = ("edges", "stacks", "files", "counters", "blocked")
+INTERRUPTED_BEFORE_START = "interrupt-before-start"  # Ctrl-C before COMMAND ran: nothing traced
+TREE_PID_PARAM = "operator.oci.ebpf.tree-pid"  # the gadget traces only this process's tree
+PAUSE_NEW_PROCESSES_PARAM = "operator.oci.ebpf.pause-new-processes"
 CONNECT_TIMEOUT = 3.0  # seconds to reach a gadget service before giving up
 REAP_EVERY_FETCHES = 20  # how often graphs of vanished processes are looked for
 _CLOCK_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -59,18 +67,31 @@ _LOST_SAMPLES = re.compile(r"lost (\d+) samples")
 _EXPECTED_WARNINGS = ("container-collection isn't available",)
 
 
-def process_alive(pid: int, start_ns: int) -> Optional[bool]:
-    """Whether the process (pid, start time on the boot clock) still runs on this
-    host: False when the pid is gone or belongs to a newer process."""
+def process_start_ns(pid: int) -> Optional[int]:
+    """When the process started, on the boot clock (ns, to clock-tick precision);
+    None when it is gone or unreadable."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
+        return int(fields[19]) * _CLOCK_TICK_NS  # field 22 of stat, counted after the comm
+    except (OSError, IndexError, ValueError):
         return None
-    started = int(fields[19]) * _CLOCK_TICK_NS  # field 22 of stat, counted after the comm
+
+
+def process_alive(pid: int, start_ns: int) -> Optional[bool]:
+    """Whether the process (pid, start time on the boot clock) still runs on this
+    host: False when the pid is gone or belongs to a newer process."""
+    if not os.path.exists(f"/proc/{pid}"):
+        return False
+    started = process_start_ns(pid)
+    if started is None:
+        return None
     return abs(started - start_ns) <= 2 * _CLOCK_TICK_NS
+
+
+def running_pids() -> List[int]:
+    """Every process on this host (its /proc)."""
+    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
 
 
 def tune_garbage_collector() -> None:
@@ -106,6 +127,8 @@ class Collector:
         self.ring_buffer_lost = 0
         self.warnings: List[str] = []
         self.alive = alive  # can this host tell whether (pid, start) still runs?
+        self.coverage = CoverageTable()
+        self.probes_known = False  # this client probed each process's library itself
         self._run = 0
 
     def begin_run(self) -> None:
@@ -144,7 +167,12 @@ class Collector:
         elif kind is MappedFile:
             self.files[output.file_id] = output  # type: ignore[union-attr]
         elif kind is ProcessMeta:
+            # sent with a process's first lock record: it was traced
             self.meta[(output.pid, output.process_start)] = output  # type: ignore[union-attr]
+            self.coverage.lock_events_from(output.pid, output.process_start, "", output.mntns_id)  # type: ignore
+        elif kind is ProcessEvent:
+            self.coverage.seen(output.pid, output.process_start, output.comm, output.exe,  # type: ignore
+                               output.mntns_id)  # type: ignore[union-attr]
         elif kind is ProcessExit:
             self.store.process_exited(output)  # type: ignore[arg-type]
             self.waits.process_exited(output.pid)  # type: ignore[union-attr]
@@ -198,7 +226,10 @@ class Collector:
             "before_gadget_info": decoder.stats.before_info,
         }
         lost.update(self.counters)
+        traced, untraced = self.coverage.counts()
         return {
+            "processes_traced": traced,
+            "processes_untraced": untraced,
             "edges_seen": self.store.stats.edges_seen,
             "processes_seen": self.store.stats.processes_seen,
             "processes_exited": self.store.stats.processes_exited,
@@ -207,6 +238,13 @@ class Collector:
             "edge_records_batched": decoder.stats.batched,
             "events_lost": lost,
         }
+
+    def processes(self) -> List[ProcessCoverage]:
+        """Every process in scope that was seen, and whether it was traced."""
+        entries = self.coverage.processes(self.probes_known)
+        for entry in entries:
+            entry.target = self.target
+        return entries
 
     def findings(self, now_boot_ns: Optional[int] = None, only: Optional[Sequence[object]] = None
                  ) -> List[FindingView]:
@@ -265,13 +303,15 @@ class TraceOutcome:
     findings: List[FindingView]
     stats: Dict[str, object]
     command_status: Optional[int]
-    ended_by: str  # "exit", "timeout", "deadlock" or "interrupt"
+    ended_by: str  # "exit", "timeout", "deadlock", "interrupt" or INTERRUPTED_BEFORE_START
     notes: List[str] = field(default_factory=list)
     target: str = ""
+    processes: List[ProcessCoverage] = field(default_factory=list)
 
     @property
     def report(self) -> Report:
-        return Report(self.findings, self.stats, [{"address": self.target, "state": "connected", "error": None}])
+        return Report(self.findings, self.stats, [{"address": self.target, "state": "connected", "error": None}],
+                      self.processes)
 
 
 def gadget_params(fetch_interval_ms: int, image: str, host: bool = True) -> Dict[str, str]:
@@ -358,23 +398,27 @@ def trace_command(options: TraceOptions, say: Callable[[str], None]) -> TraceOut
     """Trace ``options.command`` and its process tree; report when it ends."""
     if not options.command:
         raise TraceError("no command to trace: igdeadlock trace [OPTIONS] -- COMMAND [ARG...]")
+    check_command(options.command)
     local = options.remote is None or options.remote.startswith("unix://") or options.remote.startswith("/")
     if local and os.geteuid() != 0:
         raise TraceError("igdeadlock trace needs root to trace with eBPF: run it with sudo")
 
     private: Optional[PrivateDaemon] = None
-    if options.remote is not None:
-        address = parse_address(options.remote)
-    elif local_daemon_answers(parse_address(DEFAULT_DAEMON_ADDRESS)):
-        address = parse_address(DEFAULT_DAEMON_ADDRESS)
-    else:
-        try:
-            private = PrivateDaemon(find_ig(options.ig), log_path=options.daemon_log)
-            address = private.start()
-        except DaemonError as exc:
-            raise TraceError(str(exc)) from exc
     try:
+        if options.remote is not None:
+            address = parse_address(options.remote)
+        elif local_daemon_answers(parse_address(DEFAULT_DAEMON_ADDRESS)):
+            address = parse_address(DEFAULT_DAEMON_ADDRESS)
+        else:
+            try:
+                private = PrivateDaemon(find_ig(options.ig), log_path=options.daemon_log)
+                address = private.start()
+            except DaemonError as exc:
+                raise TraceError(str(exc)) from exc
         return _trace_with(address, options, say)
+    except KeyboardInterrupt:
+        # Ctrl-C while tracing was being set up: COMMAND never ran
+        return TraceOutcome([], {}, None, INTERRUPTED_BEFORE_START)
     finally:
         if private is not None:
             private.stop()
@@ -384,27 +428,36 @@ class GadgetSession:
     """One run of the gadget on one gadget service, feeding a Collector.
 
     ``start()`` returns once the gadget is live: its first map fetch arrived
-    and, on kernels where ig cannot attach uprobes, this client attached them.
+    and, on kernels where ig cannot attach uprobes, this client probes each
+    process's own lock library (``tree_pid`` set: only that process tree's,
+    one process at a time; otherwise every process's).
     """
 
     def __init__(self, service: GadgetService, image: str, params: Dict[str, str], collector: Collector,
                  attach: str = "auto", say: Callable[[str], None] = lambda message: None,
                  decoder: Optional[StreamDecoder] = None,
-                 on_findings: Optional[Callable[[List[object]], None]] = None) -> None:
+                 on_findings: Optional[Callable[[List[object]], None]] = None,
+                 tree_pid: Optional[int] = None) -> None:
         self.service = service
         self.image = image
-        self.params = params
+        self.params = dict(params)
+        if tree_pid is not None:
+            self.params[TREE_PID_PARAM] = str(tree_pid)
+        self.tree_pid = tree_pid
         self.collector = collector
         self.decoder = decoder if decoder is not None else StreamDecoder(lazy_edges=True)
         self.decoder.new_stream()
         self.on_findings = on_findings
         self.attach_mode = attach
         self.say = say
-        self.attachment = attach_mod.UprobeAttachment()
+        self.probes: Optional[attach_mod.ProbeSet] = None  # when this client attaches the uprobes
+        self.libraries: Optional[attach_mod.LockLibraryProbes] = None
+        self.finder: Optional[LockLibraryFinder] = None
         self.program_ids: Dict[str, int] = {}  # this run's programs, when the client attached them
         self.run: Optional[GadgetRun] = None
         self.pump: Optional[_EventPump] = None
-        interval = params.get("operator.oci.ebpf.map-fetch-interval", "1000ms")
+        self._unprobeable_said = 0
+        interval = self.params.get("operator.oci.ebpf.map-fetch-interval", "1000ms")
         self.interval = float(interval[:-2]) / 1000.0 if interval.endswith("ms") else 1.0
 
     def start(self, timeout: float = 60.0) -> None:
@@ -417,24 +470,62 @@ class GadgetSession:
         points = attach_mod.probe_points(info.extraInfo.data["ebpf.programs"].content) \
             if client_attach and "ebpf.programs" in info.extraInfo.data else []
         before = attach_mod.program_ids() if client_attach else set()
+        if client_attach and self.tree_pid is not None:
+            # probes go into each process of the tree alone: new processes wait for them
+            self.params[PAUSE_NEW_PROCESSES_PARAM] = "true"
         self.run = self.service.run_gadget(self.image, self.params)
         self.pump = _EventPump(self.run)
         self._wait_until_live(timeout)
-        if client_attach:
-            try:
-                address = self.service.address
-                owner = attach_mod.socket_peer_pid(address.location) if address.scheme == "unix" else None
-                self.program_ids = attach_mod.find_programs({p.program for p in points}, before, timeout=30.0,
-                                                            owner=owner)
-                self.attachment.attach(points, self.program_ids)
-            except attach_mod.AttachError as exc:
-                raise TraceError(f"{exc} (the client attaches uprobes itself on kernels without "
-                                 f"kprobes, and must run on the daemon's host for that)") from exc
-            self.say("igdeadlock: this kernel has no kprobes, so ig cannot attach uprobes; "
-                     f"attached the gadget's {len(self.attachment.described)} uprobes from the client")
-            if self.attachment.unprobeable:
-                self.say("igdeadlock: these functions cannot carry a uprobe at their entry and are not "
-                         "traced: " + ", ".join(self.attachment.unprobeable))
+        if not client_attach:
+            return
+        try:
+            address = self.service.address
+            owner = attach_mod.socket_peer_pid(address.location) if address.scheme == "unix" else None
+            self.program_ids = attach_mod.find_programs({p.program for p in points}, before, timeout=30.0,
+                                                        owner=owner)
+        except attach_mod.AttachError as exc:
+            raise TraceError(f"{exc} (the client attaches uprobes itself on kernels without "
+                             f"kprobes, and must run on the daemon's host for that)") from exc
+        self.probes = attach_mod.ProbeSet(points, self.program_ids)
+        self.finder = LockLibraryFinder({p.symbol for p in points})
+        self.libraries = attach_mod.LockLibraryProbes(self.probes, self.finder, self.tree_pid is not None,
+                                                      self._library_found)
+        self.collector.probes_known = True
+        self.say("igdeadlock: this kernel has no kprobes, so ig cannot attach uprobes; igdeadlock attaches "
+                 "them itself, to each traced process's own C library")
+        if self.tree_pid is None:
+            libraries = self.libraries
+            self._guarded(lambda: libraries.scan_running(running_pids()))
+
+    def _library_found(self, found: ProcessLibrary, process_start: int) -> None:
+        library = found.library
+        start = process_start or process_start_ns(found.pid) or 0
+        self.collector.coverage.probed(found.pid, start, found.comm, found.exe,
+                                       library.path if library else None, library.flavor if library else None,
+                                       library.static if library else False, found.reason)
+
+    def _guarded(self, step: Callable[[], object]) -> None:
+        """Run an attachment step; a library that cannot be probed ends the run."""
+        try:
+            step()
+        except attach_mod.AttachError as exc:
+            raise TraceError(str(exc)) from exc
+        if self.probes is not None and len(self.probes.unprobeable) > self._unprobeable_said:
+            new = self.probes.unprobeable[self._unprobeable_said:]
+            self._unprobeable_said = len(self.probes.unprobeable)
+            self.say("igdeadlock: these functions cannot carry a uprobe at their entry and are not "
+                     "traced: " + ", ".join(new))
+
+    def _follow(self, output: object) -> None:
+        """Processes that start programs or join the traced tree get their library probed."""
+        libraries = self.libraries
+        if libraries is None:
+            return
+        if type(output) is ProcessEvent:
+            event: ProcessEvent = output  # type: ignore[assignment]
+            self._guarded(lambda: libraries.process_started(event.pid, event.process_start, bool(event.paused)))
+        else:
+            libraries.process_exited(output.pid)  # type: ignore[union-attr]
 
     def _wait_until_live(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout + self.interval
@@ -449,10 +540,14 @@ class GadgetSession:
         event = self.pump.next(timeout)
         while event is not None:
             for output in self.decoder.feed(event):
+                if type(output) in (ProcessEvent, ProcessExit):
+                    self._follow(output)
                 found = self.collector.consume(output)
                 if found and self.on_findings is not None:
                     self.on_findings(found)
             event = self.pump.next(0)
+        if self.libraries is not None:
+            self._guarded(self.libraries.poll)
         if self.pump.ended:
             if self.pump.error is not None:
                 raise TraceError(f"the gadget stream ended: {self.pump.error}")
@@ -467,9 +562,14 @@ class GadgetSession:
                 return
             self.pump_events(0.05)
 
+    def _detach(self) -> None:
+        self.libraries = None  # nothing more gets probed
+        if self.probes is not None:
+            self.probes.detach()
+
     def stop(self) -> None:
         """Detach, stop the gadget and take in what it still sends."""
-        self.attachment.detach()
+        self._detach()
         if self.run is None or self.pump is None:
             return
         self.run.stop()
@@ -485,14 +585,75 @@ class GadgetSession:
         """stop(), for when the connection already failed: nothing may raise."""
         try:
             self.stop()
-        except Exception:  # the stream is gone anyway; the attachment is closed first
-            self.attachment.detach()
+        except Exception:  # the stream is gone anyway; the probes are removed first
+            self._detach()
 
     def __enter__(self) -> "GadgetSession":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# The process COMMAND runs in waits, before exec, until tracing is ready: its
+# pid is known first (the gadget follows its process tree) and its first
+# instruction is traced. It gives up when igdeadlock goes away (the pipe closes).
+_LAUNCHER = """
+import os, sys
+go, command = int(sys.argv[1]), sys.argv[2:]
+if os.read(go, 1) != b"g":
+    os._exit(125)
+os.close(go)
+try:
+    os.execvp(command[0], command)
+except OSError as exc:
+    sys.stderr.write(f"igdeadlock: cannot run {command[0]}: {exc.strerror}\\n")
+    os._exit(127)
+"""
+
+
+class CommandLauncher:
+    """COMMAND in a new session, held just before its exec until ``release()``."""
+
+    def __init__(self, command: Sequence[str], stdout: Optional[int] = None) -> None:
+        read_end, self._go = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(read_end), *command],
+                pass_fds=(read_end,), start_new_session=True, stdout=stdout)
+        finally:
+            os.close(read_end)
+        self.released = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def release(self) -> None:
+        os.write(self._go, b"g")
+        os.close(self._go)
+        self.released = True
+
+    def abort(self) -> None:
+        """Never run COMMAND (tracing could not start)."""
+        if not self.released:
+            os.close(self._go)
+            self.released = True
+        _terminate(self.process)
+
+
+def check_command(command: Sequence[str]) -> str:
+    """The executable COMMAND names, or TraceError in one sentence, before anything
+    starts."""
+    name = command[0]
+    path = name if "/" in name else shutil.which(name)
+    if path is None:
+        raise TraceError(f"cannot run {name}: command not found")
+    if not os.path.exists(path):
+        raise TraceError(f"cannot run {name}: no such file or directory")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise TraceError(f"cannot run {name}: permission denied (not an executable file)")
+    return path
 
 
 def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
@@ -503,7 +664,6 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         except WireError as exc:
             raise TraceError(str(exc)) from exc
 
-        command_pid: List[int] = []
         deadlocked: List[Deadlock] = []
 
         def on_deadlock(deadlock: Deadlock) -> None:
@@ -513,20 +673,21 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
                 f"({deadlock.comm}) are blocked in a lock cycle")
 
         local = address.scheme == "unix"
-        collector = Collector(keep_session=lambda session_id: bool(command_pid) and session_id == command_pid[0],
-                              on_deadlock=on_deadlock, target=str(address),
+        # the gadget selects COMMAND's process tree in the kernel: no filter here
+        collector = Collector(on_deadlock=on_deadlock, target=str(address),
                               node=socket.gethostname() if local else "", alive=process_alive if local else None)
-        process: Optional[subprocess.Popen] = None
+        launcher = CommandLauncher(options.command, stdout=options.command_stdout)
         ended_by = "exit"
-        with GadgetSession(service, options.image, params, collector, options.attach, say) as session:
-            try:
-                session.start()
-                process = subprocess.Popen(list(options.command), start_new_session=True,
-                                           stdout=options.command_stdout)
-                command_pid.append(process.pid)
-                deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        started = False
+        try:
+            with GadgetSession(service, options.image, params, collector, options.attach, say,
+                               tree_pid=launcher.pid) as session:
                 try:
-                    while process.poll() is None:
+                    session.start()
+                    launcher.release()
+                    started = True
+                    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+                    while launcher.process.poll() is None:
                         if deadline is not None and time.monotonic() >= deadline:
                             ended_by = "timeout"
                             break
@@ -534,16 +695,16 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
                             ended_by = "deadlock"
                             break
                         session.pump_events(0.05)
+                    _terminate(launcher.process)
+                    session.final_fetch()
                 except KeyboardInterrupt:
-                    ended_by = "interrupt"
-                _terminate(process)
-                session.final_fetch()
-            finally:
-                if process is not None:
-                    _terminate(process)
+                    ended_by = "interrupt" if started else INTERRUPTED_BEFORE_START
+        finally:
+            launcher.abort()
         collector.store.analyse()
         stats = collector.stats(session.decoder)
-        stats["command_exit_status"] = process.returncode if process is not None else None
+        status = launcher.process.returncode if started else None
+        stats["command_exit_status"] = status
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if address.scheme == "unix" else None
-        return TraceOutcome(collector.findings(now), stats, process.returncode if process else None, ended_by,
-                            list(collector.warnings), str(address))
+        return TraceOutcome(collector.findings(now), stats, status, ended_by, list(collector.warnings),
+                            str(address), collector.processes())

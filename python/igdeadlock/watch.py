@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+from igdeadlock.coverage import ProcessCoverage
 from igdeadlock.decode import StreamDecoder
 from igdeadlock.report import FindingView, Report
 from igdeadlock.session import Collector, GadgetSession, process_alive
@@ -161,18 +162,25 @@ class Watch:
         edges = sum(r.collector.store.stats.edges_seen for r in self.runners)
         findings = sum(len(r.collector.store.findings) + len(r.collector.waits.deadlocks) for r in self.runners)
         lost = sum(_events_lost(r) for r in self.runners)
-        return (f"igdeadlock: {connected}/{len(targets)} targets connected, {processes} processes, "
-                f"{edges} edges, {findings} findings, {lost} events lost")
+        untraced = sum(r.collector.coverage.counts()[1] for r in self.runners)
+        line = (f"igdeadlock: {connected}/{len(targets)} targets connected, {processes} processes, "
+                f"{edges} edges, {findings} findings, {lost} events lost, {untraced} processes not traced")
+        # a target that is not connected says why
+        why = [f"{t['address']} {t['state']}" + (f" ({t['error']})" if t["error"] else "")
+               for t in targets if t["state"] != CONNECTED]
+        return line + ("; " + "; ".join(why) if why else "")
 
     def report(self) -> Report:
         findings: List[FindingView] = []
+        processes: List[ProcessCoverage] = []
         stats: Dict[str, object] = {}
         for runner in self.runners:
             findings.extend(runner.collector.findings())
+            processes.extend(runner.collector.processes())
             _add_stats(stats, runner.collector.stats(runner.decoder))
         stats["targets_lost"] = sum(1 for r in self.runners if r.status.state == LOST)
         stats["streams_interrupted"] = sum(r.status.interrupted for r in self.runners)
-        return Report(findings, stats, [r.describe() for r in self.runners])
+        return Report(findings, stats, [r.describe() for r in self.runners], processes)
 
 
 def _events_lost(runner: TargetRunner) -> int:

@@ -4,6 +4,8 @@
  *   "ring":       three threads, L0 -> L1, L1 -> L2, L2 -> L0
  *   "rwlock":     two threads read-lock A and B, then each write-locks the
  *                 other: each writer waits for the other thread's reader
+ * argv[2] "errorcheck": the mutexes are error-checking ones (musl records the
+ * owner of those only).
  * Prints its mount namespace ("mntns N") so tests can check the report. */
 #include "facts.h"
 #include <pthread.h>
@@ -16,6 +18,7 @@ static pthread_mutex_t mutexes[MAX_THREADS];
 static pthread_rwlock_t rwlocks[2];
 static pthread_barrier_t all_hold_first;
 static int threads = 2, use_rwlocks;
+static pthread_mutexattr_t mutex_type;
 
 static void *take_two(void *arg)
 {
@@ -53,6 +56,9 @@ int main(int argc, char **argv)
 
 	threads = strcmp(mode, "ring") == 0 ? 3 : 2;
 	use_rwlocks = strcmp(mode, "rwlock") == 0;
+	pthread_mutexattr_init(&mutex_type);
+	if (argc > 2 && strcmp(argv[2], "errorcheck") == 0)
+		pthread_mutexattr_settype(&mutex_type, PTHREAD_MUTEX_ERRORCHECK);
 	say_mntns();
 	for (int i = 0; i < threads; i++) {
 		char name[16];
@@ -62,7 +68,7 @@ int main(int argc, char **argv)
 			pthread_rwlock_init(&rwlocks[i], NULL);
 			say_mutex(name, &rwlocks[i]);
 		} else {
-			pthread_mutex_init(&mutexes[i], NULL);
+			pthread_mutex_init(&mutexes[i], &mutex_type);
 			say_mutex(name, &mutexes[i]);
 		}
 	}

@@ -1,0 +1,1 @@
+"""Host-side helpers: reading /proc, ELF files, attaching probes."""
