@@ -17,7 +17,7 @@ import synthetic
 from igdeadlock.decode import LockEdge, LockEdgeBatch, StreamDecoder
 from igdeadlock.graph import LockGraphStore, ProcessGraph, ProcessKey
 from igdeadlock.proto import api_pb2
-from igdeadlock.session import tune_garbage_collector
+from igdeadlock.cli import tune_garbage_collector
 
 
 def ingest_rate(info: api_pb2.GadgetInfo, records: int, pods: int = 0) -> Dict[str, float]:

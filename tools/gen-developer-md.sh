@@ -23,7 +23,7 @@ while IFS= read -r line; do
 ## Program-Map interactions
 
 The following diagrams are generated from the built image by \`make diagrams\`
-(\`ig image inspect $image --extra-info ebpf.flowchart\` and \`ebpf.sequence\`).
+(\`ig image inspect IMAGE --extra-info ebpf.flowchart\` and \`ebpf.sequence\`).
 They are a best-effort, static reading of the programs: conditionals are
 ignored, and helpers other than map lookups, updates, deletes and perf output
 (ring buffers, stack captures, \`bpf_find_vma\`) are not shown.

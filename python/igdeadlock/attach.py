@@ -415,6 +415,7 @@ class LockLibraryProbes:
         self.clock = clock
         # pid -> (give up at, start, what is known: a library predicted before it ran, or the last look)
         self._pending: Dict[int, Tuple[float, int, ProcessLibrary]] = {}
+        self._started: Dict[int, int] = {}  # pid -> start time of the process its probes are for
 
     def attach_library(self, library: LockLibrary, pid: int) -> bool:
         return self.probes.attach(library, pid if self.per_process else EVERY_PROCESS)
@@ -424,6 +425,10 @@ class LockLibraryProbes:
         now or, while the loader is still mapping it, at a later poll(). A
         ``paused`` process (stopped by the gadget before its first instruction)
         is continued once its library is probed."""
+        if self._started.get(pid, process_start) != process_start:
+            # the pid was reused: the probes of the process before are not this one's
+            self.process_exited(pid, self._started[pid])
+        self._started[pid] = process_start
         self._pending[pid] = (self.clock() + LIBRARY_SEARCH_SECONDS, process_start,
                               ProcessLibrary(pid, "", "", None, REASON_EXITED_EARLY))
         try:
@@ -466,7 +471,7 @@ class LockLibraryProbes:
         elif self.clock() >= give_up:
             del self._pending[pid]
         elif found.reason == PROCESS_GONE:
-            self.process_exited(pid)
+            self.process_exited(pid, process_start)
             return
         elif found.reason != REASON_NONE:
             del self._pending[pid]  # a static program, or one we cannot read: final
@@ -481,7 +486,10 @@ class LockLibraryProbes:
         for pid in list(self._pending):
             self._inspect(pid)
 
-    def process_exited(self, pid: int) -> None:
+    def process_exited(self, pid: int, process_start: int) -> None:
+        if self._started.get(pid, process_start) != process_start:
+            return  # an earlier process of that pid, already replaced
+        self._started.pop(pid, None)
         pending = self._pending.pop(pid, None)
         if pending is not None:
             # gone before its library showed in its map: the one predicted and

@@ -3,36 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
 import os
 import signal
 import socket
 import sys
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
-from igdeadlock import __version__
-from igdeadlock.daemon import DaemonError, PrivateDaemon, find_ig
-from igdeadlock.k8s import KubernetesError, PortForward, gadget_pods, kube_manager_params
-from igdeadlock.outputs import RENDERERS
-from igdeadlock.report import Report, render_finding, render_json, render_text
-from igdeadlock.session import (
-    DEFAULT_IMAGE,
-    INTERRUPTED_BEFORE_START,
-    TraceError,
-    TraceOptions,
-    gadget_params,
-    local_daemon_answers,
-    trace_command,
-    tune_garbage_collector,
-)
-from igdeadlock.watch import TargetSpec, Watch
-from igdeadlock.wire import DEFAULT_DAEMON_ADDRESS, TlsConfig, parse_address
+from igdeadlock import DEFAULT_IMAGE, __version__
+from igdeadlock.launch import CommandError, check_command
+
+# The rest (gRPC, the analysis) loads only once the arguments and COMMAND are
+# known to be good: a mistyped command is told at once.
+if TYPE_CHECKING:
+    from igdeadlock.daemon import PrivateDaemon
+    from igdeadlock.report import Report
+    from igdeadlock.session import TraceOutcome
+    from igdeadlock.watch import TargetSpec
+    from igdeadlock.wire import TlsConfig
 
 FORMATS = ("text", "json", "sarif", "dot", "mermaid", "html")
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-EXIT_INTERRUPTED = 130
-CONTAINER_NAME_PARAM = "operator.LocalManager.containername"  # as a shell reports a command ended by Ctrl-C
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
+CONTAINER_NAME_PARAM = "operator.LocalManager.containername"
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -116,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tls(args: argparse.Namespace) -> Optional[TlsConfig]:
+def _tls(args: argparse.Namespace) -> Optional["TlsConfig"]:
+    from igdeadlock.wire import TlsConfig
+
     if not any((args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)):
         return None
     return TlsConfig(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
@@ -137,7 +135,10 @@ def _write(text: str, path: Optional[str]) -> None:
     os.replace(tmp, path)
 
 
-def render(report: Report, fmt: str, show_suppressed: bool) -> str:
+def render(report: "Report", fmt: str, show_suppressed: bool) -> str:
+    from igdeadlock.outputs import RENDERERS
+    from igdeadlock.report import render_json, render_text
+
     if fmt == "json":
         return render_json(report)
     if fmt == "text":
@@ -147,17 +148,31 @@ def render(report: Report, fmt: str, show_suppressed: bool) -> str:
     return RENDERERS[fmt](report, show_suppressed=show_suppressed)
 
 
-def _found_deadlock(report: Report) -> bool:
+def _found_deadlock(report: "Report") -> bool:
     return any(f.kind in ("potential-deadlock", "actual-deadlock") and not f.suppressed for f in report.findings)
 
 
-def run_trace(args: argparse.Namespace) -> int:
+def trace_command_line(args: argparse.Namespace) -> Optional[List[str]]:
+    """COMMAND of ``trace``, or None (said why) when it cannot run: told before
+    anything is loaded or started."""
     command: List[str] = list(args.cmd)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         _say("igdeadlock trace: no command given: igdeadlock trace [OPTIONS] -- COMMAND [ARG...]")
-        return EXIT_ERROR
+        return None
+    try:
+        check_command(command)
+    except CommandError as exc:
+        _say(f"igdeadlock: {exc}")
+        return None
+    return command
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    command = args.command_line
+    from igdeadlock.session import INTERRUPTED_BEFORE_START, TraceError, TraceOptions, TraceOutcome, trace_command
+
     # A machine-readable report owns stdout; the command's output goes to stderr.
     command_stdout = sys.stderr.fileno() if args.format != "text" and args.output is None else None
     options = TraceOptions(
@@ -175,9 +190,25 @@ def run_trace(args: argparse.Namespace) -> int:
     )
     try:
         outcome = trace_command(options, _say)
+    except KeyboardInterrupt:  # before trace_command could take it
+        outcome = TraceOutcome([], {}, None, INTERRUPTED_BEFORE_START)
     except (TraceError, ValueError, OSError) as exc:
         _say(f"igdeadlock: {exc}")
         return EXIT_ERROR
+    return finish_trace(args, outcome)
+
+
+def interrupted_trace(args: argparse.Namespace) -> int:
+    """Ctrl-C before tracing began: the report says nothing was traced."""
+    from igdeadlock.session import INTERRUPTED_BEFORE_START, TraceOutcome
+
+    return finish_trace(args, TraceOutcome([], {}, None, INTERRUPTED_BEFORE_START))
+
+
+def finish_trace(args: argparse.Namespace, outcome: "TraceOutcome") -> int:
+    """Say how the trace ended and write its report; the exit status."""
+    from igdeadlock.session import INTERRUPTED_BEFORE_START
+
     for note in outcome.notes:
         _say(f"igdeadlock: ig: {note}")
     if outcome.ended_by == "timeout":
@@ -196,8 +227,14 @@ def run_trace(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if args.exit_code and _found_deadlock(report) else EXIT_OK
 
 
-def watch_targets(args: argparse.Namespace, private: List[PrivateDaemon]) -> List[TargetSpec]:
+def watch_targets(args: argparse.Namespace, private: List["PrivateDaemon"]) -> List["TargetSpec"]:
     """The targets of a watch: remote daemons, gadget pods, or the local daemon."""
+    from igdeadlock.daemon import PrivateDaemon, find_ig
+    from igdeadlock.k8s import PortForward, gadget_pods, kube_manager_params
+    from igdeadlock.session import gadget_params, local_daemon_answers
+    from igdeadlock.watch import TargetSpec
+    from igdeadlock.wire import DEFAULT_DAEMON_ADDRESS, parse_address
+
     interval = args.fetch_interval or 1000
     params = gadget_params(interval, args.image, host=not (args.containers_only or args.container))
     if args.container:
@@ -232,15 +269,22 @@ def run_watch(args: argparse.Namespace) -> int:
     if args.k8s is False and (args.context or args.namespace or args.pod or args.node):
         _say("igdeadlock watch: --context, --namespace, --pod and --node need --k8s")
         return EXIT_ERROR
-    private: List[PrivateDaemon] = []
+    from igdeadlock.daemon import DaemonError
+    from igdeadlock.k8s import KubernetesError
+    from igdeadlock.report import render_finding
+    from igdeadlock.watch import Watch
+
+    private: List["PrivateDaemon"] = []
     live_out = sys.stdout if args.format == "text" and args.output is None else sys.stderr
     try:
         specs = watch_targets(args, private)
-    except (KubernetesError, DaemonError, ValueError, OSError) as exc:
-        _say(f"igdeadlock: {exc}")
+    except (KubernetesError, DaemonError, ValueError, OSError, KeyboardInterrupt) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        _say("igdeadlock: interrupted before watching started: nothing was traced" if interrupted
+             else f"igdeadlock: {exc}")
         for daemon in private:
             daemon.stop()
-        return EXIT_ERROR
+        return EXIT_INTERRUPTED if interrupted else EXIT_ERROR
     watch = Watch(specs, args.image, args.attach, _say)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     next_status = time.monotonic() + args.status_interval
@@ -269,18 +313,54 @@ def run_watch(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if args.exit_code and _found_deadlock(report) else EXIT_OK
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def tune_garbage_collector() -> None:
+    """Collect cyclic garbage less often: the companion makes millions of small
+    tuples and dictionaries that hold no reference cycles, and frequent young
+    collections over them cost more than the analysis (measured by make bench)."""
+    gc.set_threshold(100_000, 50, 100)
+
+
+# What each command needs loaded before it runs.
+_MODULES = {
+    "trace": ("igdeadlock.session", "igdeadlock.report", "igdeadlock.outputs"),
+    "watch": ("igdeadlock.watch", "igdeadlock.k8s", "igdeadlock.report", "igdeadlock.outputs"),
+}
+
+
+def main(argv: Optional[Sequence[str]] = None, interrupted: Callable[[], bool] = lambda: False) -> int:
+    """``interrupted``: whether Ctrl-C came while Python was still starting (see
+    __main__); it then counts as Ctrl-C before anything was traced."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    tune_garbage_collector()
-    # SIGTERM ends a trace or a watch like Ctrl-C: the report is still written.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     commands: dict = {"trace": run_trace, "watch": run_watch}
     handler: Optional[Callable[[argparse.Namespace], int]] = commands.get(args.command)
     if handler is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
-    return handler(args)
+    if args.command == "trace":
+        args.command_line = trace_command_line(args)
+        if args.command_line is None:
+            return EXIT_ERROR
+    tune_garbage_collector()
+    # Ctrl-C (and SIGTERM, which ends a run like it) while the modules load is
+    # kept, not raised in the middle of an import.
+    signals: List[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: signals.append(number))
+    for module in _MODULES[args.command]:
+        importlib.import_module(module)
+    # From here they end a trace or a watch, and the report is still written.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
+    try:
+        if interrupted() or signals:
+            raise KeyboardInterrupt
+        return handler(args)
+    except KeyboardInterrupt:  # before or between the steps that handle it themselves
+        if args.command == "trace":
+            return interrupted_trace(args)
+        _say("igdeadlock: interrupted before anything was traced")
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

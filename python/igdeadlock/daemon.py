@@ -99,7 +99,12 @@ def daemon_command(ig: str, socket_path: str, listen: Optional[str] = None,
         unshare = shutil.which("unshare")
         if unshare is None:
             raise DaemonError("PID 1's namespaces are hidden here and unshare(1) is missing (util-linux)")
-        command = [unshare, "--pid", "--fork", "--mount-proc", "--"] + command
+        command = [unshare, "--pid", "--fork", "--kill-child", "--mount-proc", "--"] + command
+    # The daemon ends with whoever started it, even if that is killed outright
+    # (SIGKILL leaves no chance to stop it).
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        command = [setpriv, "--pdeathsig", "KILL", "--"] + command
     return command
 
 

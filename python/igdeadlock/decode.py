@@ -298,6 +298,7 @@ class ProcessMeta(NamedTuple):
     pod: str
     container: str
     runtime_container: str
+    container_id: str  # the runtime's id of the container
 
 
 @dataclass(frozen=True)
@@ -342,7 +343,7 @@ class RecordSchema:
 
 # IG's enrichment fields (empty outside Kubernetes or without a container runtime)
 META_FIELDS = (("k8s.node", TEXT), ("k8s.namespace", TEXT), ("k8s.podName", TEXT),
-               ("k8s.containerName", TEXT), ("runtime.containerName", TEXT))
+               ("k8s.containerName", TEXT), ("runtime.containerName", TEXT), ("runtime.containerId", TEXT))
 
 
 def _held(count: int, locks: Sequence[int], gens: Sequence[int], modes: Sequence[int]

@@ -117,6 +117,7 @@ def sarif_document(report: Report) -> Dict[str, object]:
                 "namespace": f.namespace,
                 "pod": f.pod,
                 "container": f.container,
+                "container_id": f.container_id,
                 "related": f.related,
             },
         }

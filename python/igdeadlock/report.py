@@ -81,6 +81,7 @@ class FindingView:
     namespace: str = ""
     pod: str = ""
     container: str = ""
+    container_id: str = ""
     first_seen: Optional[float] = None  # Unix time of detection
     last_seen: Optional[float] = None
 
@@ -277,6 +278,7 @@ def finding_to_json(f: FindingView) -> Dict[str, object]:
         "namespace": f.namespace,
         "pod": f.pod,
         "container": f.container,
+        "container_id": f.container_id,
         "first_seen": f.first_seen,
         "last_seen": f.last_seen,
         "mutexes": [hex_address(lock) for lock, _ in f.locks],
@@ -456,7 +458,8 @@ def _place(node: str, namespace: str, pod: str, container: str) -> str:
 
 
 def where(f: FindingView) -> str:
-    return _place(f.node or f.target, f.namespace, f.pod, f.container)
+    container = f.container + (f" ({f.container_id[:12]})" if f.container_id else "")
+    return _place(f.node or f.target, f.namespace, f.pod, container)
 
 
 def render_text(report: Report, show_suppressed: bool = False) -> str:

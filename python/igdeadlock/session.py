@@ -6,20 +6,16 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import queue
 import re
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from igdeadlock import DEFAULT_IMAGE
 from igdeadlock import attach as attach_mod
 from igdeadlock.coverage import CoverageTable, ProcessCoverage
 from igdeadlock.daemon import DaemonError, PrivateDaemon, find_ig
@@ -40,6 +36,7 @@ from igdeadlock.decode import (
     ThreadResumed,
 )
 from igdeadlock.host.locklib import LockLibraryFinder, ProcessLibrary
+from igdeadlock.launch import CommandError, CommandLauncher, check_command, terminate
 from igdeadlock.graph import Cycle, Deadlock, LockGraphStore, WaitForTracker
 from igdeadlock.proto import api_pb2
 from igdeadlock.report import FindingView, Report, build_deadlock_findings, build_findings, link_related
@@ -54,9 +51,9 @@ from igdeadlock.wire import (
     parse_address,
 )
 
-DEFAULT_IMAGE = os.environ.get("IGDEADLOCK_IMAGE", "localhost/igdeadlock:latest")
 MAP_ITERATORS = ("edges", "stacks", "files", "counters", "blocked")
 INTERRUPTED_BEFORE_START = "interrupt-before-start"  # Ctrl-C before COMMAND ran: nothing traced
+HOST_PARAM = "operator.LocalManager.host"  # trace host processes too, not only containers
 TREE_PID_PARAM = "operator.oci.ebpf.tree-pid"  # the gadget traces only this process's tree
 PAUSE_NEW_PROCESSES_PARAM = "operator.oci.ebpf.pause-new-processes"
 CONNECT_TIMEOUT = 3.0  # seconds to reach a gadget service before giving up
@@ -89,16 +86,17 @@ def process_alive(pid: int, start_ns: int) -> Optional[bool]:
     return abs(started - start_ns) <= 2 * _CLOCK_TICK_NS
 
 
+def mount_namespace_of(pid: int) -> int:
+    """The inode of a process's mount namespace (0 when unknown), as the gadget reports it."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return 0
+
+
 def running_pids() -> List[int]:
     """Every process on this host (its /proc)."""
     return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
-
-
-def tune_garbage_collector() -> None:
-    """Collect cyclic garbage less often: the companion makes millions of small
-    tuples and dictionaries that hold no reference cycles, and frequent young
-    collections over them cost more than the analysis (measured by make bench)."""
-    gc.set_threshold(100_000, 50, 100)
 
 
 class TraceError(RuntimeError):
@@ -112,7 +110,8 @@ class Collector:
     def __init__(self, keep_session: Optional[Callable[[int], bool]] = None,
                  on_deadlock: Optional[Callable[[Deadlock], None]] = None,
                  target: str = "", node: str = "",
-                 alive: Optional[Callable[[int, int], Optional[bool]]] = None) -> None:
+                 alive: Optional[Callable[[int, int], Optional[bool]]] = None,
+                 containers_only: bool = False) -> None:
         self.store = LockGraphStore(keep_session)
         self.waits = WaitForTracker(keep_session)
         self.on_deadlock = on_deadlock
@@ -129,6 +128,10 @@ class Collector:
         self.alive = alive  # can this host tell whether (pid, start) still runs?
         self.coverage = CoverageTable()
         self.probes_known = False  # this client probed each process's library itself
+        # The gadget selects containers (mount namespaces) in the kernel: processes
+        # this client found elsewhere on the host are out of scope.
+        self.containers_only = containers_only
+        self.namespaces_seen: Set[int] = set()
         self._run = 0
 
     def begin_run(self) -> None:
@@ -168,9 +171,11 @@ class Collector:
             self.files[output.file_id] = output  # type: ignore[union-attr]
         elif kind is ProcessMeta:
             # sent with a process's first lock record: it was traced
+            self.namespaces_seen.add(output.mntns_id)  # type: ignore[union-attr]
             self.meta[(output.pid, output.process_start)] = output  # type: ignore[union-attr]
             self.coverage.lock_events_from(output.pid, output.process_start, "", output.mntns_id)  # type: ignore
         elif kind is ProcessEvent:
+            self.namespaces_seen.add(output.mntns_id)  # type: ignore[union-attr]
             self.coverage.seen(output.pid, output.process_start, output.comm, output.exe,  # type: ignore
                                output.mntns_id)  # type: ignore[union-attr]
         elif kind is ProcessExit:
@@ -242,6 +247,8 @@ class Collector:
     def processes(self) -> List[ProcessCoverage]:
         """Every process in scope that was seen, and whether it was traced."""
         entries = self.coverage.processes(self.probes_known)
+        if self.containers_only:
+            entries = [e for e in entries if e.mntns_id in self.namespaces_seen]
         for entry in entries:
             entry.target = self.target
         return entries
@@ -278,6 +285,7 @@ class Collector:
             namespace=meta.namespace if meta else "",
             pod=meta.pod if meta else "",
             container=(meta.container or meta.runtime_container) if meta else "",
+            container_id=meta.container_id if meta else "",
             first_seen=first,
             last_seen=last,
         )
@@ -318,7 +326,7 @@ def gadget_params(fetch_interval_ms: int, image: str, host: bool = True) -> Dict
     """Parameters for an `ig daemon` (its LocalManager); ``host``: trace host
     processes too, not only containers (a traced command runs on the host)."""
     params = {
-        "operator.LocalManager.host": "true" if host else "false",
+        HOST_PARAM: "true" if host else "false",
         "operator.oci.ebpf.map-fetch-interval": f"{fetch_interval_ms}ms",
     }
     if image.startswith("localhost/"):
@@ -379,26 +387,14 @@ def local_daemon_answers(address: Address) -> bool:
         return False
 
 
-def _terminate(process: subprocess.Popen, grace: float = 2.0) -> None:
-    if process.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def trace_command(options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
     """Trace ``options.command`` and its process tree; report when it ends."""
     if not options.command:
         raise TraceError("no command to trace: igdeadlock trace [OPTIONS] -- COMMAND [ARG...]")
-    check_command(options.command)
+    try:
+        check_command(options.command)
+    except CommandError as exc:
+        raise TraceError(str(exc)) from None
     local = options.remote is None or options.remote.startswith("unix://") or options.remote.startswith("/")
     if local and os.geteuid() != 0:
         raise TraceError("igdeadlock trace needs root to trace with eBPF: run it with sudo")
@@ -502,7 +498,8 @@ class GadgetSession:
         start = process_start or process_start_ns(found.pid) or 0
         self.collector.coverage.probed(found.pid, start, found.comm, found.exe,
                                        library.path if library else None, library.flavor if library else None,
-                                       library.static if library else False, found.reason)
+                                       library.static if library else False, found.reason,
+                                       mount_namespace_of(found.pid))
 
     def _guarded(self, step: Callable[[], object]) -> None:
         """Run an attachment step; a library that cannot be probed ends the run."""
@@ -525,7 +522,7 @@ class GadgetSession:
             event: ProcessEvent = output  # type: ignore[assignment]
             self._guarded(lambda: libraries.process_started(event.pid, event.process_start, bool(event.paused)))
         else:
-            libraries.process_exited(output.pid)  # type: ignore[union-attr]
+            libraries.process_exited(output.pid, output.process_start)  # type: ignore[union-attr]
 
     def _wait_until_live(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout + self.interval
@@ -595,67 +592,6 @@ class GadgetSession:
         self.stop()
 
 
-# The process COMMAND runs in waits, before exec, until tracing is ready: its
-# pid is known first (the gadget follows its process tree) and its first
-# instruction is traced. It gives up when igdeadlock goes away (the pipe closes).
-_LAUNCHER = """
-import os, sys
-go, command = int(sys.argv[1]), sys.argv[2:]
-if os.read(go, 1) != b"g":
-    os._exit(125)
-os.close(go)
-try:
-    os.execvp(command[0], command)
-except OSError as exc:
-    sys.stderr.write(f"igdeadlock: cannot run {command[0]}: {exc.strerror}\\n")
-    os._exit(127)
-"""
-
-
-class CommandLauncher:
-    """COMMAND in a new session, held just before its exec until ``release()``."""
-
-    def __init__(self, command: Sequence[str], stdout: Optional[int] = None) -> None:
-        read_end, self._go = os.pipe()
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(read_end), *command],
-                pass_fds=(read_end,), start_new_session=True, stdout=stdout)
-        finally:
-            os.close(read_end)
-        self.released = False
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def release(self) -> None:
-        os.write(self._go, b"g")
-        os.close(self._go)
-        self.released = True
-
-    def abort(self) -> None:
-        """Never run COMMAND (tracing could not start)."""
-        if not self.released:
-            os.close(self._go)
-            self.released = True
-        _terminate(self.process)
-
-
-def check_command(command: Sequence[str]) -> str:
-    """The executable COMMAND names, or TraceError in one sentence, before anything
-    starts."""
-    name = command[0]
-    path = name if "/" in name else shutil.which(name)
-    if path is None:
-        raise TraceError(f"cannot run {name}: command not found")
-    if not os.path.exists(path):
-        raise TraceError(f"cannot run {name}: no such file or directory")
-    if os.path.isdir(path) or not os.access(path, os.X_OK):
-        raise TraceError(f"cannot run {name}: permission denied (not an executable file)")
-    return path
-
-
 def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
     params = gadget_params(options.fetch_interval_ms, options.image)
     with GadgetService(address, options.tls) as service:
@@ -695,7 +631,7 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
                             ended_by = "deadlock"
                             break
                         session.pump_events(0.05)
-                    _terminate(launcher.process)
+                    terminate(launcher.process)
                     session.final_fetch()
                 except KeyboardInterrupt:
                     ended_by = "interrupt" if started else INTERRUPTED_BEFORE_START

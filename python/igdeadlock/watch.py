@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from igdeadlock.coverage import ProcessCoverage
 from igdeadlock.decode import StreamDecoder
 from igdeadlock.report import FindingView, Report
-from igdeadlock.session import Collector, GadgetSession, process_alive
+from igdeadlock.session import HOST_PARAM, Collector, GadgetSession, process_alive
 from igdeadlock.wire import Address, GadgetService, TlsConfig
 
 MAX_BACKOFF = 30.0
@@ -56,7 +56,8 @@ class TargetRunner(threading.Thread):
         self.stop_event = stop
         self.found = found
         self.say = say
-        self.collector = Collector(target=spec.label, node=spec.node, alive=process_alive if spec.local else None)
+        self.collector = Collector(target=spec.label, node=spec.node, alive=process_alive if spec.local else None,
+                                   containers_only=spec.params.get(HOST_PARAM) == "false")
         self.decoder = StreamDecoder(lazy_edges=True)
         self.status = TargetState()
         self._lock = threading.Lock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 from concurrent import futures
 
 import grpc
+import pytest
 
 from conftest import IGDEADLOCK, IMAGE, Lines, program_facts, run_cli, trace_json
 from igdeadlock.bpfsys import Bpf
@@ -98,9 +100,113 @@ def test_ctrl_c_writes_the_report_and_leaves_nothing_behind(program):
         if trace.poll() is None:
             trace.kill()
     assert trace.returncode == 0, err
-    assert '"schema": "igdeadlock/report/v2"' in out and "interrupted" in err
+    assert '"schema": "igdeadlock/report/v3"' in out and "interrupted" in err
     assert not os.path.exists(directory)  # no private daemon, no socket, no temp files
-    assert not (running & {p.id for p in Bpf().programs()})  # programs (and their uprobes) are gone
+    # programs (and their uprobes) are gone once the kernel has retired the probes,
+    # which a process of their own does (a grace period per probe)
+    deadline = time.monotonic() + 60
+    while running & {p.id for p in Bpf().programs()}:
+        assert time.monotonic() < deadline, "the gadget's programs outlived igdeadlock"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("command,message", [
+    (["/no/such/program"], "cannot run /no/such/program: no such file or directory"),
+    (["/etc/passwd"], "cannot run /etc/passwd: permission denied (not an executable file)"),
+    (["no-such-command-anywhere", "--flag"], "cannot run no-such-command-anywhere: command not found"),
+])
+def test_a_command_that_cannot_run_is_refused_at_once(command, message):
+    started = time.monotonic()
+    result = subprocess.run([*IGDEADLOCK, "trace", "--", *command], capture_output=True, text=True, timeout=30)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2
+    assert result.stderr == f"igdeadlock: {message}\n"  # one sentence, nothing started
+    assert elapsed < 0.5, elapsed
+
+
+def _descendants(pid: int) -> set:
+    """Every process below pid (from /proc/*/task/*/children)."""
+    found, queue = set(), [pid]
+    while queue:
+        current = queue.pop()
+        for children in glob.glob(f"/proc/{current}/task/*/children"):
+            try:
+                with open(children) as handle:
+                    new = {int(c) for c in handle.read().split()}
+            except OSError:
+                continue
+            queue.extend(new - found)
+            found |= new
+    return found
+
+
+def _ig_daemons() -> set:
+    pids = set()
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmdline, "rb") as handle:
+                words = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if len(words) > 1 and words[0].endswith(b"/ig") and words[1] == b"daemon":
+            pids.add(int(cmdline.split("/")[2]))
+    return pids
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.6, 1.5])
+def test_ctrl_c_while_starting_gives_a_report_of_nothing_and_no_traceback(delay):
+    before = _ig_daemons()
+    trace = subprocess.Popen([*IGDEADLOCK, "trace", "--image", IMAGE, "--format", "json", "--", "sleep", "30"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)  # no signal tells "still starting": the moments are the point
+    trace.send_signal(signal.SIGINT)
+    out, err = trace.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert trace.returncode == 130, err
+    assert "interrupted before" in err and "nothing was traced" in err, err
+    report = json.loads(out)
+    assert report["findings"] == [] and report["notes"], report
+    deadline = time.monotonic() + 10
+    while _ig_daemons() - before:  # the private daemon it may have started is gone
+        assert time.monotonic() < deadline, _ig_daemons() - before
+        time.sleep(0.1)
+
+
+def test_sigkill_of_igdeadlock_takes_its_private_daemon_along():
+    trace = subprocess.Popen([*IGDEADLOCK, "trace", "--image", IMAGE, "--", "sleep", "60"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = Lines(trace.stderr)
+    command = None
+    try:
+        lines.wait_for(lambda line: "attaches them itself" in line)  # daemon and gadget are up
+        below = _descendants(trace.pid)
+        daemons = below & _ig_daemons()
+        assert daemons
+        command = [pid for pid in below if open(f"/proc/{pid}/comm").read().strip() == "sleep"]
+        trace.kill()
+        trace.wait(10)
+        deadline = time.monotonic() + 10
+        while daemons & _ig_daemons():
+            assert time.monotonic() < deadline, "the private ig daemon outlived igdeadlock"
+            time.sleep(0.1)
+    finally:
+        if trace.poll() is None:
+            trace.kill()
+        for pid in command or []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_watch_status_says_why_a_target_is_not_connected(tmp_path):
+    result = subprocess.run([*IGDEADLOCK, "watch", "--remote", f"unix://{tmp_path}/absent.socket", "--image", IMAGE,
+                             "--duration", "1.5", "--status-interval", "0.5"], capture_output=True, text=True,
+                            timeout=60)
+    status = [line for line in result.stderr.splitlines() if "targets connected" in line]
+    assert status, result.stderr
+    assert all("0/1 targets connected" in line for line in status)
+    assert f"unix://{tmp_path}/absent.socket lost (no gadget service" in status[-1], status[-1]
 
 
 def test_full_edge_map_is_counted(ig_daemon, program):
@@ -129,7 +235,7 @@ def test_missing_ig_says_how_to_get_it(tmp_path):
 
 
 def test_not_root_says_so():
-    from igdeadlock import cli
+    from igdeadlock import cli, session  # noqa: F401 - loaded as root: this Python's files are root's alone
 
     reader, writer = os.pipe()
     child = os.fork()
