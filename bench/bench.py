@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from igdeadlock import attach
 from igdeadlock.bpfsys import Bpf
 from igdeadlock.daemon import PrivateDaemon, find_ig
+from igdeadlock.host.locklib import LockLibraryFinder
 from igdeadlock.session import DEFAULT_IMAGE, Collector, GadgetSession, gadget_params
 from igdeadlock.wire import GadgetService
 
@@ -123,8 +125,11 @@ def floor_programs(empty: Path) -> Iterator[Dict[str, int]]:
         ids = {p.name: p.id for p in sorted(loaded, key=lambda p: p.id) if p.name in FLOOR_PROGRAMS.values()}
         points = [attach.ProbePoint(FLOOR_PROGRAMS["lock"], "libc", "pthread_mutex_lock", False),
                   attach.ProbePoint(FLOOR_PROGRAMS["unlock"], "libc", "pthread_mutex_unlock", False)]
-        with attach.UprobeAttachment() as attachment:
-            attachment.attach(points, ids)
+        # on the host's glibc (the one this process runs on), for every process
+        host_libc = LockLibraryFinder(p.symbol for p in points).for_process(os.getpid()).library
+        assert host_libc is not None
+        with attach.ProbeSet(points, ids) as probes:
+            probes.attach(host_libc)
             yield {role: ids[name] for role, name in FLOOR_PROGRAMS.items()}
     finally:
         subprocess.run(["rm", "-rf", str(PIN_DIR)], check=True)
@@ -151,6 +156,7 @@ def gadget(image: str) -> Iterator[Tuple[Dict[str, int], bytes, Dict[str, int]]]
             info = service.gadget_info(image, params)
             before = attach.program_ids()
             with GadgetSession(service, image, params, Collector(keep_session=lambda session_id: False)) as session:
+                # (watch-like: the gadget's probes go on every library of the host, for every process)
                 session.start()
                 ids = session.program_ids or attach.find_programs(LOCK_PROGRAMS.values(), before, timeout=30)
                 stop = {"flag": False}
@@ -169,6 +175,28 @@ def gadget(image: str) -> Iterator[Tuple[Dict[str, int], bytes, Dict[str, int]]]
                 finally:
                     stop["flag"] = True
                     drainer.join()
+
+
+def bystander(binary: Path, workload: Workload, image: str) -> Dict[str, float]:
+    """A lock loop outside a traced command's tree, alone and while `igdeadlock trace
+    -- sleep` runs: probes placed per process leave it alone (wall ns per pair)."""
+    run_workload(binary, workload)  # warm up
+    alone = run_workload(binary, workload)
+    trace = subprocess.Popen([sys.executable, "-m", "igdeadlock", "trace", "--image", image, "--", "sleep", "600"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert trace.stderr is not None
+        for line in trace.stderr:  # tracing is live once igdeadlock has placed its probes
+            if "attaches them itself" in line or "lock-order" in line:
+                break
+        else:
+            raise RuntimeError("igdeadlock trace did not start")
+        run_workload(binary, workload)
+        beside = run_workload(binary, workload)
+    finally:
+        trace.send_signal(signal.SIGINT)
+        trace.wait(60)
+    return {"alone": alone, "beside_trace": beside}
 
 
 def main() -> int:
@@ -202,14 +230,18 @@ def main() -> int:
             for w in workloads:
                 run_workload(binary, w)  # learn the edges, and let the daemon settle: steady state
                 results[w.name]["igdeadlock"] = measure(binary, w, programs).__dict__
+    results_bystander = bystander(binary, workloads[0], args.image)
     info_path = BUILD / "gadgetinfo.pb"
     info_path.write_bytes(info)
     analysis = json.loads(subprocess.run([sys.executable, str(HERE / "analysis.py"), str(info_path)],
                                          capture_output=True, text=True, check=True, cwd=HERE).stdout)
     print(render(results, analysis, args.iterations, memory))
+    print(f"\nA bystander ({workloads[0].name}, outside the traced tree): "
+          f"{results_bystander['alone']:.0f} ns per pair alone, {results_bystander['beside_trace']:.0f} ns "
+          f"while `igdeadlock trace -- sleep 600` runs")
     if args.json:
-        Path(args.json).write_text(json.dumps({"workloads": results, "analysis": analysis, "maps": memory},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({"workloads": results, "analysis": analysis, "maps": memory,
+                                               "bystander": results_bystander}, indent=2))
     return 0
 
 

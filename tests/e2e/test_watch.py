@@ -63,7 +63,7 @@ def test_watch_merges_daemons_and_survives_a_killed_one(two_daemons, program, tm
             watch.kill()
 
     report = json.loads(out.read_text())
-    assert report["schema"] == "igdeadlock/report/v2"
+    assert report["schema"] == "igdeadlock/report/v3"
     targets = {t["address"]: t for t in report["targets"]}
     assert targets[addresses[0]]["state"] == "stopped"
     assert targets[addresses[1]]["state"] == "stopped" and targets[addresses[1]]["connects"] == 2
