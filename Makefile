@@ -97,8 +97,8 @@ diagrams: gadget
 
 proto:
 	$(VENV)/bin/pip install -q 'grpcio-tools==1.85.1'
-	cd python && ../$(VENV)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
-		igdeadlock/proto/api.proto
+	cd python && ../$(VENV)/bin/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+		igdeadlock/ig/proto/api.proto
 
 clean:
 	rm -rf $(BUILD) tests/.bin

@@ -14,10 +14,12 @@ import time
 from typing import Dict, List
 
 import synthetic
-from igdeadlock.decode import LockEdge, LockEdgeBatch, StreamDecoder
-from igdeadlock.graph import LockGraphStore, ProcessGraph, ProcessKey
-from igdeadlock.proto import api_pb2
+
+from igdeadlock.analysis.lockorder import LockGraphStore, ProcessGraph, ProcessKey
 from igdeadlock.cli import tune_garbage_collector
+from igdeadlock.ig.decoder import StreamDecoder
+from igdeadlock.ig.proto import api_pb2
+from igdeadlock.records import LockEdge, LockEdgeBatch
 
 
 def ingest_rate(info: api_pb2.GadgetInfo, records: int, pods: int = 0) -> Dict[str, float]:

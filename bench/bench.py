@@ -5,7 +5,8 @@ uncontended or contended) it runs the program
   (a) untraced,
   (b) with empty BPF programs on pthread_mutex_lock/unlock (the floor), and
   (c) under the igdeadlock gadget (steady state: its edges are known),
-each after one warm-up run, and reads (median of three runs) the BPF run time of the lock and unlock programs from the kernel's
+each after one warm-up run, and reads (median of three runs) the BPF run time of the lock and
+unlock programs from the kernel's
 bpf statistics (kernel.bpf_stats_enabled). Then it runs bench/analysis.py.
 Prints a Markdown table; needs root.
 """
@@ -23,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from igdeadlock import attach
-from igdeadlock.bpfsys import Bpf
-from igdeadlock.daemon import PrivateDaemon, find_ig
+from igdeadlock import DEFAULT_IMAGE
+from igdeadlock.analysis.collector import Collector
+from igdeadlock.host import attach
+from igdeadlock.host.bpf import Bpf
 from igdeadlock.host.locklib import LockLibraryFinder
-from igdeadlock.session import DEFAULT_IMAGE, Collector, GadgetSession, gadget_params
-from igdeadlock.wire import GadgetService
+from igdeadlock.ig.daemon import PrivateDaemon, find_ig
+from igdeadlock.ig.service import GadgetService
+from igdeadlock.session import GadgetSession, gadget_params
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE.parent / "build" / "bench"
@@ -251,7 +254,8 @@ def render(results: Dict[str, Dict[str, Dict[str, float]]], analysis: Dict[str, 
         f"Lock/unlock pairs: ns per pair ({iterations} iterations; BPF time from kernel.bpf_stats_enabled; "
         f"the median of 3 runs)",
         "",
-        "| workload | untraced wall | floor wall | floor BPF | igdeadlock wall | igdeadlock BPF | BPF / floor | probe hits per pair |",
+        "| workload | untraced wall | floor wall | floor BPF | igdeadlock wall | igdeadlock BPF | BPF / floor "
+        "| probe hits per pair |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():

@@ -6,8 +6,8 @@ import random
 import struct
 from typing import Dict, Iterator, List, Mapping
 
-from igdeadlock.decode import KIND_ARRAY_FLAG, KIND_CSTRING, FIELD_FLAG_EMPTY, _SCALARS
-from igdeadlock.proto import api_pb2
+from igdeadlock.ig.datasource import _SCALARS, FIELD_FLAG_EMPTY, KIND_ARRAY_FLAG, KIND_CSTRING
+from igdeadlock.ig.proto import api_pb2
 
 
 def numbered(info: api_pb2.GadgetInfo) -> api_pb2.GadgetInfo:

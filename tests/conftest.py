@@ -1,64 +1,12 @@
-"""Shared test helpers: compiling the C test programs, a real ig daemon, the CLI."""
+"""pytest fixtures shared by the tests (helpers live in helpers.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import queue
-import threading
-import time
-import subprocess
-import sys
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PROGRAMS = REPO / "tests" / "programs"
-BIN_CACHE = REPO / "tests" / ".bin"
-IGDEADLOCK = [sys.executable, "-m", "igdeadlock"]
-IMAGE = os.environ.get("IGDEADLOCK_IMAGE", "localhost/igdeadlock:latest")
-
-
-def compile_program(name: str, flags: Sequence[str] = ("-O0", "-g", "-fno-omit-frame-pointer"),
-                    compiler: Optional[str] = None) -> Path:
-    """Compile tests/programs/NAME.c (or .cc) once per source, flags and compiler
-    (gcc or g++ unless given, e.g. musl-gcc)."""
-    source = next(p for p in (PROGRAMS / f"{name}.c", PROGRAMS / f"{name}.cc") if p.exists())
-    # a given compiler joins the digest; the default keeps the digests binaries already cached have
-    salt = " ".join(flags) + (f" {compiler}" if compiler else "")
-    compiler = compiler or ("g++" if source.suffix == ".cc" else "gcc")
-    digest = hashlib.sha256(source.read_bytes() + salt.encode()).hexdigest()[:12]
-    BIN_CACHE.mkdir(exist_ok=True)
-    binary = BIN_CACHE / f"{name}-{digest}"
-    if not binary.exists():
-        tmp = binary.with_suffix(".tmp")
-        subprocess.run([compiler, *flags, "-pthread", "-o", str(tmp), str(source)], check=True)
-        tmp.rename(binary)
-    return binary
-
-
-@pytest.fixture(scope="session")
-def program():
-    return compile_program
-
-
-def program_facts(output: str) -> Dict[str, List[int]]:
-    """Lines like "mutex A 0x55.. B 0x55.." and "thread ab 1234" -> {"A": [...], "ab": [...]};
-    "mntns N" -> {"mntns": [N]}."""
-    facts: Dict[str, List[int]] = {}
-    for line in output.splitlines():
-        words = line.split()
-        if len(words) == 2 and words[0] == "mntns":
-            facts.setdefault("mntns", []).append(int(words[1]))
-            continue
-        if not words or words[0] not in ("mutex", "thread", "pid", "mntns"):
-            continue
-        for name, value in zip(words[1::2], words[2::2]):
-            facts.setdefault(name, []).append(int(value, 0))
-    return facts
+from helpers import compile_program
 
 
 def require_root_and_ig() -> None:
@@ -67,84 +15,18 @@ def require_root_and_ig() -> None:
 
 
 @pytest.fixture(scope="session")
+def program():
+    return compile_program
+
+
+@pytest.fixture(scope="session")
 def ig_daemon(tmp_path_factory):
     """One real `ig daemon` (private socket) shared by the end-to-end tests."""
     require_root_and_ig()
-    from igdeadlock.daemon import PrivateDaemon, find_ig
+    from igdeadlock.ig.daemon import PrivateDaemon, find_ig
 
     log = tmp_path_factory.mktemp("ig") / "daemon.log"
     daemon = PrivateDaemon(find_ig(), log_path=str(log))
     address = daemon.start()
     yield str(address)
     daemon.stop()
-
-
-def run_cli(args: Sequence[str], timeout: float = 120, env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*IGDEADLOCK, *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def trace_json(daemon: Optional[str], command: Sequence[str], *extra: str,
-               timeout: float = 120) -> Tuple[dict, str]:
-    """`igdeadlock trace --format json` through the daemon; returns (report, stderr)."""
-    args = ["trace", "--format", "json", "--image", IMAGE, *extra]
-    if daemon is not None:
-        args += ["--remote", daemon]
-    result = run_cli([*args, "--", *map(str, command)], timeout=timeout)
-    assert result.returncode == 0, f"igdeadlock failed ({result.returncode}):\n{result.stderr}"
-    report = json.loads(result.stdout)
-    assert report["schema"].startswith("igdeadlock/report/")
-    return report, result.stderr
-
-
-def unsuppressed(report: dict) -> List[dict]:
-    return [f for f in report["findings"] if f["suppressed"] is None]
-
-
-class Lines:
-    """A process's stderr, line by line, waited on without sleeping blindly."""
-
-    def __init__(self, stream) -> None:
-        self.queue: "queue.Queue[str]" = queue.Queue()
-        self.seen: list = []
-        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.queue.put(line)
-
-    def wait_for(self, predicate, timeout: float = 60.0) -> str:
-        """Wait for a new line that matches (lines read before this call do not count)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            self.seen.append(line)
-            if predicate(line):
-                return line
-        raise AssertionError(f"timed out; saw:\n{''.join(self.seen[-40:])}")
-
-    def text(self, timeout: float = 60.0) -> str:
-        """Everything the stream said, once it ended."""
-        self._reader.join(timeout)
-        while not self.queue.empty():
-            self.seen.append(self.queue.get())
-        return "".join(self.seen)
-
-    def wait_count(self, predicate, count: int, timeout: float = 60.0) -> None:
-        """Wait until ``count`` lines seen so far match."""
-        deadline = time.monotonic() + timeout
-        while sum(1 for line in self.seen if predicate(line)) < count:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, "".join(self.seen[-40:])
-            try:
-                self.seen.append(self.queue.get(timeout=min(0.5, remaining)))
-            except queue.Empty:
-                continue
-
-
-def finding_of(comm_prefix: str):
-    """Matches the first line of a live finding of a process whose name starts so."""
-    return lambda line: "(pid=" in line and f", {comm_prefix}" in line

@@ -13,18 +13,19 @@ import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 from igdeadlock import DEFAULT_IMAGE, __version__
-from igdeadlock.launch import CommandError, check_command
+from igdeadlock.host.command import check_command
+from igdeadlock.host.locklib import CommandError
 
 # The rest (gRPC, the analysis) loads only once the arguments and COMMAND are
 # known to be good: a mistyped command is told at once.
 if TYPE_CHECKING:
-    from igdeadlock.daemon import PrivateDaemon
-    from igdeadlock.report import Report
-    from igdeadlock.session import TraceOutcome
+    from igdeadlock.ig.daemon import PrivateDaemon
+    from igdeadlock.ig.service import Address, TlsConfig
+    from igdeadlock.report.model import Report
+    from igdeadlock.trace import TraceOutcome
     from igdeadlock.watch import TargetSpec
-    from igdeadlock.wire import TlsConfig
 
-FORMATS = ("text", "json", "sarif", "dot", "mermaid", "html")
+FORMATS = ("text", "json", "sarif", "dot", "mermaid", "html")  # the renderers of igdeadlock.report
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tls(args: argparse.Namespace) -> Optional["TlsConfig"]:
-    from igdeadlock.wire import TlsConfig
+    from igdeadlock.ig.service import TlsConfig
 
     if not any((args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)):
         return None
@@ -136,16 +137,10 @@ def _write(text: str, path: Optional[str]) -> None:
 
 
 def render(report: "Report", fmt: str, show_suppressed: bool) -> str:
-    from igdeadlock.outputs import RENDERERS
-    from igdeadlock.report import render_json, render_text
+    from igdeadlock.report import RenderOptions
+    from igdeadlock.report import render as render_report
 
-    if fmt == "json":
-        return render_json(report)
-    if fmt == "text":
-        return render_text(report, show_suppressed=show_suppressed)
-    if fmt == "sarif":
-        return RENDERERS["sarif"](report)
-    return RENDERERS[fmt](report, show_suppressed=show_suppressed)
+    return render_report(report, fmt, RenderOptions(show_suppressed=show_suppressed))
 
 
 def _found_deadlock(report: "Report") -> bool:
@@ -171,7 +166,8 @@ def trace_command_line(args: argparse.Namespace) -> Optional[List[str]]:
 
 def run_trace(args: argparse.Namespace) -> int:
     command = args.command_line
-    from igdeadlock.session import INTERRUPTED_BEFORE_START, TraceError, TraceOptions, TraceOutcome, trace_command
+    from igdeadlock.session import TraceError
+    from igdeadlock.trace import INTERRUPTED_BEFORE_START, TraceOptions, TraceOutcome, trace_command
 
     # A machine-readable report owns stdout; the command's output goes to stderr.
     command_stdout = sys.stderr.fileno() if args.format != "text" and args.output is None else None
@@ -200,14 +196,14 @@ def run_trace(args: argparse.Namespace) -> int:
 
 def interrupted_trace(args: argparse.Namespace) -> int:
     """Ctrl-C before tracing began: the report says nothing was traced."""
-    from igdeadlock.session import INTERRUPTED_BEFORE_START, TraceOutcome
+    from igdeadlock.trace import INTERRUPTED_BEFORE_START, TraceOutcome
 
     return finish_trace(args, TraceOutcome([], {}, None, INTERRUPTED_BEFORE_START))
 
 
 def finish_trace(args: argparse.Namespace, outcome: "TraceOutcome") -> int:
     """Say how the trace ended and write its report; the exit status."""
-    from igdeadlock.session import INTERRUPTED_BEFORE_START
+    from igdeadlock.trace import INTERRUPTED_BEFORE_START
 
     for note in outcome.notes:
         _say(f"igdeadlock: ig: {note}")
@@ -227,13 +223,18 @@ def finish_trace(args: argparse.Namespace, outcome: "TraceOutcome") -> int:
     return EXIT_FINDINGS if args.exit_code and _found_deadlock(report) else EXIT_OK
 
 
+def _reach(address: "Address") -> Callable[[], "Address"]:
+    """How to reach a daemon at a fixed address: nothing to set up."""
+    return lambda: address
+
+
 def watch_targets(args: argparse.Namespace, private: List["PrivateDaemon"]) -> List["TargetSpec"]:
     """The targets of a watch: remote daemons, gadget pods, or the local daemon."""
-    from igdeadlock.daemon import PrivateDaemon, find_ig
-    from igdeadlock.k8s import PortForward, gadget_pods, kube_manager_params
+    from igdeadlock.ig.daemon import PrivateDaemon, find_ig
+    from igdeadlock.ig.k8s import PortForward, gadget_pods, kube_manager_params
+    from igdeadlock.ig.service import DEFAULT_DAEMON_ADDRESS, parse_address
     from igdeadlock.session import gadget_params, local_daemon_answers
     from igdeadlock.watch import TargetSpec
-    from igdeadlock.wire import DEFAULT_DAEMON_ADDRESS, parse_address
 
     interval = args.fetch_interval or 1000
     params = gadget_params(interval, args.image, host=not (args.containers_only or args.container))
@@ -245,7 +246,7 @@ def watch_targets(args: argparse.Namespace, private: List["PrivateDaemon"]) -> L
         address = parse_address(text)
         # a unix socket, or tcp on the loopback: the daemon's programs are on this host
         local = address.scheme == "unix" or address.location.rpartition(":")[0] in LOOPBACK
-        specs.append(TargetSpec(str(address), lambda a=address: a, params, tls, node=socket.gethostname() if local
+        specs.append(TargetSpec(str(address), _reach(address), params, tls, node=socket.gethostname() if local
                                 else "", local=local))
     if args.k8s:
         k8s_params = {"operator.oci.ebpf.map-fetch-interval": f"{interval}ms"}
@@ -260,7 +261,7 @@ def watch_targets(args: argparse.Namespace, private: List["PrivateDaemon"]) -> L
             daemon = PrivateDaemon(find_ig(args.ig), log_path=args.daemon_log)
             default = daemon.start()
             private.append(daemon)
-        specs.append(TargetSpec(str(default), lambda a=default: a, params, None, node=socket.gethostname(),
+        specs.append(TargetSpec(str(default), _reach(default), params, None, node=socket.gethostname(),
                                 local=True))
     return specs
 
@@ -269,9 +270,9 @@ def run_watch(args: argparse.Namespace) -> int:
     if args.k8s is False and (args.context or args.namespace or args.pod or args.node):
         _say("igdeadlock watch: --context, --namespace, --pod and --node need --k8s")
         return EXIT_ERROR
-    from igdeadlock.daemon import DaemonError
-    from igdeadlock.k8s import KubernetesError
-    from igdeadlock.report import render_finding
+    from igdeadlock.ig.daemon import DaemonError
+    from igdeadlock.ig.k8s import KubernetesError
+    from igdeadlock.report.text import render_finding
     from igdeadlock.watch import Watch
 
     private: List["PrivateDaemon"] = []

@@ -12,11 +12,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from igdeadlock.coverage import ProcessCoverage
-from igdeadlock.decode import StreamDecoder
-from igdeadlock.report import FindingView, Report
-from igdeadlock.session import HOST_PARAM, Collector, GadgetSession, process_alive
-from igdeadlock.wire import Address, GadgetService, TlsConfig
+from igdeadlock.analysis.collector import Collector
+from igdeadlock.analysis.coverage import ProcessCoverage
+from igdeadlock.host.procfs import process_alive
+from igdeadlock.ig.decoder import StreamDecoder
+from igdeadlock.ig.service import Address, GadgetService, TlsConfig
+from igdeadlock.report.model import FindingView, Report
+from igdeadlock.session import HOST_PARAM, GadgetSession, collector_findings
 
 MAX_BACKOFF = 30.0
 
@@ -115,7 +117,7 @@ class TargetRunner(threading.Thread):
         they are symbolized now, while their processes most likely still run."""
         if self._pending and self.collector.ticks.get("files", 0) > self._pending_since:
             new, self._pending = self._pending, []
-            for view in self.collector.findings(now_boot_ns=None, only=new):
+            for view in collector_findings(self.collector, now_boot_ns=None, only=new):
                 self.found.put(view)
 
     def describe(self) -> Dict[str, object]:
@@ -176,17 +178,17 @@ class Watch:
         processes: List[ProcessCoverage] = []
         stats: Dict[str, object] = {}
         for runner in self.runners:
-            findings.extend(runner.collector.findings())
+            findings.extend(collector_findings(runner.collector))
             processes.extend(runner.collector.processes())
-            _add_stats(stats, runner.collector.stats(runner.decoder))
+            _add_stats(stats, runner.collector.stats(runner.decoder.counts()))
         stats["targets_lost"] = sum(1 for r in self.runners if r.status.state == LOST)
         stats["streams_interrupted"] = sum(r.status.interrupted for r in self.runners)
         return Report(findings, stats, [r.describe() for r in self.runners], processes)
 
 
 def _events_lost(runner: TargetRunner) -> int:
-    lost = runner.collector.stats(runner.decoder)["events_lost"]
-    return sum(v for v in lost.values() if isinstance(v, int))  # type: ignore[union-attr]
+    lost: Dict[str, int] = runner.collector.stats(runner.decoder.counts())["events_lost"]  # type: ignore[assignment]
+    return sum(lost.values())
 
 
 def _add_stats(total: Dict[str, object], more: Dict[str, object]) -> None:

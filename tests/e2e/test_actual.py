@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import program_facts, trace_json
+from helpers import program_facts, trace_json
 
 HANG = ("--timeout", "60", "--stop-on-deadlock")
 
@@ -71,7 +71,7 @@ def test_watch_reports_a_hang_in_a_process_that_never_exits(ig_daemon, program, 
     import signal
     import subprocess
 
-    from conftest import IGDEADLOCK, IMAGE, Lines
+    from helpers import IGDEADLOCK, IMAGE, Lines
 
     out = tmp_path / "report.json"
     watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", ig_daemon, "--image", IMAGE, "--format", "json",

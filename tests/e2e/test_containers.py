@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import IMAGE, REPO, compile_program, run_cli
+from helpers import IMAGE, REPO, compile_program, run_cli
 
 IMAGES = {"glibc": ("igdeadlock-test/glibc:latest", "gcc"), "musl": ("igdeadlock-test/musl:latest", "musl-gcc")}
 
@@ -29,7 +29,7 @@ def docker() -> None:
 @pytest.fixture(scope="module")
 def container_daemon(docker, tmp_path_factory) -> Iterator[str]:
     """An ig daemon started after Docker: it finds containers through the runtime."""
-    from igdeadlock.daemon import PrivateDaemon, find_ig
+    from igdeadlock.ig.daemon import PrivateDaemon, find_ig
 
     log = tmp_path_factory.mktemp("ig-containers") / "daemon.log"
     daemon = PrivateDaemon(find_ig(), log_path=str(log))

@@ -15,10 +15,10 @@ from concurrent import futures
 import grpc
 import pytest
 
-from conftest import IGDEADLOCK, IMAGE, Lines, program_facts, run_cli, trace_json
-from igdeadlock.bpfsys import Bpf
-from igdeadlock.proto import api_pb2, api_pb2_grpc
-from igdeadlock.wire import GadgetService, WireError, parse_address
+from helpers import IGDEADLOCK, IMAGE, Lines, program_facts, run_cli, trace_json
+from igdeadlock.host.bpf import Bpf
+from igdeadlock.ig.proto import api_pb2, api_pb2_grpc
+from igdeadlock.ig.service import GadgetService, WireError, parse_address
 
 
 def test_absent_daemon_fails_fast_with_a_clear_error(tmp_path):
@@ -235,7 +235,7 @@ def test_missing_ig_says_how_to_get_it(tmp_path):
 
 
 def test_not_root_says_so():
-    from igdeadlock import cli, session  # noqa: F401 - loaded as root: this Python's files are root's alone
+    from igdeadlock import cli
 
     reader, writer = os.pipe()
     child = os.fork()

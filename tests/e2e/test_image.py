@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from conftest import IMAGE, REPO
+from helpers import IMAGE, REPO
 
 # The program -> map interactions the seed developer note requires (a superset is fine).
 REQUIRED_INTERACTIONS = {
@@ -61,8 +61,8 @@ def test_diagrams_need_no_mounted_tracefs_or_debugfs():
 
 
 def test_every_datasource_and_gadget_field_is_described(ig_daemon):
+    from igdeadlock.ig.service import GadgetService, parse_address
     from igdeadlock.session import gadget_params
-    from igdeadlock.wire import GadgetService, parse_address
 
     with GadgetService(parse_address(ig_daemon)) as service:
         info = service.gadget_info(IMAGE, gadget_params(250, IMAGE))

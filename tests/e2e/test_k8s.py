@@ -10,14 +10,14 @@ import sys
 
 import pytest
 
-from conftest import IGDEADLOCK, IMAGE, REPO, Lines, finding_of, require_root_and_ig
-from igdeadlock.k8s import kube_manager_params, parse_gadget_pods
+from helpers import IGDEADLOCK, IMAGE, REPO, Lines, finding_of, require_root_and_ig
+from igdeadlock.ig.k8s import kube_manager_params, parse_gadget_pods
 
 
 @pytest.fixture
 def fake_cluster(tmp_path):
     require_root_and_ig()
-    from igdeadlock.daemon import PrivateDaemon, find_ig
+    from igdeadlock.ig.daemon import PrivateDaemon, find_ig
 
     daemons = [PrivateDaemon(find_ig(), log_path=str(tmp_path / f"{node}.log")) for node in ("node-a", "node-b")]
     pods = [{"name": f"gadget-{n}", "node": node, "socket": str(d.start()).replace("unix://", "")}

@@ -7,14 +7,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Dict, List
 
 import pytest
 
-from conftest import BIN_CACHE, IMAGE, compile_program, program_facts, run_cli, trace_json
+from helpers import BIN_CACHE, IMAGE, compile_program, program_facts, run_cli, trace_json
 
 GLIBC_LOADER = "/lib64/ld-linux-x86-64.so.2"
 GO = shutil.which("go") or "/usr/local/go/bin/go"

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, program_facts, run_cli, IMAGE
+from helpers import IMAGE, REPO, program_facts, run_cli
 
 SARIF_MULTITOOL = REPO / "build" / "tools" / "node_modules" / "@microsoft" / "sarif-multitool-linux" / "Sarif.Multitool"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

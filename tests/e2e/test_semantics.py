@@ -6,7 +6,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from conftest import program_facts, trace_json, unsuppressed
+from helpers import program_facts, trace_json, unsuppressed
 
 OPTIMIZED = ("-O2", "-g", "-fomit-frame-pointer")
 

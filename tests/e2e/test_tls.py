@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import IMAGE, program_facts, require_root_and_ig, run_cli
-from igdeadlock.daemon import daemon_command, find_ig
+from helpers import IMAGE, program_facts, require_root_and_ig, run_cli
+from igdeadlock.ig.daemon import daemon_command, find_ig
 
 SERVER_NAME = "igdeadlock-test-daemon"
 
@@ -91,7 +91,7 @@ def test_plaintext_to_a_tls_daemon_is_refused(tls_daemon):
 
 
 def test_mutual_tls_watch_on_the_loopback(tls_daemon, program, tmp_path):
-    from conftest import IGDEADLOCK, Lines, finding_of
+    from helpers import IGDEADLOCK, Lines, finding_of
 
     address, certs = tls_daemon
     out = tmp_path / "report.json"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import IMAGE, program_facts, run_cli, trace_json, unsuppressed
+from helpers import IMAGE, program_facts, run_cli, trace_json, unsuppressed
 
 
 def test_abba_inversion_is_reported_with_both_mutexes_and_threads(ig_daemon, program):

@@ -8,13 +8,13 @@ import subprocess
 
 import pytest
 
-from conftest import IGDEADLOCK, IMAGE, Lines, finding_of, program_facts, require_root_and_ig
+from helpers import IGDEADLOCK, IMAGE, Lines, finding_of, program_facts, require_root_and_ig
 
 
 @pytest.fixture
 def two_daemons(tmp_path):
     require_root_and_ig()
-    from igdeadlock.daemon import PrivateDaemon, find_ig
+    from igdeadlock.ig.daemon import PrivateDaemon, find_ig
 
     directories = [tmp_path / f"daemon{i}" for i in (1, 2)]
     for directory in directories:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import struct
 
-from igdeadlock.attach import ProbePoint, _share_maps, probe_points
-from igdeadlock.bpfsys import ProgramInfo, parse_btf_function_names
+from igdeadlock.host.attach import ProbePoint, _share_maps, probe_points
+from igdeadlock.host.bpf import ProgramInfo, parse_btf_function_names
 
 
 def test_probe_points_from_ig_program_listing():

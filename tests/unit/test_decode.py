@@ -6,17 +6,11 @@ import struct
 
 import pytest
 
-from igdeadlock.decode import (
-    DataSourceLayout,
-    DecodeError,
-    FetchTick,
-    LockEdge,
-    ProcessMeta,
-    LogMessage,
-    StreamDecoder,
-    decode_value,
-)
-from igdeadlock.proto import api_pb2
+from igdeadlock.ig.datasource import DataSourceLayout, DecodeError, decode_value
+from igdeadlock.ig.decoder import StreamDecoder
+from igdeadlock.ig.events import LOG_LEVEL_NAMES
+from igdeadlock.ig.proto import api_pb2
+from igdeadlock.records import FetchTick, LockEdge, LogMessage, ProcessMeta
 
 U8, U32, U64, CSTRING, BYTES = 6, 8, 9, 13, 14
 ARRAY = 0x10000000
@@ -126,7 +120,7 @@ def test_log_events_carry_their_level():
     decoder = StreamDecoder()
     (message,) = decoder.feed(api_pb2.GadgetEvent(type=3 << 16, payload=b"reading event: lost 3 samples"))
     assert message == LogMessage(3, "reading event: lost 3 samples")
-    assert message.level_name == "warning"
+    assert LOG_LEVEL_NAMES[message.level] == "warning"
 
 
 def test_decode_value_kinds():

@@ -11,10 +11,11 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from igdeadlock.decode import LockEdgeBatch, StreamDecoder
-from igdeadlock.proto import api_pb2
 from test_decode import EDGE_VALUES, edges_datasource, pack
+
+from igdeadlock.ig.decoder import StreamDecoder
+from igdeadlock.ig.proto import api_pb2
+from igdeadlock.records import LockEdgeBatch
 
 FUZZ_CASES = 100_000
 

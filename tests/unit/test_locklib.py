@@ -19,12 +19,24 @@ from typing import Dict, Iterable, Iterator, Mapping, Optional, Sequence
 
 import pytest
 
-from conftest import BIN_CACHE, compile_program
-from igdeadlock.bpfsys import machine, syscall
-from igdeadlock.elf import ElfFile
+from helpers import BIN_CACHE, compile_program
+from igdeadlock.host.bpf import machine, syscall
+from igdeadlock.host.elf import ElfFile
 from igdeadlock.host.locklib import (
-    GLIBC, MUSL, REASON_EXITED, REASON_GO, REASON_STATIC, CommandError, FileId, LockLibrary, LockLibraryFinder,
-    MappedFile, ProcessLibrary, parse_ld_so_cache, parse_maps)
+    GLIBC,
+    MUSL,
+    REASON_EXITED,
+    REASON_GO,
+    REASON_STATIC,
+    CommandError,
+    FileId,
+    LockLibrary,
+    LockLibraryFinder,
+    MappedRegion,
+    ProcessLibrary,
+    parse_ld_so_cache,
+    parse_maps,
+)
 
 SYMBOLS = ("pthread_mutex_lock", "pthread_mutex_unlock", "pthread_mutex_trylock")
 PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}  # syscall numbers
@@ -360,7 +372,7 @@ def test_a_script_runs_on_its_interpreters_libc(finder, tmp_path):
     assert (seen.comm, seen.exe, seen.library) == ("plain-script-na", os.path.realpath("/bin/sh"), shell.library)
     # through env and PATH, and a script whose interpreter is another script
     via_env = script(tmp_path / "via-env", "#!/usr/bin/env -S sh -e\necho hi\n")
-    nested = script(tmp_path / "nested", f"#!{via_env}\n")
+    script(tmp_path / "nested", f"#!{via_env}\n")
     for name in ("via-env", "nested"):
         seen = finder.for_command([name], clean_env(PATH=f"{tmp_path}:/usr/bin:/bin"), "/")
         assert (seen.comm, seen.library) == (name, shell.library)
@@ -446,8 +458,8 @@ def test_maps_lines_give_file_identity_and_deleted_files():
             "7f0000000000-7f0000001000 r-xp 00001000 103:0a 99 /tmp/libc.so.6 (deleted)\n"
             "7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]\n")
     assert parse_maps(text) == [
-        MappedFile("55d0c0a00000-55d0c0a02000", FileId(os.makedev(0xFE, 1), 1234), "/usr/bin/a program", False),
-        MappedFile("7f0000000000-7f0000001000", FileId(os.makedev(0x103, 0xA), 99), "/tmp/libc.so.6", True),
+        MappedRegion("55d0c0a00000-55d0c0a02000", FileId(os.makedev(0xFE, 1), 1234), "/usr/bin/a program", False),
+        MappedRegion("7f0000000000-7f0000001000", FileId(os.makedev(0x103, 0xA), 99), "/tmp/libc.so.6", True),
     ]
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from igdeadlock.outputs import cycle_svg, render_dot, render_html, render_mermaid, sarif_document
-from igdeadlock.report import EdgeView, FindingView, Report, signature
-from igdeadlock.symbolize import Frame
+from igdeadlock.records import Frame
+from igdeadlock.report.graphs import render_dot, render_mermaid
+from igdeadlock.report.html import cycle_svg, render_html
+from igdeadlock.report.model import EdgeView, FindingView, Report, signature
+from igdeadlock.report.sarif import sarif_document
 
 A, B = (0xA000, 0), (0xB000, 0)
 

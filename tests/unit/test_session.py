@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from igdeadlock.decode import FetchTick, LockEdge, ProcessExit
-from igdeadlock.session import Collector, process_alive
+from igdeadlock.analysis.collector import Collector
+from igdeadlock.host.procfs import process_alive
+from igdeadlock.records import FetchTick, LockEdge, ProcessExit
 
 
 def edge(pid: int, start: int, a: int, b: int, tid: int) -> LockEdge:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from igdeadlock.elf import EM_386, EM_AARCH64, EM_X86_64, STT_FUNC, DynamicInfo, ElfError, ElfFile, Symbol
+from igdeadlock.host.elf import EM_386, EM_AARCH64, EM_X86_64, STT_FUNC, DynamicInfo, ElfError, ElfFile, Symbol
 
 GLIBC, MUSL = "glibc", "musl"
 
@@ -209,7 +209,7 @@ DELETED = " (deleted)"
 
 
 @dataclass(frozen=True)
-class MappedFile:
+class MappedRegion:
     """One file-backed line of /proc/PID/maps."""
 
     range: str  # "start-end" in hex, also the entry's name in /proc/PID/map_files
@@ -218,7 +218,7 @@ class MappedFile:
     deleted: bool
 
 
-def parse_maps(text: str) -> List[MappedFile]:
+def parse_maps(text: str) -> List[MappedRegion]:
     """File-backed mappings (inode != 0) of /proc/PID/maps, in address order."""
     mapped = []
     for line in text.splitlines():
@@ -230,7 +230,7 @@ def parse_maps(text: str) -> List[MappedFile]:
         deleted = path.endswith(DELETED)
         if deleted:
             path = path[:-len(DELETED)]
-        mapped.append(MappedFile(fields[0], FileId(os.makedev(int(major, 16), int(minor, 16)), int(fields[4])),
+        mapped.append(MappedRegion(fields[0], FileId(os.makedev(int(major, 16), int(minor, 16)), int(fields[4])),
                                  path, deleted))
     return mapped
 
@@ -492,7 +492,7 @@ class LockLibraryFinder:
                         return outcome(self._library(program, exe_map.path, static=True))
                     foreign = True
         # libpthread before libc, then in address order; each file once
-        ranked: Dict[FileId, Tuple[int, int, MappedFile]] = {}
+        ranked: Dict[FileId, Tuple[int, int, MappedRegion]] = {}
         for index, m in enumerate(mapped):
             rank = library_rank(m.path)
             if rank is not None and m.file not in ranked:
@@ -516,7 +516,7 @@ class LockLibraryFinder:
             return outcome(None, REASON_STATIC)
         return outcome(None, REASON_UNREADABLE if unreadable else REASON_NONE)
 
-    def _inspect_mapped(self, pid: int, mapped: MappedFile, locks: bool = False) -> Optional[Inspected]:
+    def _inspect_mapped(self, pid: int, mapped: MappedRegion, locks: bool = False) -> Optional[Inspected]:
         """A mapped file, opened through a path this host can open (and hand to
         perf_event_open).
 

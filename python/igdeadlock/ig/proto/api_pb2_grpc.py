@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from igdeadlock.proto import api_pb2 as igdeadlock_dot_proto_dot_api__pb2
+from igdeadlock.ig.proto import api_pb2 as igdeadlock_dot_ig_dot_proto_dot_api__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in igdeadlock/proto/api_pb2_grpc.py depends on'
+        + ' but the generated code in igdeadlock/ig/proto/api_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class BuiltInGadgetManagerStub:
         """
         self.GetInfo = channel.unary_unary(
                 '/api.BuiltInGadgetManager/GetInfo',
-                request_serializer=igdeadlock_dot_proto_dot_api__pb2.InfoRequest.SerializeToString,
-                response_deserializer=igdeadlock_dot_proto_dot_api__pb2.InfoResponse.FromString,
+                request_serializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.InfoRequest.SerializeToString,
+                response_deserializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.InfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -55,8 +55,8 @@ def add_BuiltInGadgetManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
-                    request_deserializer=igdeadlock_dot_proto_dot_api__pb2.InfoRequest.FromString,
-                    response_serializer=igdeadlock_dot_proto_dot_api__pb2.InfoResponse.SerializeToString,
+                    request_deserializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.InfoRequest.FromString,
+                    response_serializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.InfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -84,8 +84,8 @@ class BuiltInGadgetManager:
             request,
             target,
             '/api.BuiltInGadgetManager/GetInfo',
-            igdeadlock_dot_proto_dot_api__pb2.InfoRequest.SerializeToString,
-            igdeadlock_dot_proto_dot_api__pb2.InfoResponse.FromString,
+            igdeadlock_dot_ig_dot_proto_dot_api__pb2.InfoRequest.SerializeToString,
+            igdeadlock_dot_ig_dot_proto_dot_api__pb2.InfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -108,13 +108,13 @@ class GadgetManagerStub:
         """
         self.GetGadgetInfo = channel.unary_unary(
                 '/api.GadgetManager/GetGadgetInfo',
-                request_serializer=igdeadlock_dot_proto_dot_api__pb2.GetGadgetInfoRequest.SerializeToString,
-                response_deserializer=igdeadlock_dot_proto_dot_api__pb2.GetGadgetInfoResponse.FromString,
+                request_serializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.GetGadgetInfoRequest.SerializeToString,
+                response_deserializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.GetGadgetInfoResponse.FromString,
                 _registered_method=True)
         self.RunGadget = channel.stream_stream(
                 '/api.GadgetManager/RunGadget',
-                request_serializer=igdeadlock_dot_proto_dot_api__pb2.GadgetControlRequest.SerializeToString,
-                response_deserializer=igdeadlock_dot_proto_dot_api__pb2.GadgetEvent.FromString,
+                request_serializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.GadgetControlRequest.SerializeToString,
+                response_deserializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.GadgetEvent.FromString,
                 _registered_method=True)
 
 
@@ -138,13 +138,13 @@ def add_GadgetManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetGadgetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetGadgetInfo,
-                    request_deserializer=igdeadlock_dot_proto_dot_api__pb2.GetGadgetInfoRequest.FromString,
-                    response_serializer=igdeadlock_dot_proto_dot_api__pb2.GetGadgetInfoResponse.SerializeToString,
+                    request_deserializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.GetGadgetInfoRequest.FromString,
+                    response_serializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.GetGadgetInfoResponse.SerializeToString,
             ),
             'RunGadget': grpc.stream_stream_rpc_method_handler(
                     servicer.RunGadget,
-                    request_deserializer=igdeadlock_dot_proto_dot_api__pb2.GadgetControlRequest.FromString,
-                    response_serializer=igdeadlock_dot_proto_dot_api__pb2.GadgetEvent.SerializeToString,
+                    request_deserializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.GadgetControlRequest.FromString,
+                    response_serializer=igdeadlock_dot_ig_dot_proto_dot_api__pb2.GadgetEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,8 +172,8 @@ class GadgetManager:
             request,
             target,
             '/api.GadgetManager/GetGadgetInfo',
-            igdeadlock_dot_proto_dot_api__pb2.GetGadgetInfoRequest.SerializeToString,
-            igdeadlock_dot_proto_dot_api__pb2.GetGadgetInfoResponse.FromString,
+            igdeadlock_dot_ig_dot_proto_dot_api__pb2.GetGadgetInfoRequest.SerializeToString,
+            igdeadlock_dot_ig_dot_proto_dot_api__pb2.GetGadgetInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -199,8 +199,8 @@ class GadgetManager:
             request_iterator,
             target,
             '/api.GadgetManager/RunGadget',
-            igdeadlock_dot_proto_dot_api__pb2.GadgetControlRequest.SerializeToString,
-            igdeadlock_dot_proto_dot_api__pb2.GadgetEvent.FromString,
+            igdeadlock_dot_ig_dot_proto_dot_api__pb2.GadgetControlRequest.SerializeToString,
+            igdeadlock_dot_ig_dot_proto_dot_api__pb2.GadgetEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from igdeadlock.wire import Address
+from igdeadlock.ig.service import Address
 
 GADGET_NAMESPACE = "gadget"
 GADGET_SELECTOR = "k8s-app=gadget"

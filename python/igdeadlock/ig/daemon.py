@@ -9,9 +9,9 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import BinaryIO, Dict, List, Optional, Tuple
 
-from igdeadlock.wire import Address, GadgetService, WireError
+from igdeadlock.ig.service import Address, GadgetService, WireError
 
 
 class DaemonError(RuntimeError):
@@ -116,7 +116,7 @@ class PrivateDaemon:
     log_path: Optional[str] = None
     directory: str = ""  # where the socket goes; a fresh private one when empty
     process: Optional[subprocess.Popen] = None
-    _log: Optional[object] = field(default=None, repr=False)
+    _log: Optional[BinaryIO] = field(default=None, repr=False)  # None: no log kept
     _owns_directory: bool = field(default=False, repr=False)
 
     @property
@@ -136,7 +136,7 @@ class PrivateDaemon:
         if not self.directory:
             self.directory = tempfile.mkdtemp(prefix="igdeadlock-")  # mode 0700: only we can reach the socket
             self._owns_directory = True
-        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self._log = open(self.log_path, "ab") if self.log_path else None
         identity = _ig_identity(self.ig)
         known = _OWN_PID_NAMESPACE.get(identity)
         if known is not None:
@@ -149,7 +149,8 @@ class PrivateDaemon:
         for attempt, own_pid_namespace in enumerate(attempts):
             command = daemon_command(self.ig, self.address.location, own_pid_namespace=own_pid_namespace)
             self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, start_new_session=True
+                command, stdin=subprocess.DEVNULL, stdout=self._log or subprocess.DEVNULL,
+                stderr=self._log or subprocess.DEVNULL, start_new_session=True
             )
             if self._wait_until_serving(deadline, timeout):
                 _OWN_PID_NAMESPACE[identity] = own_pid_namespace
@@ -188,9 +189,9 @@ class PrivateDaemon:
                 time.sleep(0.05)
 
     def _note(self, text: str) -> None:
-        if self._log not in (None, subprocess.DEVNULL):
-            self._log.write(text.encode())  # type: ignore[union-attr]
-            self._log.flush()  # type: ignore[union-attr]
+        if self._log is not None:
+            self._log.write(text.encode())
+            self._log.flush()
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
@@ -204,8 +205,8 @@ class PrivateDaemon:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        if self._log not in (None, subprocess.DEVNULL):
-            self._log.close()  # type: ignore[union-attr]
+        if self._log is not None:
+            self._log.close()
         self._log = None
         if self.directory and self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -11,49 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from igdeadlock.decode import MappedFile, StackTrace
-from igdeadlock.elf import ElfError, ElfFile
-
-
-@dataclass(frozen=True)
-class Frame:
-    address: int  # offset in the file (or the raw address when no file is known)
-    file: Optional[str] = None
-    function: Optional[str] = None
-    function_offset: int = 0
-    source_file: Optional[str] = None  # from DWARF line information
-    line: Optional[int] = None
-
-    @property
-    def source(self) -> Optional[str]:
-        """``file.c:12``, or None when the binary has no line information."""
-        if self.source_file is None or self.line is None:
-            return None
-        return f"{os.path.basename(self.source_file)}:{self.line}"
-
-    def describe(self) -> str:
-        where = self.function + (f"+0x{self.function_offset:x}" if self.function_offset else "") \
-            if self.function else f"0x{self.address:x}"
-        text = where
-        if self.file:
-            text += f" ({self.file}+0x{self.address:x})" if not self.function else f" ({os.path.basename(self.file)})"
-        if self.source:
-            text += f" {self.source}"
-        return text
-
-    def to_json(self) -> Dict[str, object]:
-        return {
-            "address": f"0x{self.address:x}",
-            "file": self.file,
-            "function": self.function,
-            "offset": self.function_offset if self.function else None,
-            "source": self.source,
-            "source_file": self.source_file,
-            "line": self.line,
-        }
+from igdeadlock.host.elf import ElfError, ElfFile
+from igdeadlock.records import Frame, MappedFile, StackTrace
 
 
 def _demangle(names: Sequence[str]) -> Dict[str, str]:

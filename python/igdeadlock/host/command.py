@@ -8,15 +8,12 @@ before loading the rest.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from typing import Optional, Sequence
 
-
-class CommandError(RuntimeError):
-    """COMMAND cannot be run; the message is one sentence."""
+from igdeadlock.host.locklib import CommandError, find_program
 
 
 def terminate(process: subprocess.Popen, grace: float = 2.0) -> None:
@@ -83,14 +80,9 @@ class CommandLauncher:
 
 
 def check_command(command: Sequence[str]) -> str:
-    """The executable COMMAND names, or CommandError in one sentence, before anything
-    starts."""
-    name = command[0]
-    path = name if "/" in name else shutil.which(name)
-    if path is None:
-        raise CommandError(f"cannot run {name}: command not found")
-    if not os.path.exists(path):
-        raise CommandError(f"cannot run {name}: no such file or directory")
-    if os.path.isdir(path) or not os.access(path, os.X_OK):
-        raise CommandError(f"cannot run {name}: permission denied (not an executable file)")
-    return path
+    """The executable COMMAND names (found like execvp does), or CommandError in
+    one sentence, before anything starts."""
+    try:
+        return find_program(command[0], os.environ.get("PATH", os.defpath), os.getcwd())
+    except CommandError as exc:
+        raise CommandError(f"cannot run {exc}", exc.errno) from None

@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from igdeadlock.bpfsys import Bpf, BpfError, ProgramInfo, machine, syscall
+from igdeadlock.gadget import attach_cookie
+from igdeadlock.host.bpf import Bpf, BpfError, ProgramInfo, machine, syscall
 from igdeadlock.host.locklib import PROCESS_GONE, REASON_NONE, FileId, LockLibrary, LockLibraryFinder, ProcessLibrary
 
 # syscall numbers
@@ -40,10 +41,6 @@ PERF_ATTR_SIZE = 120
 UPROBE_PMU = "/sys/bus/event_source/devices/uprobe"
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
 EVERY_PROCESS = -1  # perf_event_open's pid for "any process"
-# Attach cookies (program.bpf.c): bits 0-7 the C library (LIBC_*), bits 32-63
-# the size of the probed function
-LIBC_COOKIES = {"glibc": 0, "musl": 1}
-COOKIE_SIZE_SHIFT = 32
 
 
 class AttachError(RuntimeError):
@@ -314,7 +311,6 @@ class ProbeSet:
             return False
         if self._pmu_type is None:
             self._pmu_type = _uprobe_pmu_type()
-        flavor = LIBC_COOKIES[library.flavor]
         links: List[int] = []
         for point in self.points:
             offset = library.offsets.get(point.symbol)
@@ -334,8 +330,7 @@ class ProbeSet:
                     return False  # the process exited meanwhile
                 raise AttachError(f"uprobe on {library.path}:{point.symbol}: {exc.strerror}") from exc
             try:
-                size = min(library.sizes.get(point.symbol, 0), 0xFFFFFFFF)
-                cookie = flavor | size << COOKIE_SIZE_SHIFT
+                cookie = attach_cookie(library.flavor, library.sizes.get(point.symbol, 0))
                 links.append(self._bpf.perf_event_link(self._prog_fd(point.program), perf_fd, cookie))
                 fcntl.ioctl(perf_fd, PERF_EVENT_IOC_ENABLE, 0)
             except OSError as exc:

@@ -11,12 +11,12 @@ import os
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, List, Mapping, Optional, Tuple
 
 import grpc
 
-from igdeadlock.events import LOG_LEVEL_WARNING
-from igdeadlock.proto import api_pb2, api_pb2_grpc
+from igdeadlock.ig.events import LOG_LEVEL_WARNING
+from igdeadlock.ig.proto import api_pb2, api_pb2_grpc
 
 DEFAULT_DAEMON_ADDRESS = "unix:///var/run/ig/ig.socket"
 
@@ -96,7 +96,7 @@ def _read(path: Optional[str]) -> Optional[bytes]:
 
 def open_channel(address: Address, tls: Optional[TlsConfig] = None) -> grpc.Channel:
     """Open a channel; plaintext unless TLS settings are given."""
-    options = list(_CHANNEL_OPTIONS)
+    options: List[Tuple[str, object]] = list(_CHANNEL_OPTIONS)
     if tls is None:
         return grpc.insecure_channel(address.grpc_target, options=options)
     if (tls.cert_file is None) != (tls.key_file is None):

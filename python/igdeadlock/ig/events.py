@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from igdeadlock.proto import api_pb2
+from igdeadlock.ig.proto import api_pb2
 
 # GadgetEvent.type values (pkg/gadget-service/api/consts.go).
 EVENT_PAYLOAD = 0

@@ -1,0 +1,189 @@
+"""One target's collected view: everything the gadget there reported (lock-order
+graphs, blocked threads, stacks, files, where processes run, which were traced,
+loss counters), fed record by record. No I/O: whether a process still runs is
+asked through ``alive``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+from igdeadlock.analysis.coverage import CoverageTable, ProcessCoverage
+from igdeadlock.analysis.lockorder import LockGraphStore
+from igdeadlock.analysis.waitfor import Deadlock, WaitForTracker
+from igdeadlock.gadget import BLOCKED, COUNTER_NAMES, EDGES
+from igdeadlock.records import (
+    BlockedThread,
+    Counter,
+    FetchTick,
+    LockEdge,
+    LockEdgeBatch,
+    LogMessage,
+    MappedFile,
+    ProcessEvent,
+    ProcessExit,
+    ProcessMeta,
+    StackTrace,
+    ThreadResumed,
+)
+
+REAP_EVERY_FETCHES = 20  # how often graphs of vanished processes are looked for
+_LOST_SAMPLES = re.compile(r"lost (\d+) samples")
+# ig warnings that only say what host mode means (no container runtime needed)
+_EXPECTED_WARNINGS = ("container-collection isn't available",)
+
+
+class Collector:
+    """Everything the gadget on one target reported: lock graphs, blocked threads,
+    stacks, files, where processes run, loss counters. No I/O."""
+
+    def __init__(self, keep_session: Optional[Callable[[int], bool]] = None,
+                 on_deadlock: Optional[Callable[[Deadlock], None]] = None,
+                 target: str = "", node: str = "",
+                 alive: Optional[Callable[[int, int], Optional[bool]]] = None,
+                 containers_only: bool = False) -> None:
+        self.store = LockGraphStore(keep_session)
+        self.waits = WaitForTracker(keep_session)
+        self.on_deadlock = on_deadlock
+        self.target = target
+        self.node = node  # where the target runs, when the target knows it (a gadget pod's node)
+        self.stacks: Dict[int, StackTrace] = {}
+        self.files: Dict[int, MappedFile] = {}
+        self.meta: Dict[Tuple[int, int], ProcessMeta] = {}
+        self.seen: Dict[tuple, Tuple[float, float]] = {}  # finding key -> (first, last) detection time
+        self.counters: Dict[str, int] = {name: 0 for name in COUNTER_NAMES.values()}
+        self.ticks: Dict[str, int] = {}
+        self.ring_buffer_lost = 0
+        self.warnings: List[str] = []
+        self.alive = alive  # can this host tell whether (pid, start) still runs?
+        self.coverage = CoverageTable()
+        self.probes_known = False  # this client probed each process's library itself
+        # The gadget selects containers (mount namespaces) in the kernel: processes
+        # this client found elsewhere on the host are out of scope.
+        self.containers_only = containers_only
+        self.namespaces_seen: Set[int] = set()
+        self._run = 0
+
+    def begin_run(self) -> None:
+        """A new gadget run on the same target (a reconnection): its site numbers
+        start over, and what it knew about blocked threads is gone."""
+        self._run += 1
+        self.waits = WaitForTracker(self.waits.keep_session)
+        self.ticks = {}
+
+    def _site(self, site: int) -> int:
+        # the gadget's site ids use 64 bits; a later run's go above them
+        return site | (self._run << 64) if self._run and site else site
+
+    def _edge_sites(self, edge: LockEdge) -> LockEdge:
+        return edge._replace(from_site=self._site(edge.from_site), to_site=self._site(edge.to_site))
+
+    def consume(self, output: Any) -> List[object]:
+        """Take one decoder output (any record; dispatched on its type, the
+        hot path); returns the findings it completed."""
+        kind = type(output)
+        if kind is LockEdgeBatch:
+            if self._run:
+                decode = output.decode
+                output = output._replace(decode=lambda raw: self._edge_sites(decode(raw)))
+            self.store.add_edge_batch(output)
+        elif kind is LockEdge:
+            self.store.add_edge(self._edge_sites(output) if self._run else output)
+        elif kind is BlockedThread:
+            if self._run:
+                output = output._replace(site=self._site(output.site))
+            self.waits.thread_blocked(output)
+        elif kind is ThreadResumed:
+            self.waits.thread_resumed(output.tid)
+        elif kind is StackTrace:
+            site = self._site(output.site)
+            self.stacks[site] = output._replace(site=site)
+        elif kind is MappedFile:
+            self.files[output.file_id] = output
+        elif kind is ProcessMeta:
+            # sent with a process's first lock record: it was traced
+            self.namespaces_seen.add(output.mntns_id)
+            self.meta[(output.pid, output.process_start)] = output
+            self.coverage.lock_events_from(output.pid, output.process_start, "", output.mntns_id)
+        elif kind is ProcessEvent:
+            self.namespaces_seen.add(output.mntns_id)
+            self.coverage.seen(output.pid, output.process_start, output.comm, output.exe,
+                               output.mntns_id)
+        elif kind is ProcessExit:
+            self.store.process_exited(output)
+            self.waits.process_exited(output.pid)
+        elif kind is Counter:
+            self.counters[output.name] = self.counters.get(output.name, 0) + output.times
+        elif kind is FetchTick:
+            self.ticks[output.datasource] = self.ticks.get(output.datasource, 0) + 1
+            if output.datasource == EDGES:
+                if self.alive is not None and self.ticks[EDGES] % REAP_EVERY_FETCHES == 0:
+                    self.reap()
+                return self._detected(self.store.analyse())
+            if output.datasource == BLOCKED:
+                deadlocks = self._detected(self.waits.tick())
+                for deadlock in deadlocks:
+                    if self.on_deadlock is not None:
+                        self.on_deadlock(deadlock)  # type: ignore[arg-type]
+                return deadlocks
+        elif kind is LogMessage:
+            lost = _LOST_SAMPLES.search(output.text)
+            if lost:
+                self.ring_buffer_lost += int(lost.group(1))
+            elif output.level <= 3 and not any(h in output.text for h in _EXPECTED_WARNINGS):
+                self.warnings.append(output.text)
+        return []
+
+    def reap(self) -> int:
+        """Forget processes that are gone although no exit event said so (one was
+        lost): their graphs are analysed once more and dropped. Returns how many."""
+        gone = 0
+        for pid, start in list(self.store.graphs):
+            if self.alive is not None and self.alive(pid, start) is False:
+                exit = ProcessExit(pid, start, 0, "")
+                self.store.process_exited(exit)
+                self.waits.process_exited(pid)
+                gone += 1
+        return gone
+
+    def _detected(self, findings: Sequence[object]) -> List[object]:
+        now = time.time()
+        for finding in findings:
+            first, _ = self.seen.get(finding.key, (now, now))  # type: ignore[attr-defined]
+            self.seen[finding.key] = (first, now)  # type: ignore[attr-defined]
+        return list(findings)
+
+    def stats(self, transport: Mapping[str, int]) -> Dict[str, object]:
+        """The report's statistics; ``transport``: what the stream decoder counted
+        (see StreamDecoder.counts())."""
+        lost = {
+            "server_dropped": transport["server_dropped"],
+            "ring_buffer_lost": self.ring_buffer_lost,
+            "decoder_rejected": transport["decoder_rejected"],
+            "unknown_datasource": transport["unknown_datasource"],
+            "before_gadget_info": transport["before_gadget_info"],
+        }
+        lost.update(self.counters)
+        traced, untraced = self.coverage.counts()
+        return {
+            "processes_traced": traced,
+            "processes_untraced": untraced,
+            "edges_seen": self.store.stats.edges_seen,
+            "processes_seen": self.store.stats.processes_seen,
+            "processes_exited": self.store.stats.processes_exited,
+            "processes_tracked": len(self.store.graphs),
+            "fetches": self.ticks.get(EDGES, 0),
+            "edge_records_batched": transport["edge_records_batched"],
+            "events_lost": lost,
+        }
+
+    def processes(self) -> List[ProcessCoverage]:
+        """Every process in scope that was seen, and whether it was traced."""
+        entries = self.coverage.processes(self.probes_known)
+        if self.containers_only:
+            entries = [e for e in entries if e.mntns_id in self.namespaces_seen]
+        for entry in entries:
+            entry.target = self.target
+        return entries

@@ -1,0 +1,101 @@
+"""The gadget's contract: the values program.bpf.c and gadget.yaml define and
+the companion reads, written once. tests/unit/test_gadget_contract.py checks
+them against program.bpf.c.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Dict
+
+
+class LockMode(IntEnum):
+    """How a lock is held or requested (enum lock_mode)."""
+
+    EXCLUSIVE = 0  # mutex, spinlock, rwlock write
+    SHARED = 1  # rwlock read
+
+
+class LockKind(IntEnum):
+    """What kind of lock object it is (enum lock_kind)."""
+
+    MUTEX = 0
+    RWLOCK = 1
+    SPINLOCK = 2
+
+
+class Acquire(IntEnum):
+    """How an acquisition waits (enum acquire)."""
+
+    BLOCKING = 0  # until acquired
+    TRY = 1  # never: no incoming edge
+    TIMED = 2  # until a deadline
+
+
+class Libc(IntEnum):
+    """The C library a probe is on: the low byte of its attach cookie (enum libc)."""
+
+    GLIBC = 0
+    MUSL = 1
+
+
+class ProcessChange(IntEnum):
+    """What a process event says (enum process_change)."""
+
+    EXEC = 0  # it started a program: it may use another C library now
+    FORK = 1  # a new process in the traced command's tree
+
+
+class Stat(IntEnum):
+    """Keys of the `counters` map: what the gadget could not track (enum stat)."""
+
+    HELD_OVERFLOW = 0  # a lock not tracked: held set full
+    THREADS_FULL = 1  # a thread not tracked: thread map full
+    EDGES_FULL = 2  # an edge lost: edge map full
+    SITES_FULL = 3  # a stack lost: stack map full
+    GENERATIONS_FULL = 4  # a destroy not recorded
+    BLOCKED_FULL = 5  # a blocked thread not recorded
+    TREE_FULL = 6  # a process of the traced tree not tracked
+
+
+LOCK_MODE_NAMES: Dict[int, str] = {LockMode.EXCLUSIVE: "write", LockMode.SHARED: "read"}
+LOCK_KIND_NAMES: Dict[int, str] = {LockKind.MUTEX: "mutex", LockKind.RWLOCK: "rwlock",
+                                   LockKind.SPINLOCK: "spinlock"}
+ACQUIRE_NAMES: Dict[int, str] = {Acquire.BLOCKING: "blocking", Acquire.TRY: "try", Acquire.TIMED: "timed"}
+LIBC_NAMES: Dict[int, str] = {Libc.GLIBC: "glibc", Libc.MUSL: "musl"}
+# how reports and stats name the counters
+COUNTER_NAMES: Dict[int, str] = {
+    Stat.HELD_OVERFLOW: "held_lock_overflow",
+    Stat.THREADS_FULL: "thread_map_full",
+    Stat.EDGES_FULL: "edge_map_full",
+    Stat.SITES_FULL: "stack_map_full",
+    Stat.GENERATIONS_FULL: "generation_map_full",
+    Stat.BLOCKED_FULL: "blocked_map_full",
+    Stat.TREE_FULL: "tree_map_full",
+}
+
+# A uprobe's attach cookie: bits 0-7 the C library, bits 32-63 the size of the
+# probed function (musl's nested lock calls are told apart with it).
+COOKIE_LIBC_MASK = 0xFF
+COOKIE_SIZE_SHIFT = 32
+COOKIE_SIZE_MAX = 0xFFFF_FFFF
+
+
+def attach_cookie(libc: str, function_size: int) -> int:
+    """The cookie of a probe on a function of ``function_size`` bytes in a C library."""
+    flavor = {name: value for value, name in LIBC_NAMES.items()}[libc]
+    return flavor | min(function_size, COOKIE_SIZE_MAX) << COOKIE_SIZE_SHIFT
+
+
+# Acquisition site ids: the CPU that numbered the site above a per-CPU count;
+# 0 means "no stack". The count has SITE_CPU_SHIFT bits.
+SITE_CPU_SHIFT = 48
+
+# Datasources.
+EDGES, STACKS, FILES, COUNTERS, BLOCKED = "edges", "stacks", "files", "counters", "blocked"
+MAP_ITERATORS = (EDGES, STACKS, FILES, COUNTERS, BLOCKED)  # fetched together, every fetch interval
+RESUMED, PROCESSES, DEAD_PIDS = "resumed", "processes", "dead_pids"  # events, as they happen
+
+# Parameters (gadget.yaml's params.ebpf, as IG names them).
+TREE_PID_PARAM = "operator.oci.ebpf.tree-pid"  # trace only this process and its descendants
+PAUSE_NEW_PROCESSES_PARAM = "operator.oci.ebpf.pause-new-processes"  # stop new tree processes until probed

@@ -1,0 +1,43 @@
+"""What /proc tells about processes on this host."""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+_CLOCK_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def process_start_ns(pid: int) -> Optional[int]:
+    """When the process started, on the boot clock (ns, to clock-tick precision);
+    None when it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return int(fields[19]) * _CLOCK_TICK_NS  # field 22 of stat, counted after the comm
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, start_ns: int) -> Optional[bool]:
+    """Whether the process (pid, start time on the boot clock) still runs on this
+    host: False when the pid is gone or belongs to a newer process."""
+    if not os.path.exists(f"/proc/{pid}"):
+        return False
+    started = process_start_ns(pid)
+    if started is None:
+        return None
+    return abs(started - start_ns) <= 2 * _CLOCK_TICK_NS
+
+
+def mount_namespace_of(pid: int) -> int:
+    """The inode of a process's mount namespace (0 when unknown), as the gadget reports it."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return 0
+
+
+def running_pids() -> List[int]:
+    """Every process on this host (its /proc)."""
+    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())

@@ -1,0 +1,309 @@
+"""One RunGadget event stream -> the gadget's records.
+
+The datasource layouts come from the stream's GadgetInfo; each record type of
+igdeadlock's gadget (records.py) declares the fields it needs, by name and
+category, and is built from them. Map-iterator fetches of edges can be kept as
+batches, decoded only as far as ingest needs.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from igdeadlock.gadget import COUNTER_NAMES
+from igdeadlock.ig.batch import BatchSplit, split_elements
+from igdeadlock.ig.datasource import (
+    DATASOURCE_TYPE_ARRAY,
+    INT,
+    INTS,
+    TEXT,
+    DataSourceLayout,
+    DecodeError,
+    compile_batch_keys,
+    compile_extractor,
+    raw_layout,
+)
+from igdeadlock.ig.events import EVENT_GADGET_INFO, EVENT_PAYLOAD, log_level_of, parse_gadget_info
+from igdeadlock.ig.proto import api_pb2
+from igdeadlock.records import (
+    EDGE_KEY_FIELDS,
+    BlockedThread,
+    Counter,
+    FetchTick,
+    LockEdge,
+    LockEdgeBatch,
+    LogMessage,
+    MappedFile,
+    ProcessEvent,
+    ProcessExit,
+    ProcessMeta,
+    Record,
+    StackTrace,
+    ThreadResumed,
+)
+
+
+@dataclass(frozen=True)
+class RecordSchema:
+    """The fields a record type is built from, in order, and how to build it.
+
+    ``per_process``: the record starts with pid, tid, comm, mntns_id and
+    process_start; the decoder also sends a ProcessMeta the first time it sees
+    a process in it."""
+
+    fields: Tuple[Tuple[str, str], ...]  # (field name, category)
+    make: Callable[[Tuple[Any, ...]], Record]
+    per_process: bool = False
+    batch_keys: Tuple[str, ...] = ()  # integer fields a LockEdgeBatch decodes eagerly (edges only)
+
+
+# IG's enrichment fields (empty outside Kubernetes or without a container runtime)
+META_FIELDS = (("k8s.node", TEXT), ("k8s.namespace", TEXT), ("k8s.podName", TEXT),
+               ("k8s.containerName", TEXT), ("runtime.containerName", TEXT), ("runtime.containerId", TEXT))
+
+
+def _held(count: int, locks: Sequence[int], gens: Sequence[int], modes: Sequence[int]
+          ) -> Tuple[Tuple[int, int, int], ...]:
+    if count == 1:  # the common case: one lock held when the next is requested
+        return ((locks[0], gens[0], modes[0]),)
+    return tuple(zip(locks[:count], gens[:count], modes[:count]))
+
+
+_HELD_FIELDS = (("held_count", INT), ("held_locks", INTS), ("held_gens", INTS), ("held_modes", INTS))
+
+
+def _with_held(record: Any, **options: Any) -> RecordSchema:
+    """The schema of a per-process record whose last field is the held-lock set:
+    its other fields by name, in order, then the four held_* fields."""
+    names = record._fields[:-1]
+    count = len(names)
+    return RecordSchema(
+        tuple((name, TEXT if name == "comm" else INT) for name in names) + _HELD_FIELDS,
+        lambda v: record._make((*v[:count], _held(*v[count:]))),
+        per_process=True,
+        **options,
+    )
+
+
+RECORD_SCHEMAS: Dict[str, RecordSchema] = {
+    "edges": _with_held(LockEdge, batch_keys=EDGE_KEY_FIELDS),
+    "blocked": _with_held(BlockedThread),
+    "resumed": RecordSchema(tuple((name, INT) for name in ThreadResumed._fields), ThreadResumed._make),
+    "processes": RecordSchema(
+        tuple((name, TEXT if name in ("comm", "exe") else INT) for name in ProcessEvent._fields), ProcessEvent._make),
+    "dead_pids": RecordSchema(
+        (("pid", INT), ("process_start", INT), ("mntns_id", INT), ("comm", TEXT)), ProcessExit._make),
+    "stacks": RecordSchema(
+        (("site", INT), ("stack_pid", INT), ("frame_count", INT), ("frame_files", INTS), ("frame_offsets", INTS)),
+        lambda v: StackTrace(v[0], v[1], tuple(zip(v[3][:v[2]], v[4][:v[2]]))),
+    ),
+    "files": RecordSchema(
+        (("file_id", INT), ("inode", INT), ("device", INT), ("path", TEXT)), MappedFile._make),
+    "counters": RecordSchema(
+        (("counter", INT), ("count", INT)),
+        lambda v: Counter(COUNTER_NAMES.get(v[0], f"counter_{v[0]}"), v[1]),
+    ),
+}
+
+
+class _BatchBuilder(NamedTuple):
+    keys: Callable[[Any], Iterable[Tuple[int, ...]]]
+    decode: Callable[[bytes], Record]
+
+
+def _batch_builder(layout: DataSourceLayout, schema: RecordSchema, split: BatchSplit) -> _BatchBuilder:
+    raw = raw_layout(layout, split.payloads)
+    extract = compile_extractor(raw, schema.fields, raw=True)
+    make = schema.make
+    return _BatchBuilder(compile_batch_keys(raw, schema.batch_keys, len(split.raws[0])),
+                         lambda record: make(extract(record)))
+
+
+_PROCESS_OF_KEY = itemgetter(0, 1)  # batch key -> (pid, process_start)
+
+
+@dataclass
+class DecodeStats:
+    events: int = 0
+    payloads: int = 0
+    records: int = 0
+    batched: int = 0  # records that came in a LockEdgeBatch (lazy_edges)
+    dropped_by_server: int = 0  # gaps in the payload sequence numbers
+    rejected: int = 0  # payloads or elements that did not decode
+    ignored: int = 0  # elements of datasources igdeadlock makes no records from
+    unknown_datasource: int = 0
+    before_info: int = 0
+
+
+Output = Union[Record, FetchTick, LogMessage, api_pb2.GadgetInfo]
+
+
+class StreamDecoder:
+    """Turns one RunGadget event stream into records, counting what it cannot use.
+
+    Never raises on bad input: every event it cannot use is counted in ``stats``
+    (a whole batch that does not parse counts once per batch).
+    """
+
+    def __init__(self, schemas: Optional[Mapping[str, RecordSchema]] = None, lazy_edges: bool = False) -> None:
+        self.schemas = dict(RECORD_SCHEMAS if schemas is None else schemas)
+        self.lazy_edges = lazy_edges  # edges as LockEdgeBatch, decoded when needed
+        self.stats = DecodeStats()
+        self.info: Optional[api_pb2.GadgetInfo] = None
+        self.layouts: Dict[int, DataSourceLayout] = {}
+        self.problems: Dict[str, str] = {}  # datasource -> why its records cannot be built
+        self._builders: Dict[int, Tuple[Callable, Callable, Optional[Callable]]] = {}
+        self._batch_builders: Dict[Tuple[int, int, tuple], Optional[_BatchBuilder]] = {}
+        self._processes: set = set()  # (pid, start) already described by a ProcessMeta
+        self._last_seq: Optional[int] = None
+
+    def counts(self) -> Dict[str, int]:
+        """What the report's statistics take from the decoder: what it lost, and
+        how many edge records took the fast (batch) path."""
+        return {
+            "server_dropped": self.stats.dropped_by_server,
+            "decoder_rejected": self.stats.rejected,
+            "unknown_datasource": self.stats.unknown_datasource,
+            "before_gadget_info": self.stats.before_info,
+            "edge_records_batched": self.stats.batched,
+        }
+
+    def new_stream(self) -> None:
+        """A new RunGadget stream follows (a reconnection): sequence numbers and
+        the gadget's description start over; the statistics go on."""
+        self.info = None
+        self.layouts, self._builders, self.problems, self._batch_builders = {}, {}, {}, {}
+        self._processes = set()
+        self._last_seq = None
+
+    def set_info(self, info: api_pb2.GadgetInfo) -> None:
+        self.info = info
+        self.layouts, self._builders, self.problems, self._batch_builders = {}, {}, {}, {}
+        for ds in info.dataSources:
+            try:
+                layout = DataSourceLayout.from_proto(ds)
+            except (ValueError, TypeError):
+                continue
+            self.layouts[ds.id] = layout
+            schema = self.schemas.get(layout.name)
+            if schema is None:
+                continue
+            try:
+                meta = compile_extractor(layout, META_FIELDS, optional=True) if schema.per_process else None
+                self._builders[ds.id] = (compile_extractor(layout, schema.fields), schema.make, meta)
+            except (DecodeError, KeyError, ValueError, struct.error) as exc:
+                self.problems[layout.name] = str(exc)
+
+    def feed(self, event: api_pb2.GadgetEvent) -> List[Output]:
+        self.stats.events += 1
+        level = log_level_of(event.type)
+        if level is not None:
+            return [LogMessage(level, event.payload.decode("utf-8", "replace"))]
+        if event.type == EVENT_GADGET_INFO:
+            try:
+                info = parse_gadget_info(event.payload)
+            except ProtobufDecodeError:
+                self.stats.rejected += 1
+                return []
+            self.set_info(info)
+            return [info]
+        if event.type != EVENT_PAYLOAD:
+            return []  # result/done/job-id events carry nothing for us
+        return self._payload(event)
+
+    def _payload(self, event: api_pb2.GadgetEvent) -> List[Output]:
+        self.stats.payloads += 1
+        if self._last_seq is not None and event.seq > self._last_seq + 1:
+            self.stats.dropped_by_server += event.seq - self._last_seq - 1
+        if self._last_seq is None or event.seq > self._last_seq:
+            self._last_seq = event.seq
+        if self.info is None:
+            self.stats.before_info += 1
+            return []
+        layout = self.layouts.get(event.dataSourceID)
+        if layout is None:
+            self.stats.unknown_datasource += 1
+            return []
+        if self.lazy_edges and layout.type == DATASOURCE_TYPE_ARRAY and event.dataSourceID in self._builders:
+            batch = self._lazy_batch(layout, event.payload)
+            if batch is not None:
+                return batch
+        try:
+            elements = layout.parse_payload(event.payload)
+        except DecodeError:
+            self.stats.rejected += 1
+            return []
+        out: List[Output] = []
+        builder = self._builders.get(event.dataSourceID)
+        if builder is not None:
+            extract, make, meta = builder
+            processes = self._processes
+            rejected_before = self.stats.rejected
+            for element in elements:
+                try:
+                    record = make(extract(element))
+                    if meta is not None and (record[0], record[4]) not in processes:
+                        processes.add((record[0], record[4]))
+                        out.append(ProcessMeta(record[0], record[4], record[3], *meta(element)))
+                    elif type(record) is ProcessExit:
+                        processes.discard((record.pid, record.process_start))
+                    out.append(record)
+                except (DecodeError, IndexError, TypeError, ValueError, struct.error):
+                    self.stats.rejected += 1
+            self.stats.records += len(elements) - (self.stats.rejected - rejected_before)
+        elif layout.name in self.problems:
+            self.stats.rejected += len(elements)
+        else:
+            self.stats.ignored += len(elements)
+        if layout.type == DATASOURCE_TYPE_ARRAY:
+            out.append(FetchTick(layout.name, len(elements)))
+        return out
+
+    def _lazy_batch(self, layout: DataSourceLayout, payload: bytes) -> Optional[List[Output]]:
+        """A batch as one LockEdgeBatch, when its records are framed alike; else None."""
+        schema = self.schemas[layout.name]
+        if not schema.batch_keys:
+            return None
+        wanted = dict(schema.fields)
+        leading = 1 + max((f.payload_index for f in layout.fields if f.name in wanted), default=-1)
+        split = split_elements(payload, leading) if leading else None
+        if split is None:
+            return None
+        cache_key = (layout.id, len(split.raws[0]), split.payloads)
+        if cache_key not in self._batch_builders:
+            try:
+                self._batch_builders[cache_key] = _batch_builder(layout, schema, split)
+            except (DecodeError, KeyError, ValueError, struct.error):
+                self._batch_builders[cache_key] = None  # these elements lack a field: decode one by one
+        builder = self._batch_builders[cache_key]
+        if builder is None:
+            return None
+        raws = split.raws
+        keys = list(builder.keys(split.joined))
+        out: List[Output] = []
+        new = set(map(_PROCESS_OF_KEY, keys)).difference(self._processes)
+        for index, key in enumerate(keys) if new else ():
+            process = (key[0], key[1])
+            if process in new:
+                new.discard(process)
+                self._processes.add(process)
+                out.append(self._process_meta(layout.id, builder.decode(raws[index]),
+                                              payload[split.bodies[index]:split.ends[index]]))
+                if not new:
+                    break
+        out.append(LockEdgeBatch(keys, raws, builder.decode))  # type: ignore[arg-type]
+        out.append(FetchTick(layout.name, len(keys)))
+        self.stats.records += len(keys)
+        self.stats.batched += len(keys)
+        return out
+
+    def _process_meta(self, datasource_id: int, record: Record, element: bytes) -> ProcessMeta:
+        """Where the process of ``record`` runs, from its element's enrichment fields."""
+        meta = self._builders[datasource_id][2]
+        values = meta(api_pb2.DataElement.FromString(element)) if meta is not None else ("",) * len(META_FIELDS)
+        return ProcessMeta(record[0], record[4], record[3], *values)  # type: ignore[index, arg-type, misc]

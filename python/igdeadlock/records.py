@@ -1,0 +1,208 @@
+"""The records the gadget's datasources decode into, and the symbolized frames
+of their stacks: plain values that flow from the wire layer to the analysis
+and the reports. Named tuples: cheap to build by the million.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+
+
+class HeldLock(NamedTuple):
+    """A lock held by a thread. Records carry plain (lock, gen, mode) triples,
+    which compare equal to these."""
+
+    lock: int
+    gen: int
+    mode: int
+
+
+class LockEdge(NamedTuple):
+    """Thread ``tid`` requested ``to_lock`` while holding ``from_lock`` (and ``held``)."""
+
+    pid: int
+    tid: int
+    comm: str
+    mntns_id: int
+    process_start: int
+    session_id: int
+    from_lock: int
+    from_gen: int
+    from_mode: int
+    from_kind: int
+    from_site: int
+    to_lock: int
+    to_gen: int
+    to_mode: int
+    to_kind: int
+    to_how: int
+    to_site: int
+    held: Tuple[Tuple[int, int, int], ...]  # (lock, gen, mode) triples, as HeldLock
+
+
+class LockEdgeBatch(NamedTuple):
+    """The edges of one fetch, decoded only as far as ingest needs.
+
+    ``keys[i]`` is (pid, process_start, session_id, from_lock, from_gen, to_lock,
+    to_gen) of record i and ``raws[i]`` its element as sent; ``decode(raws[i])``
+    makes the whole LockEdge. Most edges are new and never take part in a cycle,
+    so most records are never decoded further (the decoder sends these only when
+    asked to, with ``StreamDecoder(lazy_edges=True)``)."""
+
+    keys: List[Tuple[int, ...]]
+    raws: List[bytes]
+    decode: Callable[[bytes], LockEdge]
+
+    def records(self) -> List[LockEdge]:
+        return [self.decode(raw) for raw in self.raws]
+
+
+EDGE_KEY_FIELDS = ("pid", "process_start", "session_id", "from_lock", "from_gen", "to_lock", "to_gen")
+
+
+class ProcessExit(NamedTuple):
+    pid: int
+    process_start: int
+    mntns_id: int
+    comm: str
+
+
+class StackTrace(NamedTuple):
+    """An acquisition site: frames as (file_id, offset); file_id 0 = raw address."""
+
+    site: int
+    pid: int
+    frames: Tuple[Tuple[int, int], ...]
+
+
+class MappedFile(NamedTuple):
+    file_id: int
+    inode: int
+    device: int
+    path: str
+
+
+class Counter(NamedTuple):
+    """How often the gadget could not track something, since the last fetch."""
+
+    name: str
+    times: int  # since the previous fetch
+
+
+class BlockedThread(NamedTuple):
+    """Thread ``tid`` is blocked in a futex wait for ``lock`` (seen at a fetch)."""
+
+    pid: int
+    tid: int
+    comm: str
+    mntns_id: int
+    process_start: int
+    session_id: int
+    lock: int
+    gen: int
+    mode: int
+    kind: int
+    how: int
+    site: int
+    since: int  # boot time (ns) the wait started
+    observed: int  # boot time (ns) of the wait that made the record
+    owner_tid: int  # glibc's owner of the lock, 0 if unknown
+    held: Tuple[Tuple[int, int, int], ...]  # (lock, gen, mode) triples, as HeldLock
+
+
+class ProcessEvent(NamedTuple):
+    """A process started a program (exec), or joined the traced tree (fork):
+    the C library it uses may need uprobes of its own."""
+
+    pid: int
+    parent_pid: int
+    process_start: int
+    mntns_id: int
+    event: int
+    paused: int  # stopped (SIGSTOP) until the client has probed it and continues it
+    comm: str
+    exe: str  # the file execve was given (exec events)
+
+
+class ThreadResumed(NamedTuple):
+    """A thread reported blocked is not waiting any more."""
+
+    pid: int
+    tid: int
+    lock: int
+
+
+class ProcessMeta(NamedTuple):
+    """Where a process runs, from IG's enrichment (empty strings when unknown).
+
+    Sent once per process, with its first edge or blocked-thread record."""
+
+    pid: int
+    process_start: int
+    mntns_id: int
+    node: str
+    namespace: str
+    pod: str
+    container: str
+    runtime_container: str
+    container_id: str  # the runtime's id of the container
+
+
+@dataclass(frozen=True)
+class FetchTick:
+    """A map-iterator datasource delivered one fetch (possibly empty)."""
+
+    datasource: str
+    count: int
+
+
+@dataclass(frozen=True)
+class LogMessage:
+    """A log line of the gadget's run; ``level`` as logrus numbers them (0 panic ... 6 trace)."""
+
+    level: int
+    text: str
+
+
+Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed, ProcessMeta,
+               ProcessEvent]
+
+
+@dataclass(frozen=True)
+class Frame:
+    address: int  # offset in the file (or the raw address when no file is known)
+    file: Optional[str] = None
+    function: Optional[str] = None
+    function_offset: int = 0
+    source_file: Optional[str] = None  # from DWARF line information
+    line: Optional[int] = None
+
+    @property
+    def source(self) -> Optional[str]:
+        """``file.c:12``, or None when the binary has no line information."""
+        if self.source_file is None or self.line is None:
+            return None
+        return f"{os.path.basename(self.source_file)}:{self.line}"
+
+    def describe(self) -> str:
+        where = self.function + (f"+0x{self.function_offset:x}" if self.function_offset else "") \
+            if self.function else f"0x{self.address:x}"
+        text = where
+        if self.file:
+            text += f" ({self.file}+0x{self.address:x})" if not self.function else f" ({os.path.basename(self.file)})"
+        if self.source:
+            text += f" {self.source}"
+        return text
+
+    def to_json(self) -> Dict[str, object]:
+        return {
+            "address": f"0x{self.address:x}",
+            "file": self.file,
+            "function": self.function,
+            "offset": self.function_offset if self.function else None,
+            "source": self.source,
+            "source_file": self.source_file,
+            "line": self.line,
+        }

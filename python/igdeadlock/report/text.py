@@ -1,0 +1,172 @@
+"""The text report: a ThreadSanitizer-like explanation of every finding, the
+processes that could not be traced, the summary and the statistics."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from igdeadlock.analysis.coverage import ProcessCoverage
+from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION, LockId
+from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK
+from igdeadlock.gadget import LOCK_MODE_NAMES
+from igdeadlock.records import Frame
+from igdeadlock.report.model import _SEVERITY, FindingView, RenderOptions, Report, hex_address, where, where_occurrence
+
+_TITLES = {
+    ACTUAL_DEADLOCK: "deadlock: threads are blocked in a lock cycle right now",
+    POTENTIAL_DEADLOCK: "lock-order inversion (potential deadlock)",
+    SINGLE_THREAD_INVERSION: "lock-order inversion in a single thread (deadlocks once two threads run it)",
+}
+_SUPPRESSION_REASONS = {
+    "gate-lock": "every thread holds a common gate lock, so the critical sections cannot interleave",
+    "read-read": "the cycle only closes through read locks, which do not block each other",
+    "timed-lock": "a lock in the cycle is requested with a timeout, so the wait ends by itself",
+}
+
+
+def _lock_word(kind: int) -> str:
+    return {0: "Mutex", 1: "RWLock", 2: "Spinlock"}.get(kind, "Lock")
+
+
+def _stack_lines(frames: Optional[List[Frame]], indent: str = "    ") -> List[str]:
+    if not frames:
+        return [indent + "(stack unknown)"]
+    return [f"{indent}#{i} {frame.describe()}" for i, frame in enumerate(frames)]
+
+
+def render_deadlock(f: FindingView) -> str:
+    names: Dict[LockId, str] = {lock: f"M{i}" for i, lock in enumerate(f.locks)}
+    kinds = dict(zip(f.locks, f.lock_kinds))
+    title = _TITLES[ACTUAL_DEADLOCK]
+    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]"]
+    ring = " -> ".join(f"thread {w.tid}" for w in f.waits) + f" -> thread {f.waits[0].tid}"
+    lines.append(f"  Wait-for cycle: {ring}")
+    for w in f.waits:
+        lock = f"{_lock_word(kinds.get(w.waits_for, 0)).lower()} {names[w.waits_for]} ({hex_address(w.waits_for[0])})"
+        mode = f" for {LOCK_MODE_NAMES.get(w.mode)}" if kinds.get(w.waits_for) == 1 else ""
+        since = f", blocked for {w.blocked_for:.1f}s" if w.blocked_for is not None else ""
+        holder = "itself" if w.held_by == w.tid else f"thread {w.held_by}"
+        lines.append("")
+        lines.append(f"  Thread {w.tid} ({w.comm}) waits{mode} for {lock}, held by {holder}{since}, at:")
+        lines.extend(_stack_lines(w.stack))
+    return _finish(lines, f, "deadlock", f"The lock-order cycle behind it is reported as potential deadlock "
+                                         f"{f.related}.")
+
+
+def render_finding(f: FindingView) -> str:
+    if f.kind == ACTUAL_DEADLOCK:
+        return render_deadlock(f)
+    names: Dict[LockId, str] = {lock: f"M{i}" for i, lock in enumerate(f.locks)}
+    kinds = dict(zip(f.locks, f.lock_kinds))
+
+    def label(lock: LockId) -> str:
+        name = names.get(lock)
+        address = hex_address(lock[0]) + (f" gen {lock[1]}" if lock[1] else "")
+        return f"{name} ({address})" if name else address
+
+    title = _TITLES.get(f.kind, f.kind)
+    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]"]
+    if f.suppressed:
+        reason = _SUPPRESSION_REASONS.get(f.suppressed, f.suppressed)
+        lines.append(f"  Suppressed ({f.suppressed}): {reason}")
+        if f.gate_locks:
+            lines.append("  Gate lock(s): " + ", ".join(label(g) for g in f.gate_locks))
+    ring = " => ".join(label(lock) for lock in f.locks) + f" => {names[f.locks[0]]}"
+    lines.append(f"  Cycle in lock order graph: {ring}")
+    for e in f.edges:
+        target = f"{_lock_word(kinds.get(e.to_lock, 0))} {names[e.to_lock]}"
+        source = f"{_lock_word(kinds.get(e.from_lock, 0)).lower()} {names[e.from_lock]}"
+        mode = f" for {LOCK_MODE_NAMES.get(e.to_mode)}" if kinds.get(e.to_lock) == 1 else ""
+        how = {1: " (trylock)", 2: " (with a timeout)"}.get(e.how, "")
+        held_mode = f" (held for {LOCK_MODE_NAMES.get(e.from_mode)})" if kinds.get(e.from_lock) == 1 else ""
+        lines.append("")
+        lines.append(f"  {target} acquired here{mode}{how} while holding {source}{held_mode} "
+                     f"in thread {e.tid} ({e.comm}):")
+        lines.extend(_stack_lines(e.to_stack))
+        lines.append(f"  {_lock_word(kinds.get(e.from_lock, 0))} {names[e.from_lock]} previously acquired "
+                     f"by the same thread here:")
+        lines.extend(_stack_lines(e.from_stack))
+        if e.held:
+            lines.append("  Other locks held: " + ", ".join(label(h) for h in e.held))
+    return _finish(lines, f, title, f"Threads are deadlocked on this cycle right now: see {f.related}.")
+
+
+def _finish(lines: List[str], f: FindingView, title: str, related_note: str) -> str:
+    """The end of a finding's text: the related finding, the summary line, the rule."""
+    if f.related:
+        lines += ["", f"  {related_note}"]
+    lines += ["", f"  SUMMARY: igdeadlock: {title}{_summary_site(f)}", "=" * 18]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_site(f: FindingView) -> str:
+    for e in f.edges:
+        for frame in e.to_stack or []:
+            if frame.function:
+                where = f" {frame.source}" if frame.source else f" {os.path.basename(frame.file or '')}"
+                return f"{where} in {frame.function}"
+    return ""
+
+
+def render_text(report: Report, show_suppressed: bool = False) -> str:
+    findings, stats = report.findings, report.stats
+    shown = [f for f in findings if show_suppressed or not f.suppressed]
+    parts = []
+    group = None
+    for f in sorted(shown, key=lambda f: (where(f), f.pid, _SEVERITY.get(f.kind, 9))) \
+            if len(report.targets) > 1 else shown:
+        if len(report.targets) > 1 and where(f) != group:
+            group = where(f)
+            parts.append(f"### {group}\n")
+        parts.append(render_finding(f))
+    clusters = [c for c in report.clusters if len(c.occurrences) > 1 and (show_suppressed or not
+                                                                            c.representative.suppressed)]
+    for c in clusters:
+        places = ", ".join(f"{where_occurrence(o)} pid {o.pid}" for o in c.occurrences)
+        parts.append(f"The same {c.representative.kind} ({c.signature}) was seen {len(c.occurrences)} "
+                     f"times: {places}\n")
+    parts.extend(render_untraced(report.processes))
+    parts.extend(f"igdeadlock: NOTE: {note}\n" for note in report.notes)
+    if len(report.targets) > 1 or any(t["state"] != "connected" for t in report.targets):
+        parts.append("targets: " + "; ".join(f"{t['address']} {t['state']}" + (f" ({t['error']})" if t.get('error')
+                                                                               else "")
+                                              for t in report.targets) + "\n")
+    actual = sum(1 for f in findings if f.kind == ACTUAL_DEADLOCK)
+    potential = sum(1 for f in findings if f.kind == POTENTIAL_DEADLOCK and not f.suppressed)
+    single = sum(1 for f in findings if f.kind == SINGLE_THREAD_INVERSION and not f.suppressed)
+    suppressed = sum(1 for f in findings if f.suppressed)
+    summary = (f"igdeadlock: {actual} actual deadlock(s), {potential} potential deadlock(s), "
+               f"{single} single-thread inversion(s), "
+               f"{suppressed} suppressed")
+    if suppressed and not show_suppressed:
+        summary += " (--show-suppressed to see them)"
+    parts.append(summary + "\n" + render_stats(stats))
+    return "\n".join(parts)
+
+
+def render_untraced(processes: Sequence[ProcessCoverage]) -> List[str]:
+    """One line per process that could not be traced: no finding about it
+    means nothing there."""
+    lines = []
+    for p in processes:
+        if not p.traced:
+            exe = f", {p.exe}" if p.exe else ""
+            place = f" on {p.target}" if p.target else ""
+            lines.append(f"igdeadlock: NOT TRACED: pid {p.pid} ({p.comm}{exe}){place}: {p.reason}\n")
+    return lines
+
+
+def render_stats(stats: Mapping[str, object]) -> str:
+    pieces = []
+    for key, value in stats.items():
+        if isinstance(value, Mapping):
+            inner = ", ".join(f"{k}={v}" for k, v in value.items())
+            pieces.append(f"{key}: {inner or 'none'}")
+        else:
+            pieces.append(f"{key}={value}")
+    return "stats: " + "; ".join(pieces) + "\n"
+
+
+def render(report: Report, options: RenderOptions) -> str:
+    return render_text(report, show_suppressed=options.show_suppressed)

@@ -1,0 +1,148 @@
+"""``igdeadlock trace``: run one command under the gadget, from start to report."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from igdeadlock import DEFAULT_IMAGE
+from igdeadlock.analysis.collector import Collector
+from igdeadlock.analysis.coverage import ProcessCoverage
+from igdeadlock.analysis.waitfor import Deadlock
+from igdeadlock.host.command import CommandLauncher, check_command, terminate
+from igdeadlock.host.locklib import CommandError
+from igdeadlock.host.procfs import process_alive
+from igdeadlock.ig.daemon import DaemonError, PrivateDaemon, find_ig
+from igdeadlock.ig.service import DEFAULT_DAEMON_ADDRESS, Address, GadgetService, TlsConfig, WireError, parse_address
+from igdeadlock.report.model import FindingView, Report
+from igdeadlock.session import (
+    CONNECT_TIMEOUT,
+    GadgetSession,
+    TraceError,
+    collector_findings,
+    gadget_params,
+    local_daemon_answers,
+)
+
+INTERRUPTED_BEFORE_START = "interrupt-before-start"  # Ctrl-C before COMMAND ran: nothing traced
+
+
+@dataclass
+class TraceOptions:
+    command: Sequence[str]
+    image: str = DEFAULT_IMAGE
+    remote: Optional[str] = None
+    tls: Optional[TlsConfig] = None
+    timeout: Optional[float] = None
+    fetch_interval_ms: int = 250
+    attach: str = "auto"  # auto | client | ig
+    ig: Optional[str] = None
+    daemon_log: Optional[str] = None
+    command_stdout: Optional[int] = None  # file descriptor for the command's stdout
+    stop_on_deadlock: bool = False  # end the trace once threads are deadlocked
+
+
+@dataclass
+class TraceOutcome:
+    findings: List[FindingView]
+    stats: Dict[str, object]
+    command_status: Optional[int]
+    ended_by: str  # "exit", "timeout", "deadlock", "interrupt" or INTERRUPTED_BEFORE_START
+    notes: List[str] = field(default_factory=list)
+    target: str = ""
+    processes: List[ProcessCoverage] = field(default_factory=list)
+
+    @property
+    def report(self) -> Report:
+        return Report(self.findings, self.stats, [{"address": self.target, "state": "connected", "error": None}],
+                      self.processes)
+
+
+def trace_command(options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
+    """Trace ``options.command`` and its process tree; report when it ends."""
+    if not options.command:
+        raise TraceError("no command to trace: igdeadlock trace [OPTIONS] -- COMMAND [ARG...]")
+    try:
+        check_command(options.command)
+    except CommandError as exc:
+        raise TraceError(str(exc)) from None
+    local = options.remote is None or options.remote.startswith("unix://") or options.remote.startswith("/")
+    if local and os.geteuid() != 0:
+        raise TraceError("igdeadlock trace needs root to trace with eBPF: run it with sudo")
+
+    private: Optional[PrivateDaemon] = None
+    try:
+        if options.remote is not None:
+            address = parse_address(options.remote)
+        elif local_daemon_answers(parse_address(DEFAULT_DAEMON_ADDRESS)):
+            address = parse_address(DEFAULT_DAEMON_ADDRESS)
+        else:
+            try:
+                private = PrivateDaemon(find_ig(options.ig), log_path=options.daemon_log)
+                address = private.start()
+            except DaemonError as exc:
+                raise TraceError(str(exc)) from exc
+        return _trace_with(address, options, say)
+    except KeyboardInterrupt:
+        # Ctrl-C while tracing was being set up: COMMAND never ran
+        return TraceOutcome([], {}, None, INTERRUPTED_BEFORE_START)
+    finally:
+        if private is not None:
+            private.stop()
+
+
+def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
+    params = gadget_params(options.fetch_interval_ms, options.image)
+    with GadgetService(address, options.tls) as service:
+        try:
+            service.server_info(timeout=CONNECT_TIMEOUT)
+        except WireError as exc:
+            raise TraceError(str(exc)) from exc
+
+        deadlocked: List[Deadlock] = []
+
+        def on_deadlock(deadlock: Deadlock) -> None:
+            deadlocked.append(deadlock)
+            threads = ", ".join(str(t) for t in deadlock.threads)
+            say(f"igdeadlock: deadlock: threads {threads} of pid {deadlock.process.pid} "
+                f"({deadlock.comm}) are blocked in a lock cycle")
+
+        local = address.scheme == "unix"
+        # the gadget selects COMMAND's process tree in the kernel: no filter here
+        collector = Collector(on_deadlock=on_deadlock, target=str(address),
+                              node=socket.gethostname() if local else "", alive=process_alive if local else None)
+        launcher = CommandLauncher(options.command, stdout=options.command_stdout)
+        ended_by = "exit"
+        started = False
+        try:
+            with GadgetSession(service, options.image, params, collector, options.attach, say,
+                               tree_pid=launcher.pid) as session:
+                try:
+                    session.start()
+                    launcher.release()
+                    started = True
+                    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+                    while launcher.process.poll() is None:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            ended_by = "timeout"
+                            break
+                        if options.stop_on_deadlock and deadlocked:
+                            ended_by = "deadlock"
+                            break
+                        session.pump_events(0.05)
+                    terminate(launcher.process)
+                    session.final_fetch()
+                except KeyboardInterrupt:
+                    ended_by = "interrupt" if started else INTERRUPTED_BEFORE_START
+        finally:
+            launcher.abort()
+        collector.store.analyse()
+        stats = collector.stats(session.decoder.counts())
+        status = launcher.process.returncode if started else None
+        stats["command_exit_status"] = status
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if address.scheme == "unix" else None
+        return TraceOutcome(collector_findings(collector, now), stats, status, ended_by, list(collector.warnings),
+                            str(address), collector.processes())

@@ -1,0 +1,117 @@
+"""Lock-order analysis on hand-made edge records: what a cycle means."""
+
+from __future__ import annotations
+
+from builders import PID, R, W, acquire, graph_of, summary
+
+from igdeadlock.analysis.lockorder import (
+    POTENTIAL_DEADLOCK,
+    SINGLE_THREAD_INVERSION,
+    SUPPRESSED_GATE_LOCK,
+    SUPPRESSED_READ_READ,
+    SUPPRESSED_TIMED_LOCK,
+    LockGraphStore,
+    ProcessKey,
+)
+from igdeadlock.records import ProcessExit
+
+
+def test_two_threads_opposite_order_is_a_potential_deadlock():
+    g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(2, [(0xB, W)], 0xA))
+    (cycle,) = g.find_cycles()
+    assert (cycle.kind, cycle.suppressed) == (POTENTIAL_DEADLOCK, None)
+    assert cycle.locks == ((0xA, 0), (0xB, 0))
+    assert sorted(cycle.threads) == [1, 2]
+
+
+def test_one_thread_opposite_order_is_a_single_thread_inversion():
+    g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(1, [(0xB, W)], 0xA))
+    assert summary(g) == [((0xA, 0xB), SINGLE_THREAD_INVERSION, None)]
+
+
+def test_second_thread_turns_single_thread_inversion_into_potential_deadlock():
+    g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(1, [(0xB, W)], 0xA), acquire(2, [(0xB, W)], 0xA))
+    assert summary(g) == [((0xA, 0xB), POTENTIAL_DEADLOCK, None)]
+
+
+def test_common_gate_lock_suppresses_the_cycle():
+    g = graph_of(acquire(1, [(0x6, W), (0xA, W)], 0xB), acquire(2, [(0x6, W), (0xB, W)], 0xA))
+    (cycle,) = [c for c in g.find_cycles() if {lock for lock, _ in c.locks} == {0xA, 0xB}]
+    assert cycle.suppressed == SUPPRESSED_GATE_LOCK
+    assert cycle.gate_locks == ((0x6, 0),)
+
+
+def test_gate_held_for_reading_by_both_does_not_protect():
+    g = graph_of(acquire(1, [(0x6, R), (0xA, W)], 0xB), acquire(2, [(0x6, R), (0xB, W)], 0xA))
+    assert ((0xA, 0xB), POTENTIAL_DEADLOCK, None) in summary(g)
+
+
+def test_read_read_cycle_is_suppressed_but_write_read_is_not():
+    read_read = graph_of(acquire(1, [(0xA, R)], 0xB, R), acquire(2, [(0xB, R)], 0xA, R))
+    assert summary(read_read) == [((0xA, 0xB), POTENTIAL_DEADLOCK, SUPPRESSED_READ_READ)]
+    # T1 holds A for reading and wants B for writing; T2 holds B for reading and wants A for writing
+    write_read = graph_of(acquire(1, [(0xA, R)], 0xB, W), acquire(2, [(0xB, R)], 0xA, W))
+    assert summary(write_read) == [((0xA, 0xB), POTENTIAL_DEADLOCK, None)]
+
+
+def test_timed_request_closing_the_cycle_is_suppressed():
+    g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(2, [(0xB, W)], 0xA, how=2))
+    assert summary(g) == [((0xA, 0xB), POTENTIAL_DEADLOCK, SUPPRESSED_TIMED_LOCK)]
+
+
+def test_three_lock_ring_needs_three_distinct_threads():
+    ring = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(2, [(0xB, W)], 0xC), acquire(3, [(0xC, W)], 0xA))
+    assert summary(ring) == [((0xA, 0xB, 0xC), POTENTIAL_DEADLOCK, None)]
+
+
+def test_chain_from_one_thread_that_released_the_first_lock_is_not_a_cycle():
+    # google/sanitizers#814: T1 A->B, then (A released) B->C; T2 C->A. T1 never holds A while waiting for C.
+    g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(1, [(0xB, W)], 0xC), acquire(2, [(0xC, W)], 0xA))
+    assert summary(g) == []
+
+
+def test_nested_holder_closes_a_shorter_cycle():
+    # T1 holds A and B and wants C; T2 holds C and wants A: the real cycle is A -> C -> A.
+    g = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(1, [(0xA, W), (0xB, W)], 0xC), acquire(2, [(0xC, W)], 0xA))
+    assert summary(g) == [((0xA, 0xC), POTENTIAL_DEADLOCK, None)]
+
+
+def test_store_drops_graph_after_exit_but_keeps_the_finding():
+    store = LockGraphStore()
+    for edge in [*acquire(1, [(0xA, W)], 0xB), *acquire(2, [(0xB, W)], 0xA)]:
+        store.add_edge(edge)
+    store.process_exited(ProcessExit(PID, 1, 1, "t"))
+    new = store.analyse()
+    assert len(new) == 1
+    assert store.graph_of(PID) is None
+    assert len(store.all_findings()) == 1
+    assert store.stats.processes_exited == 1
+
+
+def test_exit_seen_before_the_last_edges_still_analyses_then_drops():
+    store = LockGraphStore()
+    store.process_exited(ProcessExit(PID, 1, 1, "t"))
+    for edge in [*acquire(1, [(0xA, W)], 0xB), *acquire(2, [(0xB, W)], 0xA)]:
+        store.add_edge(edge)
+    assert len(store.analyse()) == 1
+    assert store.graph_of(PID) is None
+
+
+def test_reused_pid_starts_clean():
+    store = LockGraphStore()
+    for edge in acquire(1, [(0xA, W)], 0xB, start=1):
+        store.add_edge(edge)
+    store.process_exited(ProcessExit(PID, 1, 1, "t"))
+    store.analyse()
+    # a new process with the same pid (other start time) takes the opposite order
+    for edge in acquire(2, [(0xB, W)], 0xA, start=2):
+        store.add_edge(edge)
+    assert store.analyse() == []
+    assert store.graph_of(PID).key == ProcessKey(PID, 2)
+
+
+def test_same_addresses_in_two_processes_are_different_locks():
+    store = LockGraphStore()
+    for edge in [*acquire(1, [(0xA, W)], 0xB, pid=1), *acquire(2, [(0xB, W)], 0xA, pid=2)]:
+        store.add_edge(edge)
+    assert store.analyse() == []
