@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from helpers import compile_program
-
-
-def require_root_and_ig() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("end-to-end tests trace with eBPF and need root (run `make test` as root)")
+from helpers import compile_program, require_root_and_ig
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PROGRAMS = REPO / "tests" / "programs"
 BIN_CACHE = REPO / "tests" / ".bin"
@@ -54,6 +56,11 @@ def program_facts(output: str) -> Dict[str, List[int]]:
             facts.setdefault(name, []).append(int(value, 0))
     return facts
 
+
+
+def require_root_and_ig() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests trace with eBPF and need root (run `make test` as root)")
 
 
 def run_cli(args: Sequence[str], timeout: float = 120, env: Optional[dict] = None) -> subprocess.CompletedProcess:

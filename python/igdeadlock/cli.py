@@ -323,8 +323,8 @@ def tune_garbage_collector() -> None:
 
 # What each command needs loaded before it runs.
 _MODULES = {
-    "trace": ("igdeadlock.session", "igdeadlock.report", "igdeadlock.outputs"),
-    "watch": ("igdeadlock.watch", "igdeadlock.k8s", "igdeadlock.report", "igdeadlock.outputs"),
+    "trace": ("igdeadlock.trace", "igdeadlock.report"),
+    "watch": ("igdeadlock.watch", "igdeadlock.ig.k8s", "igdeadlock.report"),
 }
 
 

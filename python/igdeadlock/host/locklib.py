@@ -352,6 +352,8 @@ def exec_problem(path: str) -> Optional[Tuple[int, str]]:
         info = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return errno.ENOENT, "no such file or directory"
+    except PermissionError:  # a directory on the way that we may not search
+        return errno.EACCES, "permission denied"
     if stat.S_ISDIR(info.st_mode):
         return errno.EACCES, "permission denied (a directory)"
     if not stat.S_ISREG(info.st_mode):
