@@ -7,6 +7,7 @@
 #   make bench       measure the cost of tracing (BPF time per lock/unlock pair) and the analysis
 #   make diagrams    regenerate DEVELOPER.md's program-map diagrams from the built image
 #   make containers  start Docker and build the test images (igdeadlock-test/glibc, /musl)
+#   make lint        ruff, mypy, and clang-format in Inspektor Gadget's style
 #
 # Everything here runs as root: eBPF and `ig daemon` need it.
 
@@ -22,10 +23,10 @@ IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget"
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test demo bench diagrams containers proto clean
+.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test demo bench diagrams containers lint proto clean
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: setup-packages setup-ig setup-python setup-test-tools
 
@@ -94,6 +95,16 @@ containers:
 # DEVELOPER.md's diagrams come from the built image, never from hand edits.
 diagrams: gadget
 	tools/gen-developer-md.sh $(IG) $(IMAGE) > DEVELOPER.md.new && mv DEVELOPER.md.new DEVELOPER.md
+
+# C in Inspektor Gadget's style: its .clang-format, from the same module version as ig.
+C_SOURCES := program.bpf.c $(wildcard bench/*.c tests/programs/*.c tests/programs/*.cc tests/programs/*.h examples/*.c)
+lint: setup-packages setup-python
+	cd python && ../$(VENV)/bin/ruff check igdeadlock ../tests ../bench
+	cd python && ../$(VENV)/bin/mypy
+	@ig_source=$$(cd tools/ig && go mod download -json github.com/inspektor-gadget/inspektor-gadget@$(IG_VERSION) | \
+		sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	[ -f "$$ig_source/.clang-format" ] || { echo "lint: no .clang-format in $$ig_source" >&2; exit 1; }; \
+	clang-format-19 --style=file:$$ig_source/.clang-format --dry-run --Werror $(C_SOURCES)
 
 proto:
 	$(VENV)/bin/pip install -q 'grpcio-tools==1.85.1'

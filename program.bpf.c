@@ -4,15 +4,33 @@
 /*
  * igdeadlock: lock-order tracing for deadlock detection.
  *
- * Uprobes on libc's lock functions keep, per thread, the set of locks it
- * holds. Every time a thread requests a lock while holding others, that is a
- * lock dependency: one lock-order edge (held lock -> requested lock) per held
- * lock. Each dependency is recorded once, when first seen, into the `edges`
- * map; user space drains it through a map iterator and looks for cycles.
+ * Uprobes on the C library's lock functions keep, per thread, the set of locks
+ * it holds. Every time a thread requests a lock while holding others, that is
+ * a lock dependency: one lock-order edge (held lock -> requested lock) per
+ * held lock. Each dependency is recorded once, when first seen, into the
+ * `edges` map; user space drains it through a map iterator and looks for
+ * cycles. Futex waits tell which threads are blocked in a lock right now.
  *
  * Hot path (dependency already known): one lookup of the thread's state and a
  * compare against the thread's small dependency cache. Stacks are captured
  * and edges written only when a dependency is new.
+ *
+ * Contents
+ *   1. The contract with user space     enums and bit layouts (gadget.py)
+ *   2. Sizes                            map capacities, nesting depths
+ *   3. Counters                         what could not be tracked
+ *   4. Which processes are traced       the command's tree, IG's filters
+ *   5. Small helpers                    hashes, the current task
+ *   6. Per-thread lock state            held locks, dependency cache
+ *   7. Lock identity                    generations of reused addresses
+ *   8. Records                          what user space reads, and where they are built
+ *   9. Acquisition sites                stacks and the files they point into
+ *  10. Lock-order edges                 new dependencies, once each
+ *  11. Acquire and release              what each lock function does
+ *  12. Blocked threads                  futex waits inside a lock
+ *  13. Processes                        the traced tree, execs, exits
+ *  14. Datasources                      what IG sends to user space
+ *  15. Probes                           one entry point per function
  */
 
 #include <vmlinux.h>
@@ -25,10 +43,74 @@
 #include <gadget/macros.h>
 #include <gadget/types.h>
 
+/* ------------------------------------------------------------------------
+ * 1. The contract with user space
+ * The values below are igdeadlock/gadget.py's, checked by a unit test.
+ * ------------------------------------------------------------------------ */
+
+/* How a lock is held or requested. */
+enum lock_mode {
+	LOCK_MODE_EXCLUSIVE = 0, /* mutex, spinlock, rwlock write */
+	LOCK_MODE_SHARED = 1, /* rwlock read */
+};
+
+/* What kind of lock object it is. */
+enum lock_kind {
+	LOCK_KIND_MUTEX = 0,
+	LOCK_KIND_RWLOCK = 1,
+	LOCK_KIND_SPINLOCK = 2,
+};
+
+/* How an acquisition waits. */
+enum acquire {
+	ACQUIRE_BLOCKING = 0, /* waits until acquired */
+	ACQUIRE_TRY = 1, /* never waits: no incoming edge */
+	ACQUIRE_TIMED = 2, /* waits, but gives up at a deadline */
+};
+
+/* Which C library the probed lock functions belong to (the low byte of the
+ * uprobe's attach cookie; 0 when ig attaches, which it does for glibc only). */
+enum libc {
+	LIBC_GLIBC = 0,
+	LIBC_MUSL = 1,
+};
+
+/* What a process event says. */
+enum process_change {
+	PROCESS_EXEC =
+		0, /* the process ran execve: it may use another C library now */
+	PROCESS_FORK = 1, /* a new process in the traced command's tree */
+};
+
+/* Keys of the `counters` map: what could not be tracked. */
+enum tracking_stat {
+	STAT_HELD_OVERFLOW = 0, /* a lock not tracked: held set full */
+	STAT_THREADS_FULL = 1, /* a thread not tracked: thread map full */
+	STAT_EDGES_FULL = 2, /* an edge lost: edge map full */
+	STAT_SITES_FULL = 3, /* a stack lost: stack map full */
+	STAT_GENERATIONS_FULL = 4, /* a destroy not recorded */
+	STAT_BLOCKED_FULL = 5, /* a blocked thread not recorded */
+	STAT_TREE_FULL = 6, /* a process of the traced tree not tracked */
+};
+
+/* A uprobe's attach cookie: the C library, and the size of the probed
+ * function (musl's lock functions call each other; see nested_lock_call). */
+#define COOKIE_LIBC_MASK 0xff /* bits 0-7: enum libc */
+#define COOKIE_SIZE_SHIFT 32 /* bits 32-63: function size in bytes */
+
+/* An acquisition site id: the CPU that numbered it above a per-CPU count
+ * (unique without atomics); 0 means "no stack". */
+#define SITE_CPU_SHIFT 48
+
+/* ------------------------------------------------------------------------
+ * 2. Sizes
+ * ------------------------------------------------------------------------ */
+
 #define MAX_HELD_LOCKS 16 /* nesting depth tracked per thread */
-#define DEP_CACHE_SETS 8 /* dependency-cache sets: one per nesting depth, modulo (power of 2) */
+#define DEP_CACHE_SETS \
+	8 /* dependency-cache sets: one per nesting depth, modulo (power of 2) */
 #define DEP_CACHE_WAYS 2 /* requests a set keeps at once */
-#define DEP_CACHE_SLOTS (DEP_CACHE_SETS * DEP_CACHE_WAYS)
+#define DEP_CACHE_ENTRIES (DEP_CACHE_SETS * DEP_CACHE_WAYS)
 #define MAX_STACK_FRAMES 16 /* user frames kept per acquisition site */
 #define FILE_PATH_MAX 256 /* longest mapped-file path reported (power of 2) */
 #define MAX_PATH_PARTS 32 /* directory levels walked for a path (power of 2) */
@@ -46,41 +128,10 @@
 #define MAX_TREE_PROCESSES 16384 /* processes of a traced command's tree */
 #define EXE_NAME_MAX 128 /* longest executable name in process events */
 
-/* What futex waits tell about a lock (x86-64 and aarch64 layouts). */
-#define LOCK_OBJECT_SPAN 64 /* pthread_rwlock_t (56) and pthread_mutex_t (40) fit */
-#define GLIBC_MUTEX_OWNER_OFFSET 8 /* struct __pthread_mutex_s.__owner */
-#define GLIBC_RWLOCK_WRITER_OFFSET 24 /* struct __pthread_rwlock_arch_t.__cur_writer */
-#define MUSL_MUTEX_TYPE_OFFSET 0 /* _m_type: __u.__i[0] */
-#define MUSL_MUTEX_LOCK_OFFSET 4 /* _m_lock: __u.__vi[1], owner tid unless the type is normal */
-#define MUSL_MUTEX_TYPE_MASK 15 /* 0: normal, which keeps no owner */
-#define MUSL_OWNER_MASK 0x3fffffff /* _m_lock without its waiter and owner-died bits */
-#define FUTEX_CMD_MASK 0x7f /* without FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME */
-#define FUTEX_WAIT 0
-#define FUTEX_LOCK_PI 6
-#define FUTEX_WAIT_BITSET 9
-#define FUTEX_LOCK_PI2 13
+#define LOCK_CALL_RANGES \
+	2 /* musl nests lock functions two deep (lock, timedlock, trylock) */
 
-/* How a lock is held or requested. */
-#define LOCK_MODE_EXCLUSIVE 0 /* mutex, spinlock, rwlock write */
-#define LOCK_MODE_SHARED 1 /* rwlock read */
-
-/* What kind of lock object it is. */
-#define LOCK_KIND_MUTEX 0
-#define LOCK_KIND_RWLOCK 1
-#define LOCK_KIND_SPINLOCK 2
-
-/* How an acquisition waits. */
-#define ACQUIRE_BLOCKING 0 /* waits until acquired */
-#define ACQUIRE_TRY 1 /* never waits: no incoming edge */
-#define ACQUIRE_TIMED 2 /* waits, but gives up at a deadline */
-
-/* Which C library the probed lock functions belong to: the attach cookie of
- * the uprobe (0 when ig attaches, which it does for glibc only). */
-#define LIBC_GLIBC 0
-#define LIBC_MUSL 1
-#define COOKIE_LIBC_MASK 0xff /* cookie bits 0-7: LIBC_* */
-#define COOKIE_SIZE_SHIFT 32 /* cookie bits 32-63: size of the probed function */
-#define LOCK_CALL_RANGES 2 /* musl nests lock functions two deep (lock, timedlock, trylock) */
+#define GOLDEN_RATIO_64 0x9E3779B97F4A7C15ULL
 
 /* Where the stack pointer is at a return probe, relative to the entry: x86
  * `ret` pops the return address, arm64 returns through the link register. */
@@ -90,21 +141,155 @@
 #define RETURN_SP_OFFSET 0
 #endif
 
-/* Kinds of process events. */
-#define PROCESS_EXEC 0 /* the process ran execve: it may use another C library now */
-#define PROCESS_FORK 1 /* a new process in the traced command's tree */
-#define SIGSTOP 19 /* x86-64 and arm64 */
+/* The kernel's page size (vm_pgoff counts pages): 4 KiB on x86-64; an arm64
+ * kernel is built for 4, 16 or 64 KiB pages (CONFIG_ARM64_PAGE_SHIFT). */
+#if defined(bpf_target_arm64)
+extern int CONFIG_ARM64_PAGE_SHIFT __kconfig __weak;
+#define KERNEL_PAGE_SHIFT (CONFIG_ARM64_PAGE_SHIFT ?: 12)
+#else
+#define KERNEL_PAGE_SHIFT 12
+#endif
 
-/* Counters of what could not be tracked (keys of `counters`). */
-#define STAT_HELD_OVERFLOW 0 /* a lock not tracked: held set full */
-#define STAT_THREADS_FULL 1 /* a thread not tracked: thread map full */
-#define STAT_EDGES_FULL 2 /* an edge lost: edge map full */
-#define STAT_SITES_FULL 3 /* a stack lost: stack map full */
-#define STAT_GENERATIONS_FULL 4 /* a destroy not recorded */
-#define STAT_BLOCKED_FULL 5 /* a blocked thread not recorded */
-#define STAT_TREE_FULL 6 /* a process of the traced tree not tracked */
+/* ------------------------------------------------------------------------
+ * 3. Counters
+ * Rare events only: each fetch deletes the entries, the next event re-creates
+ * its own.
+ * ------------------------------------------------------------------------ */
 
-#define GOLDEN_RATIO_64 0x9E3779B97F4A7C15ULL
+struct counter_key {
+	__u32 counter; /* STAT_* */
+};
+
+struct counter_value {
+	__u64 count; /* events since the previous fetch */
+};
+
+/* STAT_* -> how often it happened since the last fetch */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32);
+	__type(key, struct counter_key);
+	__type(value, struct counter_value);
+} counters SEC(".maps");
+
+/* Rare events only: the fetch deletes the entry, the next one re-creates it. */
+static __always_inline void count_stat(__u32 index)
+{
+	struct counter_key key = { .counter = index };
+	struct counter_value one = { .count = 1 }, *value;
+
+	value = bpf_map_lookup_elem(&counters, &key);
+	if (value) {
+		__sync_fetch_and_add(&value->count, 1);
+		return;
+	}
+	if (bpf_map_update_elem(&counters, &key, &one, BPF_NOEXIST)) {
+		value = bpf_map_lookup_elem(&counters, &key);
+		if (value)
+			__sync_fetch_and_add(&value->count, 1);
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * 4. Which processes are traced
+ * IG's filters (mount namespaces, pid, comm...) and, for `igdeadlock trace`,
+ * the command's process tree (tree_pid and its descendants).
+ * ------------------------------------------------------------------------ */
+
+/* The traced command's process (0: trace every process): only it and its
+ * descendants are traced, so bystanders produce no records. */
+const volatile gadget_pid tree_pid = 0;
+GADGET_PARAM(tree_pid);
+
+/* process -> 1: the descendants of tree_pid that are still running */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TREE_PROCESSES);
+	__type(key, gadget_pid);
+	__type(value, __u8);
+} tree_processes SEC(".maps");
+
+static __always_inline bool in_traced_tree(gadget_pid pid)
+{
+	return pid == tree_pid || bpf_map_lookup_elem(&tree_processes, &pid);
+}
+
+/* Filters cost nothing unless the user set one (the constants are frozen). */
+static __always_inline bool current_is_filtered_out(void)
+{
+	if (!gadget_filter_by_mntns && targ_pid == 0 && targ_tid == 0 &&
+	    targ_uid == GADGET_INVALID_ID && targ_gid == GADGET_INVALID_ID &&
+	    targ_comm[0] == '\0' && tree_pid == 0)
+		return false;
+	if (tree_pid && !in_traced_tree(bpf_get_current_pid_tgid() >> 32))
+		return true;
+	return gadget_should_discard_data_current();
+}
+
+/* ------------------------------------------------------------------------
+ * 5. Small helpers
+ * ------------------------------------------------------------------------ */
+
+static __always_inline __u64 mix64(__u64 value)
+{
+	value ^= value >> 33;
+	value *= GOLDEN_RATIO_64;
+	value ^= value >> 29;
+	return value;
+}
+
+/* Hash of one held lock; XOR-ing them gives an order-independent set hash. */
+static __always_inline __u64 held_lock_hash(__u64 lock, __u32 gen, __u8 mode)
+{
+	return mix64(lock ^ ((__u64)gen << 48) ^ ((__u64)mode << 62));
+}
+
+/* Start time of the current process (boot clock, as /proc/PID/stat has it):
+ * (pid, start) names a process uniquely. */
+static __always_inline __u64 current_process_start(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, group_leader, start_boottime);
+}
+
+static __always_inline __u32 current_session_id(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, signal, pids[PIDTYPE_SID], numbers[0].nr);
+}
+
+/* The current thread id: a field of the task, cheaper to reach than through
+ * bpf_get_current_pid_tgid() (helper calls dominate the hot path). */
+static __always_inline gadget_tid current_tid(void)
+{
+	return bpf_get_current_task_btf()->pid;
+}
+
+/* Return address of the lock function: the calling site, even without frame
+ * pointers (x86: on top of the stack at entry; arm64: in the link register). */
+static __always_inline __u64 caller_address(struct pt_regs *ctx)
+{
+#if defined(bpf_target_x86)
+	__u64 ret = 0;
+
+	bpf_probe_read_user(&ret, sizeof(ret), (void *)PT_REGS_SP(ctx));
+	return ret;
+#elif defined(bpf_target_arm64)
+	return PT_REGS_RET(ctx);
+#else
+	return 0;
+#endif
+}
+
+/* ------------------------------------------------------------------------
+ * 6. Per-thread lock state
+ * A thread's state lives in a slot of thread_slots (an array: lookups are
+ * plain loads); thread_to_held_mutexes tells a thread's slot, slot_owners who
+ * owns a slot, last_thread the thread that last ran on each CPU (the hot
+ * path finds its slot without a hash lookup).
+ * ------------------------------------------------------------------------ */
 
 struct held_lock {
 	__u64 lock; /* user address of the lock object */
@@ -116,7 +301,7 @@ struct held_lock {
 };
 
 /* A dependency this thread already recorded: no need to look further. */
-struct dep_cache_slot {
+struct dep_cache_entry {
 	__u64 lock;
 	__u64 context; /* held_hash when it was requested */
 	__u64 site;
@@ -168,7 +353,7 @@ struct wait_state {
 
 struct thread_locks {
 	struct held_lock held[MAX_HELD_LOCKS];
-	struct dep_cache_slot cache[DEP_CACHE_SLOTS];
+	struct dep_cache_entry cache[DEP_CACHE_ENTRIES];
 	struct pending_acquire pending;
 	struct wait_state wait;
 	__u64 held_hash; /* order-independent hash of the held set */
@@ -180,7 +365,8 @@ struct thread_locks {
 	__u8 __pad[2];
 	struct code_range lock_calls[LOCK_CALL_RANGES];
 	struct lock_call last_call;
-	__u8 cache_victim[DEP_CACHE_SETS]; /* way of each set the next miss replaces */
+	__u8 cache_victim
+		[DEP_CACHE_SETS]; /* way of each set the next miss replaces */
 };
 
 /* slot -> the lock state of the thread that claimed it */
@@ -222,366 +408,35 @@ struct {
 	__type(value, struct cpu_thread);
 } last_thread SEC(".maps");
 
-struct dep_key {
-	__u64 context; /* held_hash of the requesting thread */
-	__u64 lock;
-	__u32 pid;
-	__u32 tid;
-	__u32 gen;
-	__u8 mode;
-	__u8 how;
-	__u8 __pad[2];
-};
-
-/* dependency (thread, held set, requested lock) -> its stackmap key */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_KNOWN_DEPS);
-	__type(key, struct dep_key);
-	__type(value, __u64);
-} known_dependencies SEC(".maps");
-
-struct lock_edge_key {
-	__u64 from_lock; /* held lock */
-	__u64 to_lock; /* requested lock */
-	__u64 context; /* hash of the held set: one record per lock set */
-	gadget_pid pid;
-	gadget_tid tid;
-	__u8 to_mode;
-	__u8 to_how;
-	__u8 __pad[6];
-};
-
-struct lock_edge {
-	gadget_mntns_id mntns_id;
-	__u64 process_start; /* tells a reused pid apart */
-	__u32 session_id; /* selects a command's process tree */
-	__u32 __pad0;
-	__u64 from_site; /* stackmap key: where from_lock was acquired */
-	__u64 to_site; /* stackmap key: where to_lock was requested */
-	__u32 from_gen;
-	__u32 to_gen;
-	__u8 from_mode;
-	__u8 from_kind;
-	__u8 to_kind;
-	__u8 held_count;
-	__u32 __pad;
-	gadget_comm comm[TASK_COMM_LEN];
-	/* every lock held when the edge was made (from_lock included) */
-	__u64 held_locks[MAX_HELD_LOCKS];
-	__u32 held_gens[MAX_HELD_LOCKS];
-	__u8 held_modes[MAX_HELD_LOCKS];
-};
-
-/* (held lock, requested lock, thread, context) -> edge evidence */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_EDGES);
-	__type(key, struct lock_edge_key);
-	__type(value, struct lock_edge);
-} edges SEC(".maps");
-
-struct stack_key {
-	__u64 site;
-};
-
-struct stack_frames {
-	gadget_pid stack_pid;
-	__u32 frame_count;
-	/* per frame: offset in the mapped file, or the address if anonymous */
-	__u64 frame_offsets[MAX_STACK_FRAMES];
-	/* per frame: file_id of the mapped file, 0 if anonymous */
-	__u64 frame_files[MAX_STACK_FRAMES];
-};
-
-/* acquisition site -> its user stack, resolved to (file, offset) */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_SITES);
-	__type(key, struct stack_key);
-	__type(value, struct stack_frames);
-} stackmap SEC(".maps");
-
-struct file_key {
-	__u64 file_id;
-};
-
-struct file_info {
-	__u64 inode;
-	__u32 device;
-	__u32 __pad;
-	char path[FILE_PATH_MAX];
-};
-
-/* file_id -> path of a file that stack frames point into */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_FILES);
-	__type(key, struct file_key);
-	__type(value, struct file_info);
-} files SEC(".maps");
-
-/* file_id -> 1 once its path was sent */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_SEEN_FILES);
-	__type(key, __u64);
-	__type(value, __u8);
-} seen_files SEC(".maps");
-
-struct lock_id {
-	__u64 lock;
-	__u32 pid;
-	__u32 __pad;
-};
-
-/* (process, lock address) -> generation, bumped on destroy */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_LOCK_GENERATIONS);
-	__type(key, struct lock_id);
-	__type(value, __u32);
-} lock_generations SEC(".maps");
-
-struct counter_key {
-	__u32 counter; /* STAT_* */
-};
-
-struct counter_value {
-	__u64 count; /* events since the previous fetch */
-};
-
-/* STAT_* -> how often it happened since the last fetch */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32);
-	__type(key, struct counter_key);
-	__type(value, struct counter_value);
-} counters SEC(".maps");
-
-struct blocked_key {
-	gadget_tid tid;
-};
-
-struct blocked_thread {
-	gadget_mntns_id mntns_id;
-	__u64 process_start;
-	__u64 lock; /* the lock the thread waits for */
-	__u64 site; /* stackmap key of where it requested the lock */
-	__u64 since; /* boot time (ns) it started waiting */
-	__u64 observed; /* boot time (ns) of the wait that made this record */
-	gadget_pid pid;
-	__u32 gen;
-	__u32 owner_tid; /* glibc's owner of the lock (mutex, rwlock writer), 0 if none */
-	__u32 session_id;
-	__u8 mode;
-	__u8 kind;
-	__u8 how;
-	__u8 held_count;
-	__u32 __pad;
-	gadget_comm comm[TASK_COMM_LEN];
-	/* the locks the thread holds while it waits */
-	__u64 held_locks[MAX_HELD_LOCKS];
-	__u32 held_gens[MAX_HELD_LOCKS];
-	__u8 held_modes[MAX_HELD_LOCKS];
-};
-
-/* thread -> the lock it is blocked on; user space keeps it until "resumed" */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_BLOCKED_THREADS);
-	__type(key, struct blocked_key);
-	__type(value, struct blocked_thread);
-} blocked_threads SEC(".maps");
-
-struct resumed_thread {
-	gadget_pid pid;
-	gadget_tid tid;
-	__u64 lock;
-};
-
-struct dead_pid {
-	gadget_pid pid;
-	__u32 __pad;
-	__u64 process_start;
-	gadget_mntns_id mntns_id;
-	gadget_comm comm[TASK_COMM_LEN];
-};
-
-/* A process started a program, or joined the traced tree: user space finds
- * the C library it uses and probes it. */
-struct process_event {
-	gadget_mntns_id mntns_id;
-	__u64 process_start;
-	gadget_pid pid;
-	gadget_ppid parent_pid;
-	__u8 event; /* PROCESS_* */
-	__u8 paused; /* stopped (SIGSTOP) until user space continues it */
-	__u8 __pad[6];
-	gadget_comm comm[TASK_COMM_LEN];
-	char exe[EXE_NAME_MAX]; /* the file execve was given (exec events) */
-};
-
-/* The traced command's process (0: trace every process): only it and its
- * descendants are traced, so bystanders produce no records. */
-const volatile gadget_pid tree_pid = 0;
-GADGET_PARAM(tree_pid);
-
-/* Stop each new process of the traced tree before its first instruction
- * (SIGSTOP), so that user space can probe its C library for it alone and then
- * continue it: uprobes placed per process (bystanders never trap) see a new
- * process from its start. */
-const volatile bool pause_new_processes = false;
-GADGET_PARAM(pause_new_processes);
-
-extern int bpf_send_signal_task(struct task_struct *task, int sig,
-				enum pid_type type, __u64 value) __ksym __weak;
-
-/* process -> 1: the descendants of tree_pid that are still running */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_TREE_PROCESSES);
-	__type(key, gadget_pid);
-	__type(value, __u8);
-} tree_processes SEC(".maps");
-
-/* scratch space for records too big for the BPF stack */
-struct scratch_buffers {
-	struct lock_edge edge;
-	struct blocked_thread blocked;
-	struct stack_frames stack;
-	struct file_info file;
-	__u64 raw_frames[MAX_STACK_FRAMES + 1];
-	char path[2 * FILE_PATH_MAX];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct scratch_buffers);
-} scratch_space SEC(".maps");
-
-GADGET_TRACER_MAP(dead_pids, 1024 * 256);
-GADGET_TRACER_MAP(resumed_threads, 1024 * 64);
-GADGET_TRACER_MAP(process_events, 1024 * 256);
-
-GADGET_MAPITER(edges, edges);
-GADGET_MAPITER(stacks, stackmap);
-GADGET_MAPITER(files, files);
-GADGET_MAPITER(counters, counters);
-GADGET_MAPITER(blocked, blocked_threads);
-GADGET_TRACER(dead_pids, dead_pids, dead_pid);
-GADGET_TRACER(resumed, resumed_threads, resumed_thread);
-GADGET_TRACER(processes, process_events, process_event);
-
-/* Bumped by every destroy: tells threads their dependency cache is stale. */
-volatile __u32 destroy_epoch = 0;
-/* per CPU: acquisition sites numbered so far */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} site_counter SEC(".maps");
-
-/* Rare events only: the fetch deletes the entry, the next one re-creates it. */
-static __always_inline void count_stat(__u32 index)
-{
-	struct counter_key key = { .counter = index };
-	struct counter_value one = { .count = 1 }, *value;
-
-	value = bpf_map_lookup_elem(&counters, &key);
-	if (value) {
-		__sync_fetch_and_add(&value->count, 1);
-		return;
-	}
-	if (bpf_map_update_elem(&counters, &key, &one, BPF_NOEXIST)) {
-		value = bpf_map_lookup_elem(&counters, &key);
-		if (value)
-			__sync_fetch_and_add(&value->count, 1);
-	}
-}
-
-static __always_inline __u64 mix64(__u64 value)
-{
-	value ^= value >> 33;
-	value *= GOLDEN_RATIO_64;
-	value ^= value >> 29;
-	return value;
-}
-
-/* Hash of one held lock; XOR-ing them gives an order-independent set hash. */
-static __always_inline __u64 held_lock_hash(__u64 lock, __u32 gen, __u8 mode)
-{
-	return mix64(lock ^ ((__u64)gen << 48) ^ ((__u64)mode << 62));
-}
-
-/* Start time of the current process (boot clock, as /proc/PID/stat has it):
- * (pid, start) names a process uniquely. */
-static __always_inline __u64 current_process_start(void)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-
-	return BPF_CORE_READ(task, group_leader, start_boottime);
-}
-
-static __always_inline __u32 current_session_id(void)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-
-	return BPF_CORE_READ(task, signal, pids[PIDTYPE_SID], numbers[0].nr);
-}
-
-/* The current thread id: a field of the task, cheaper to reach than through
- * bpf_get_current_pid_tgid() (helper calls dominate the hot path). */
-static __always_inline gadget_tid current_tid(void)
-{
-	return bpf_get_current_task_btf()->pid;
-}
-
-static __always_inline bool in_traced_tree(gadget_pid pid)
-{
-	return pid == tree_pid || bpf_map_lookup_elem(&tree_processes, &pid);
-}
-
-/* Filters cost nothing unless the user set one (the constants are frozen). */
-static __always_inline bool current_is_filtered_out(void)
-{
-	if (!gadget_filter_by_mntns && targ_pid == 0 && targ_tid == 0 &&
-	    targ_uid == GADGET_INVALID_ID && targ_gid == GADGET_INVALID_ID &&
-	    targ_comm[0] == '\0' && tree_pid == 0)
-		return false;
-	if (tree_pid && !in_traced_tree(bpf_get_current_pid_tgid() >> 32))
-		return true;
-	return gadget_should_discard_data_current();
-}
-
 /* Initial state of a thread: too big for the BPF stack, so kept read-only. */
 static const struct thread_locks empty_thread = {};
 
 /* The C library of the probe that runs: the attach cookie's low byte. */
 static __always_inline __u8 probed_libc(void *ctx)
 {
-	return (bpf_get_attach_cookie(ctx) & COOKIE_LIBC_MASK) == LIBC_MUSL ? LIBC_MUSL : LIBC_GLIBC;
+	return (bpf_get_attach_cookie(ctx) & COOKIE_LIBC_MASK) == LIBC_MUSL ?
+		       LIBC_MUSL :
+		       LIBC_GLIBC;
 }
 
 /* Claim a free slot for a new thread (first lock operation, in the probe
  * `ctx`): only one thread can insert a given slot into slot_owners. */
-static __always_inline struct thread_locks *claim_slot(void *ctx, gadget_tid tid,
-							__u32 *claimed)
+static __always_inline struct thread_locks *
+claim_slot(void *ctx, gadget_tid tid, __u32 *claimed)
 {
 	struct thread_locks *t;
 	__u32 index;
 
 	for (int probe = 0; probe < THREAD_SLOT_PROBES; probe++) {
 		index = (mix64(tid) + probe) & (MAX_THREADS - 1);
-		if (bpf_map_update_elem(&slot_owners, &index, &tid, BPF_NOEXIST))
+		if (bpf_map_update_elem(&slot_owners, &index, &tid,
+					BPF_NOEXIST))
 			continue;
-		bpf_map_update_elem(&thread_slots, &index, &empty_thread, BPF_ANY);
+		bpf_map_update_elem(&thread_slots, &index, &empty_thread,
+				    BPF_ANY);
 		t = bpf_map_lookup_elem(&thread_slots, &index);
-		if (!t || bpf_map_update_elem(&thread_to_held_mutexes, &tid, &index,
-					      BPF_NOEXIST)) {
+		if (!t || bpf_map_update_elem(&thread_to_held_mutexes, &tid,
+					      &index, BPF_NOEXIST)) {
 			bpf_map_delete_elem(&slot_owners, &index);
 			return NULL;
 		}
@@ -619,7 +474,8 @@ static __always_inline void release_thread(gadget_tid tid)
 static __always_inline struct thread_locks *thread_state(gadget_tid tid,
 							 void *probe_ctx)
 {
-	struct cpu_thread *last = bpf_map_lookup_elem(&last_thread, &(__u32){ 0 });
+	struct cpu_thread *last =
+		bpf_map_lookup_elem(&last_thread, &(__u32){ 0 });
 	struct thread_locks *t;
 	__u32 *slot, index;
 
@@ -653,7 +509,7 @@ static __always_inline struct thread_locks *thread_state(gadget_tid tid,
 
 /* An index into held[] the verifier can see is in bounds (callers have
  * already checked it; the mask is only there for the verifier). */
-static __always_inline __u32 held_slot(__u32 index)
+static __always_inline __u32 held_index(__u32 index)
 {
 	barrier_var(index);
 	return index & (MAX_HELD_LOCKS - 1);
@@ -670,11 +526,56 @@ static __always_inline int find_held(struct thread_locks *t, __u64 lock)
 
 		if (i < 0)
 			break;
-		if (t->held[held_slot(i)].lock == lock)
+		if (t->held[held_index(i)].lock == lock)
 			return i;
 	}
 	return -1;
 }
+
+/* The thread's held set into a record's held_locks/held_gens/held_modes,
+ * without `skip` at depth 1 (a blocking lock pushed at entry and waited for,
+ * not held; 0: skip none). Returns how many were copied. */
+static __always_inline __u8 copy_held_set(struct thread_locks *t, __u64 *locks,
+					  __u32 *gens, __u8 *modes, __u64 skip)
+{
+	__u32 nheld = t->nheld;
+	__u8 count = 0;
+
+	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
+		if (i >= nheld)
+			break;
+		if (t->held[i].lock == skip && t->held[i].depth == 1)
+			continue;
+		locks[count & (MAX_HELD_LOCKS - 1)] = t->held[i].lock;
+		gens[count & (MAX_HELD_LOCKS - 1)] = t->held[i].gen;
+		modes[count & (MAX_HELD_LOCKS - 1)] = t->held[i].mode;
+		count++;
+	}
+	return count;
+}
+
+/* ------------------------------------------------------------------------
+ * 7. Lock identity
+ * A destroyed lock's address names a new lock afterwards: its generation goes
+ * up, and threads drop their cached dependencies (destroy_epoch).
+ * ------------------------------------------------------------------------ */
+
+/* Bumped by every destroy: tells threads their dependency cache is stale. */
+volatile __u32 destroy_epoch = 0;
+
+struct lock_id {
+	__u64 lock;
+	__u32 pid;
+	__u32 __pad;
+};
+
+/* (process, lock address) -> generation, bumped on destroy */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LOCK_GENERATIONS);
+	__type(key, struct lock_id);
+	__type(value, __u32);
+} lock_generations SEC(".maps");
 
 /* Generation of a lock address: 0 until it is first destroyed. */
 static __always_inline __u32 lock_generation(__u32 pid, __u64 lock)
@@ -685,61 +586,150 @@ static __always_inline __u32 lock_generation(__u32 pid, __u64 lock)
 	return gen ? *gen : 0;
 }
 
-/* The dependency-cache set for requests at this nesting depth. Sets by depth:
- * a nested path of up to DEP_CACHE_SETS locks never evicts its own entries
- * (hashing into 8 slots, 4 requests collided 59% of the time), and each depth
- * keeps DEP_CACHE_WAYS different requests. */
-static __always_inline __u32 cache_set(__u32 depth)
-{
-	return depth & (DEP_CACHE_SETS - 1);
-}
+/* ------------------------------------------------------------------------
+ * 8. Records
+ * What user space reads from the maps below, and the scratch space records
+ * too big for the BPF stack are built in.
+ * ------------------------------------------------------------------------ */
 
-/* Return address of the lock function: the calling site, even without frame
- * pointers (x86: on top of the stack at entry; arm64: in the link register). */
-static __always_inline __u64 caller_address(struct pt_regs *ctx)
-{
-#if defined(bpf_target_x86)
-	__u64 ret = 0;
+struct lock_edge_key {
+	__u64 from_lock; /* held lock */
+	__u64 to_lock; /* requested lock */
+	__u64 context; /* hash of the held set: one record per lock set */
+	gadget_pid pid;
+	gadget_tid tid;
+	__u8 to_mode;
+	__u8 to_how;
+	__u8 __pad[6];
+};
 
-	bpf_probe_read_user(&ret, sizeof(ret), (void *)PT_REGS_SP(ctx));
-	return ret;
-#elif defined(bpf_target_arm64)
-	return PT_REGS_RET(ctx);
-#else
-	return 0;
-#endif
-}
+struct lock_edge {
+	gadget_mntns_id mntns_id;
+	__u64 process_start; /* tells a reused pid apart */
+	__u32 session_id; /* selects a command's process tree */
+	__u32 __pad0;
+	__u64 from_site; /* stackmap key: where from_lock was acquired */
+	__u64 to_site; /* stackmap key: where to_lock was requested */
+	__u32 from_gen;
+	__u32 to_gen;
+	__u8 from_mode;
+	__u8 from_kind;
+	__u8 to_kind;
+	__u8 held_count;
+	__u32 __pad;
+	gadget_comm comm[TASK_COMM_LEN];
+	/* every lock held when the edge was made (from_lock included) */
+	__u64 held_locks[MAX_HELD_LOCKS];
+	__u32 held_gens[MAX_HELD_LOCKS];
+	__u8 held_modes[MAX_HELD_LOCKS];
+};
 
-/*
- * musl's lock functions call each other with the same lock (lock calls
- * timedlock, which calls trylock): such a call is part of the outer
- * acquisition, not one of the program's own. A plain nested call returns into
- * the code of a lock function this thread entered (each entry's code range is
- * kept; the probe's cookie holds the function's size); a tail call enters the
- * next function with the stack of the previous entry, for the same lock. The
- * program's own calls return into its own code, from frames of their own.
- */
-static __always_inline bool nested_lock_call(struct pt_regs *ctx, struct thread_locks *t,
-					     __u64 lock)
-{
-	__u64 caller = caller_address(ctx), start = PT_REGS_IP(ctx), sp = PT_REGS_SP(ctx);
-	struct code_range *range;
-	bool nested = sp == t->last_call.sp && lock == t->last_call.lock &&
-		      start != t->last_call.start;
+struct stack_key {
+	__u64 site;
+};
 
-	for (int i = 0; i < LOCK_CALL_RANGES; i++) {
-		range = &t->lock_calls[i];
-		if (caller - range->start < range->end - range->start)
-			nested = true;
-	}
-	range = &t->lock_calls[t->next_lock_call++ & (LOCK_CALL_RANGES - 1)];
-	range->start = start;
-	range->end = start + (bpf_get_attach_cookie(ctx) >> COOKIE_SIZE_SHIFT);
-	t->last_call.sp = sp;
-	t->last_call.lock = lock;
-	t->last_call.start = start;
-	return nested;
-}
+struct stack_frames {
+	gadget_pid stack_pid;
+	__u32 frame_count;
+	/* per frame: offset in the mapped file, or the address if anonymous */
+	__u64 frame_offsets[MAX_STACK_FRAMES];
+	/* per frame: file_id of the mapped file, 0 if anonymous */
+	__u64 frame_files[MAX_STACK_FRAMES];
+};
+
+struct file_key {
+	__u64 file_id;
+};
+
+struct file_info {
+	__u64 inode;
+	__u32 device;
+	__u32 __pad;
+	char path[FILE_PATH_MAX];
+};
+
+struct blocked_key {
+	gadget_tid tid;
+};
+
+struct blocked_thread {
+	gadget_mntns_id mntns_id;
+	__u64 process_start;
+	__u64 lock; /* the lock the thread waits for */
+	__u64 site; /* stackmap key of where it requested the lock */
+	__u64 since; /* boot time (ns) it started waiting */
+	__u64 observed; /* boot time (ns) of the wait that made this record */
+	gadget_pid pid;
+	__u32 gen;
+	__u32 owner_tid; /* glibc's owner of the lock (mutex, rwlock writer), 0 if none */
+	__u32 session_id;
+	__u8 mode;
+	__u8 kind;
+	__u8 how;
+	__u8 held_count;
+	__u32 __pad;
+	gadget_comm comm[TASK_COMM_LEN];
+	/* the locks the thread holds while it waits */
+	__u64 held_locks[MAX_HELD_LOCKS];
+	__u32 held_gens[MAX_HELD_LOCKS];
+	__u8 held_modes[MAX_HELD_LOCKS];
+};
+
+/* scratch space for records too big for the BPF stack */
+struct scratch_buffers {
+	struct lock_edge edge;
+	struct blocked_thread blocked;
+	struct stack_frames stack;
+	struct file_info file;
+	__u64 raw_frames[MAX_STACK_FRAMES + 1];
+	char path[2 * FILE_PATH_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch_buffers);
+} scratch_space SEC(".maps");
+
+/* ------------------------------------------------------------------------
+ * 9. Acquisition sites
+ * The user stack of a new dependency's lock request, each frame resolved to
+ * (file, offset) while the process runs, so that it can be symbolized after
+ * it is gone; the path of each file is sent once.
+ * ------------------------------------------------------------------------ */
+
+/* acquisition site -> its user stack, resolved to (file, offset) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SITES);
+	__type(key, struct stack_key);
+	__type(value, struct stack_frames);
+} stackmap SEC(".maps");
+
+/* file_id -> path of a file that stack frames point into */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FILES);
+	__type(key, struct file_key);
+	__type(value, struct file_info);
+} files SEC(".maps");
+
+/* file_id -> 1 once its path was sent */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SEEN_FILES);
+	__type(key, __u64);
+	__type(value, __u8);
+} seen_files SEC(".maps");
+
+/* per CPU: acquisition sites numbered so far */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} site_counter SEC(".maps");
 
 struct vma_lookup {
 	__u64 address;
@@ -759,7 +749,7 @@ static long resolve_vma(struct task_struct *task, struct vm_area_struct *vma,
 	inode = BPF_CORE_READ(file, f_inode, i_ino);
 	device = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
 	lookup->offset = lookup->address - BPF_CORE_READ(vma, vm_start) +
-			 (BPF_CORE_READ(vma, vm_pgoff) << 12);
+			 (BPF_CORE_READ(vma, vm_pgoff) << KERNEL_PAGE_SHIFT);
 	lookup->file_id = mix64(inode ^ (device << 40)) | 1;
 	lookup->file = file;
 	return 0;
@@ -794,7 +784,8 @@ static long collect_path_part(__u32 index, struct path_walk *walk)
 			return 1; /* the root of everything */
 		walk->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
 		walk->mnt = up;
-		walk->vfsmnt = (void *)up + bpf_core_field_offset(struct mount, mnt);
+		walk->vfsmnt =
+			(void *)up + bpf_core_field_offset(struct mount, mnt);
 		return 0;
 	}
 	if (walk->count >= MAX_PATH_PARTS)
@@ -825,15 +816,16 @@ static long append_path_part(__u32 index, struct path_writer *w)
 	name = BPF_CORE_READ(dentry, d_name.name);
 	w->buf[w->length & (FILE_PATH_MAX - 1)] = '/';
 	w->length++;
-	copied = bpf_probe_read_kernel_str(&w->buf[w->length & (FILE_PATH_MAX - 1)],
-					   FILE_PATH_MAX, name);
+	copied = bpf_probe_read_kernel_str(
+		&w->buf[w->length & (FILE_PATH_MAX - 1)], FILE_PATH_MAX, name);
 	if (copied > 1)
 		w->length += copied - 1;
 	return 0;
 }
 
 /* Path of a mapped file as its process sees it (bounded, best effort). */
-static __always_inline void read_file_path(struct file *file, char *buf, char *out)
+static __always_inline void read_file_path(struct file *file, char *buf,
+					   char *out)
 {
 	struct path_walk walk = {};
 	struct path_writer writer = { .walk = &walk, .buf = buf };
@@ -882,7 +874,7 @@ static __always_inline __u64 new_site_id(void)
 	if (!count)
 		return 0;
 	*count += 1;
-	return ((__u64)bpf_get_smp_processor_id() << 48) | *count;
+	return ((__u64)bpf_get_smp_processor_id() << SITE_CPU_SHIFT) | *count;
 }
 
 /*
@@ -942,6 +934,40 @@ static __noinline __u64 capture_site(struct pt_regs *ctx, bool at_entry)
 	return key.site;
 }
 
+/* ------------------------------------------------------------------------
+ * 10. Lock-order edges
+ * A dependency (thread, held set, requested lock) is looked up in the thread's
+ * dependency cache (one set per nesting depth), then in known_dependencies;
+ * only a new one captures a stack and writes edges.
+ * ------------------------------------------------------------------------ */
+
+struct dep_key {
+	__u64 context; /* held_hash of the requesting thread */
+	__u64 lock;
+	__u32 pid;
+	__u32 tid;
+	__u32 gen;
+	__u8 mode;
+	__u8 how;
+	__u8 __pad[2];
+};
+
+/* dependency (thread, held set, requested lock) -> its stackmap key */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_KNOWN_DEPS);
+	__type(key, struct dep_key);
+	__type(value, __u64);
+} known_dependencies SEC(".maps");
+
+/* (held lock, requested lock, thread, context) -> edge evidence */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_EDGES);
+	__type(key, struct lock_edge_key);
+	__type(value, struct lock_edge);
+} edges SEC(".maps");
+
 /* Record one edge per held lock into the requested one. */
 static __always_inline void record_edges(struct thread_locks *t, __u64 lock,
 					 __u32 gen, __u8 mode, __u8 kind,
@@ -965,14 +991,8 @@ static __always_inline void record_edges(struct thread_locks *t, __u64 lock,
 	edge->to_gen = gen;
 	edge->to_kind = kind;
 	bpf_get_current_comm(edge->comm, sizeof(edge->comm));
-	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
-		if (i >= nheld)
-			break;
-		edge->held_locks[i] = t->held[i].lock;
-		edge->held_gens[i] = t->held[i].gen;
-		edge->held_modes[i] = t->held[i].mode;
-	}
-	edge->held_count = nheld > MAX_HELD_LOCKS ? MAX_HELD_LOCKS : nheld;
+	edge->held_count = copy_held_set(t, edge->held_locks, edge->held_gens,
+					 edge->held_modes, 0);
 
 	key.to_lock = lock;
 	key.context = t->held_hash;
@@ -1001,39 +1021,48 @@ static __always_inline void check_cache_epoch(struct thread_locks *t)
 
 	if (t->epoch == epoch)
 		return;
-	for (int i = 0; i < DEP_CACHE_SLOTS; i++)
+	for (int i = 0; i < DEP_CACHE_ENTRIES; i++)
 		t->cache[i].valid = 0;
 	t->epoch = epoch;
+}
+
+/* The dependency-cache set for requests at this nesting depth. Sets by depth:
+ * a nested path of up to DEP_CACHE_SETS locks never evicts its own entries
+ * (hashing into 8 entries, 4 requests collided 59% of the time), and each depth
+ * keeps DEP_CACHE_WAYS different requests. */
+static __always_inline __u32 cache_set(__u32 depth)
+{
+	return depth & (DEP_CACHE_SETS - 1);
 }
 
 /* The cached dependency "request `lock` while holding the current set", if
  * this thread made it before. A hit also proves the lock is not held now:
  * only requests for a lock not held are cached, under the set's hash. */
-static __always_inline struct dep_cache_slot *
+static __always_inline struct dep_cache_entry *
 cached_dependency(struct thread_locks *t, __u64 lock, __u8 mode, __u8 how)
 {
 	__u32 first = cache_set(t->nheld) * DEP_CACHE_WAYS;
-	struct dep_cache_slot *slot;
+	struct dep_cache_entry *entry;
 
 	for (int way = 0; way < DEP_CACHE_WAYS; way++) {
-		slot = &t->cache[(first + way) & (DEP_CACHE_SLOTS - 1)];
-		if (slot->valid && slot->lock == lock &&
-		    slot->context == t->held_hash && slot->mode == mode &&
-		    slot->how == how)
-			return slot;
+		entry = &t->cache[(first + way) & (DEP_CACHE_ENTRIES - 1)];
+		if (entry->valid && entry->lock == lock &&
+		    entry->context == t->held_hash && entry->mode == mode &&
+		    entry->how == how)
+			return entry;
 	}
 	return NULL;
 }
 
-/* The slot a new entry of this depth's set goes to (round robin). */
-static __always_inline struct dep_cache_slot *
+/* The entry of this depth's set a new dependency replaces (round robin). */
+static __always_inline struct dep_cache_entry *
 cache_victim(struct thread_locks *t)
 {
 	__u32 set = cache_set(t->nheld);
 	__u32 way = t->cache_victim[set] % DEP_CACHE_WAYS;
 
 	t->cache_victim[set] = (way + 1) % DEP_CACHE_WAYS;
-	return &t->cache[(set * DEP_CACHE_WAYS + way) & (DEP_CACHE_SLOTS - 1)];
+	return &t->cache[(set * DEP_CACHE_WAYS + way) & (DEP_CACHE_ENTRIES - 1)];
 }
 
 /*
@@ -1047,7 +1076,7 @@ static __always_inline __u64 learn_dependency(struct pt_regs *ctx,
 					      __u8 how, __u32 *gen_out)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct dep_cache_slot *slot;
+	struct dep_cache_entry *entry;
 	struct dep_key key = {};
 	__u64 *known, site;
 
@@ -1068,16 +1097,20 @@ static __always_inline __u64 learn_dependency(struct pt_regs *ctx,
 		bpf_map_update_elem(&known_dependencies, &key, &site, BPF_ANY);
 	}
 	*gen_out = key.gen;
-	slot = cache_victim(t);
-	slot->lock = lock;
-	slot->context = t->held_hash;
-	slot->gen = key.gen;
-	slot->site = site;
-	slot->mode = mode;
-	slot->how = how;
-	slot->valid = 1;
+	entry = cache_victim(t);
+	entry->lock = lock;
+	entry->context = t->held_hash;
+	entry->gen = key.gen;
+	entry->site = site;
+	entry->mode = mode;
+	entry->how = how;
+	entry->valid = 1;
 	return site;
 }
+
+/* ------------------------------------------------------------------------
+ * 11. Acquire and release
+ * ------------------------------------------------------------------------ */
 
 static __always_inline void push_held(struct thread_locks *t, __u64 lock,
 				      __u32 gen, __u64 site, __u8 mode,
@@ -1090,7 +1123,7 @@ static __always_inline void push_held(struct thread_locks *t, __u64 lock,
 		count_stat(STAT_HELD_OVERFLOW);
 		return;
 	}
-	held = &t->held[held_slot(n)];
+	held = &t->held[held_index(n)];
 
 	held->lock = lock;
 	held->gen = gen;
@@ -1117,6 +1150,38 @@ static __always_inline void note_wait(struct thread_locks *t, __u64 lock,
 	t->wait.waiting = 0;
 }
 
+/*
+ * musl's lock functions call each other with the same lock (lock calls
+ * timedlock, which calls trylock): such a call is part of the outer
+ * acquisition, not one of the program's own. A plain nested call returns into
+ * the code of a lock function this thread entered (each entry's code range is
+ * kept; the probe's cookie holds the function's size); a tail call enters the
+ * next function with the stack of the previous entry, for the same lock. The
+ * program's own calls return into its own code, from frames of their own.
+ */
+static __always_inline bool nested_lock_call(struct pt_regs *ctx,
+					     struct thread_locks *t, __u64 lock)
+{
+	__u64 caller = caller_address(ctx), start = PT_REGS_IP(ctx),
+	      sp = PT_REGS_SP(ctx);
+	struct code_range *range;
+	bool nested = sp == t->last_call.sp && lock == t->last_call.lock &&
+		      start != t->last_call.start;
+
+	for (int i = 0; i < LOCK_CALL_RANGES; i++) {
+		range = &t->lock_calls[i];
+		if (caller - range->start < range->end - range->start)
+			nested = true;
+	}
+	range = &t->lock_calls[t->next_lock_call++ & (LOCK_CALL_RANGES - 1)];
+	range->start = start;
+	range->end = start + (bpf_get_attach_cookie(ctx) >> COOKIE_SIZE_SHIFT);
+	t->last_call.sp = sp;
+	t->last_call.lock = lock;
+	t->last_call.start = start;
+	return nested;
+}
+
 /* A lock function entered for a lock the thread holds (held[i]): no self
  * edge; a blocking acquisition counts the depth, a try or timed one does if
  * it succeeds. */
@@ -1125,7 +1190,7 @@ static __always_inline int lock_reacquired(struct pt_regs *ctx,
 					   __u64 lock, __u8 mode, __u8 kind,
 					   __u8 how)
 {
-	struct held_lock *held = &t->held[held_slot(i)];
+	struct held_lock *held = &t->held[held_index(i)];
 
 	if (how != ACQUIRE_TRY)
 		note_wait(t, lock, held->gen, held->site, mode, kind, how);
@@ -1145,7 +1210,7 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 					  __u8 mode, __u8 kind, __u8 how)
 {
 	gadget_tid tid = current_tid();
-	struct dep_cache_slot *cached;
+	struct dep_cache_entry *cached;
 	struct thread_locks *t;
 	__u64 site;
 	__u32 gen = 0;
@@ -1168,7 +1233,8 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	} else {
 		i = find_held(t, lock);
 		if (i >= 0)
-			return lock_reacquired(ctx, t, i, lock, mode, kind, how);
+			return lock_reacquired(ctx, t, i, lock, mode, kind,
+					       how);
 		site = learn_dependency(ctx, t, lock, mode, kind, how, &gen);
 	}
 	if (how != ACQUIRE_TRY)
@@ -1207,7 +1273,7 @@ static __always_inline int lock_returned(struct pt_regs *ctx)
 	if (t->pending.recursive) {
 		i = find_held(t, t->pending.lock);
 		if (i >= 0)
-			t->held[held_slot(i)].depth++;
+			t->held[held_index(i)].depth++;
 		return 0;
 	}
 	push_held(t, t->pending.lock, t->pending.gen, t->pending.site,
@@ -1233,16 +1299,16 @@ static __always_inline int lock_released(__u64 lock)
 	i = find_held(t, lock);
 	if (i < 0)
 		return 0;
-	held = &t->held[held_slot(i)];
+	held = &t->held[held_index(i)];
 	if (held->depth > 1) {
 		held->depth--;
 		return 0;
 	}
 	t->held_hash ^= held_lock_hash(lock, held->gen, held->mode);
-	/* keep the set dense: move the last entry into the freed slot */
+	/* keep the set dense: move the last lock into the freed place */
 	last = t->nheld - 1;
 	if (last != i)
-		*held = t->held[held_slot(last)];
+		*held = t->held[held_index(last)];
 	t->nheld = last;
 
 	/* A thread that holds nothing and left the traced set (its container
@@ -1271,6 +1337,48 @@ static __always_inline int lock_destroyed(__u64 lock)
 	return 0;
 }
 
+/* ------------------------------------------------------------------------
+ * 12. Blocked threads
+ * A tracked thread that starts a futex wait inside the lock it acquires is
+ * blocked: user space builds the wait-for graph from these records, with the
+ * owner the C library records in the lock.
+ * ------------------------------------------------------------------------ */
+
+/* What futex waits tell about a lock (x86-64 and aarch64 layouts). */
+#define LOCK_OBJECT_SPAN \
+	64 /* pthread_rwlock_t (56) and pthread_mutex_t (40) fit */
+#define GLIBC_MUTEX_OWNER_OFFSET 8 /* struct __pthread_mutex_s.__owner */
+#define GLIBC_RWLOCK_WRITER_OFFSET \
+	24 /* struct __pthread_rwlock_arch_t.__cur_writer */
+#define MUSL_MUTEX_TYPE_OFFSET 0 /* _m_type: __u.__i[0] */
+#define MUSL_MUTEX_LOCK_OFFSET \
+	4 /* _m_lock: __u.__vi[1], owner tid unless the type is normal */
+#define MUSL_MUTEX_TYPE_MASK 15 /* 0: normal, which keeps no owner */
+#define MUSL_OWNER_MASK \
+	0x3fffffff /* _m_lock without its waiter and owner-died bits */
+#define FUTEX_CMD_MASK \
+	0x7f /* without FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME */
+#define FUTEX_WAIT 0
+#define FUTEX_LOCK_PI 6
+#define FUTEX_WAIT_BITSET 9
+#define FUTEX_LOCK_PI2 13
+
+/* thread -> the lock it is blocked on; user space keeps it until "resumed" */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BLOCKED_THREADS);
+	__type(key, struct blocked_key);
+	__type(value, struct blocked_thread);
+} blocked_threads SEC(".maps");
+
+struct resumed_thread {
+	gadget_pid pid;
+	gadget_tid tid;
+	__u64 lock;
+};
+
+GADGET_TRACER_MAP(resumed_threads, 1024 * 64);
+
 static __always_inline bool is_futex_wait(__u64 op)
 {
 	op &= FUTEX_CMD_MASK;
@@ -1286,10 +1394,12 @@ static __always_inline __u32 musl_lock_owner(__u64 lock, __u8 kind)
 
 	if (kind != LOCK_KIND_MUTEX)
 		return 0;
-	bpf_probe_read_user(&type, sizeof(type), (void *)(lock + MUSL_MUTEX_TYPE_OFFSET));
+	bpf_probe_read_user(&type, sizeof(type),
+			    (void *)(lock + MUSL_MUTEX_TYPE_OFFSET));
 	if (!(type & MUSL_MUTEX_TYPE_MASK))
 		return 0;
-	bpf_probe_read_user(&word, sizeof(word), (void *)(lock + MUSL_MUTEX_LOCK_OFFSET));
+	bpf_probe_read_user(&word, sizeof(word),
+			    (void *)(lock + MUSL_MUTEX_LOCK_OFFSET));
 	return word & MUSL_OWNER_MASK;
 }
 
@@ -1304,8 +1414,9 @@ static __always_inline __u32 lock_owner(__u64 lock, __u8 kind, __u8 libc)
 		bpf_probe_read_user(&owner, sizeof(owner),
 				    (void *)(lock + GLIBC_MUTEX_OWNER_OFFSET));
 	else if (kind == LOCK_KIND_RWLOCK)
-		bpf_probe_read_user(&owner, sizeof(owner),
-				    (void *)(lock + GLIBC_RWLOCK_WRITER_OFFSET));
+		bpf_probe_read_user(
+			&owner, sizeof(owner),
+			(void *)(lock + GLIBC_RWLOCK_WRITER_OFFSET));
 	return owner;
 }
 
@@ -1318,7 +1429,6 @@ static __always_inline int futex_wait_started(__u64 uaddr, __u64 op)
 	struct thread_locks *t;
 	struct blocked_thread *b;
 	struct scratch_buffers *s;
-	__u32 nheld;
 
 	t = thread_state(key.tid, NULL);
 	if (!t || !t->wait.lock || !is_futex_wait(op) ||
@@ -1347,19 +1457,10 @@ static __always_inline int futex_wait_started(__u64 uaddr, __u64 op)
 	b->kind = t->wait.kind;
 	b->how = t->wait.how;
 	bpf_get_current_comm(b->comm, sizeof(b->comm));
-	nheld = t->nheld;
-	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
-		if (i >= nheld)
-			break;
-		/* a blocking lock is pushed at entry: it is waited for, not held */
-		if (t->held[i].lock == t->wait.lock && t->held[i].depth == 1 &&
-		    t->wait.how == ACQUIRE_BLOCKING)
-			continue;
-		b->held_locks[b->held_count & (MAX_HELD_LOCKS - 1)] = t->held[i].lock;
-		b->held_gens[b->held_count & (MAX_HELD_LOCKS - 1)] = t->held[i].gen;
-		b->held_modes[b->held_count & (MAX_HELD_LOCKS - 1)] = t->held[i].mode;
-		b->held_count++;
-	}
+	/* a blocking lock is pushed at entry: it is waited for, not held */
+	b->held_count = copy_held_set(
+		t, b->held_locks, b->held_gens, b->held_modes,
+		t->wait.how == ACQUIRE_BLOCKING ? t->wait.lock : 0);
 	if (bpf_map_update_elem(&blocked_threads, &key, b, BPF_ANY))
 		count_stat(STAT_BLOCKED_FULL);
 	return 0;
@@ -1389,6 +1490,50 @@ static __always_inline int futex_wait_ended(void *ctx)
 	gadget_submit_buf(ctx, &resumed_threads, event, sizeof(*event));
 	return 0;
 }
+
+/* ------------------------------------------------------------------------
+ * 13. Processes
+ * Exits drop state and tell user space; in the traced tree, forks and execs
+ * tell user space which C library to probe (and may pause the process until
+ * it has).
+ * ------------------------------------------------------------------------ */
+
+#define SIGSTOP 19 /* x86-64 and arm64 */
+
+struct dead_pid {
+	gadget_pid pid;
+	__u32 __pad;
+	__u64 process_start;
+	gadget_mntns_id mntns_id;
+	gadget_comm comm[TASK_COMM_LEN];
+};
+
+/* A process started a program, or joined the traced tree: user space finds
+ * the C library it uses and probes it. */
+struct process_event {
+	gadget_mntns_id mntns_id;
+	__u64 process_start;
+	gadget_pid pid;
+	gadget_ppid parent_pid;
+	__u8 event; /* PROCESS_* */
+	__u8 paused; /* stopped (SIGSTOP) until user space continues it */
+	__u8 __pad[6];
+	gadget_comm comm[TASK_COMM_LEN];
+	char exe[EXE_NAME_MAX]; /* the file execve was given (exec events) */
+};
+
+GADGET_TRACER_MAP(dead_pids, 1024 * 256);
+GADGET_TRACER_MAP(process_events, 1024 * 256);
+
+/* Stop each new process of the traced tree before its first instruction
+ * (SIGSTOP), so that user space can probe its C library for it alone and then
+ * continue it: uprobes placed per process (bystanders never trap) see a new
+ * process from its start. */
+const volatile bool pause_new_processes = false;
+GADGET_PARAM(pause_new_processes);
+
+extern int bpf_send_signal_task(struct task_struct *task, int sig,
+				enum pid_type type, __u64 value) __ksym __weak;
 
 static long forget_process_lock(struct bpf_map *map, struct lock_id *id,
 				__u32 *gen, __u32 *pid)
@@ -1432,8 +1577,10 @@ static __always_inline int thread_exited(void *ctx)
 }
 
 /* Tell user space about a process whose C library may be new to it. */
-static __always_inline void send_process_event(void *ctx, struct task_struct *task,
-					       __u8 kind, bool paused, const char *exe)
+static __always_inline void send_process_event(void *ctx,
+					       struct task_struct *task,
+					       __u8 kind, bool paused,
+					       const char *exe)
 {
 	struct process_event *event;
 
@@ -1442,7 +1589,8 @@ static __always_inline void send_process_event(void *ctx, struct task_struct *ta
 		return;
 	__builtin_memset(event, 0, sizeof(*event));
 	event->mntns_id = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
-	event->process_start = BPF_CORE_READ(task, group_leader, start_boottime);
+	event->process_start =
+		BPF_CORE_READ(task, group_leader, start_boottime);
 	event->pid = BPF_CORE_READ(task, tgid);
 	event->parent_pid = BPF_CORE_READ(task, real_parent, tgid);
 	event->event = kind;
@@ -1486,9 +1634,27 @@ static __always_inline int process_executed(void *ctx, struct task_struct *task,
 	if (current_is_filtered_out())
 		return 0;
 	paused = pause_new_processes && tree_pid && !bpf_send_signal(SIGSTOP);
-	send_process_event(ctx, task, PROCESS_EXEC, paused, BPF_CORE_READ(bprm, filename));
+	send_process_event(ctx, task, PROCESS_EXEC, paused,
+			   BPF_CORE_READ(bprm, filename));
 	return 0;
 }
+
+/* ------------------------------------------------------------------------
+ * 14. Datasources
+ * ------------------------------------------------------------------------ */
+
+GADGET_MAPITER(edges, edges);
+GADGET_MAPITER(stacks, stackmap);
+GADGET_MAPITER(files, files);
+GADGET_MAPITER(counters, counters);
+GADGET_MAPITER(blocked, blocked_threads);
+GADGET_TRACER(dead_pids, dead_pids, dead_pid);
+GADGET_TRACER(resumed, resumed_threads, resumed_thread);
+GADGET_TRACER(processes, process_events, process_event);
+
+/* ------------------------------------------------------------------------
+ * 15. Probes
+ * ------------------------------------------------------------------------ */
 
 /* pthread mutexes (C11 mtx_* and C++ std::mutex call these) */
 
@@ -1713,7 +1879,8 @@ int trace_sched_process_exit(void *ctx)
 }
 
 SEC("tp_btf/sched_process_fork")
-int BPF_PROG(trace_process_fork, struct task_struct *parent, struct task_struct *child)
+int BPF_PROG(trace_process_fork, struct task_struct *parent,
+	     struct task_struct *child)
 {
 	return process_forked(ctx, parent, child);
 }

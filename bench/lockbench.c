@@ -48,14 +48,17 @@ int main(int argc, char **argv)
 	long long begin, end, pairs;
 
 	if (argc != 5) {
-		fprintf(stderr, "usage: %s THREADS DEPTH ITERATIONS uncontended|contended\n", argv[0]);
+		fprintf(stderr,
+			"usage: %s THREADS DEPTH ITERATIONS uncontended|contended\n",
+			argv[0]);
 		return 2;
 	}
 	count = atoi(argv[1]);
 	depth = atoi(argv[2]);
 	iterations = atoi(argv[3]);
 	contended = strcmp(argv[4], "contended") == 0;
-	if (count < 1 || count > MAX_THREADS || depth < 1 || depth > MAX_DEPTH || iterations < 1)
+	if (count < 1 || count > MAX_THREADS || depth < 1 ||
+	    depth > MAX_DEPTH || iterations < 1)
 		return 2;
 	for (int t = 0; t < MAX_THREADS; t++)
 		for (int d = 0; d < MAX_DEPTH; d++)
@@ -69,6 +72,7 @@ int main(int argc, char **argv)
 		pthread_join(threads[t], NULL);
 	end = now_ns();
 	pairs = (long long)count * depth * iterations;
-	printf("pairs %lld wall_ns %lld ns_per_pair %.1f\n", pairs, end - begin, (double)(end - begin) / pairs);
+	printf("pairs %lld wall_ns %lld ns_per_pair %.1f\n", pairs, end - begin,
+	       (double)(end - begin) / pairs);
 	return 0;
 }

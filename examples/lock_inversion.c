@@ -20,7 +20,8 @@ static struct account bob = { PTHREAD_MUTEX_INITIALIZER, "bob", 100 };
 static void transfer(struct account *from, struct account *to, long amount)
 {
 	pthread_mutex_lock(&from->lock);
-	pthread_mutex_lock(&to->lock); /* the second lock depends on the call's direction */
+	pthread_mutex_lock(
+		&to->lock); /* the second lock depends on the call's direction */
 	from->balance -= amount;
 	to->balance += amount;
 	pthread_mutex_unlock(&to->lock);
@@ -45,7 +46,8 @@ int main(void)
 {
 	pthread_t first, second;
 
-	printf("alice's lock at %p, bob's lock at %p\n", (void *)&alice.lock, (void *)&bob.lock);
+	printf("alice's lock at %p, bob's lock at %p\n", (void *)&alice.lock,
+	       (void *)&bob.lock);
 	pthread_create(&first, NULL, pay_bob, NULL);
 	pthread_join(first, NULL);
 	pthread_create(&second, NULL, refund_alice, NULL);

@@ -21,9 +21,18 @@ __attribute__((noinline)) void transfer_backward()
 
 int main()
 {
-	std::printf("mutex A %p B %p\n", static_cast<void *>(&first_mutex), static_cast<void *>(&second_mutex));
+	std::printf("mutex A %p B %p\n", static_cast<void *>(&first_mutex),
+		    static_cast<void *>(&second_mutex));
 	std::fflush(stdout);
-	std::thread([] { std::printf("thread forward %d\n", gettid()); std::fflush(stdout); transfer_forward(); }).join();
-	std::thread([] { std::printf("thread backward %d\n", gettid()); std::fflush(stdout); transfer_backward(); }).join();
+	std::thread([] {
+		std::printf("thread forward %d\n", gettid());
+		std::fflush(stdout);
+		transfer_forward();
+	}).join();
+	std::thread([] {
+		std::printf("thread backward %d\n", gettid());
+		std::fflush(stdout);
+		transfer_backward();
+	}).join();
 	return 0;
 }

@@ -46,7 +46,9 @@ static void say_mntns(void)
 	ssize_t n = readlink("/proc/self/ns/mnt", link, sizeof(link) - 1);
 
 	if (n > 0)
-		printf("mntns %s\n", strchr(link, '[') ? strtok(strchr(link, '[') + 1, "]") : "0");
+		printf("mntns %s\n",
+		       strchr(link, '[') ? strtok(strchr(link, '[') + 1, "]") :
+					   "0");
 }
 
 int main(int argc, char **argv)
@@ -58,7 +60,8 @@ int main(int argc, char **argv)
 	use_rwlocks = strcmp(mode, "rwlock") == 0;
 	pthread_mutexattr_init(&mutex_type);
 	if (argc > 2 && strcmp(argv[2], "errorcheck") == 0)
-		pthread_mutexattr_settype(&mutex_type, PTHREAD_MUTEX_ERRORCHECK);
+		pthread_mutexattr_settype(&mutex_type,
+					  PTHREAD_MUTEX_ERRORCHECK);
 	say_mntns();
 	for (int i = 0; i < threads; i++) {
 		char name[16];

@@ -25,7 +25,8 @@ static void *take(void *arg)
 	return NULL;
 }
 
-static void run(const char *name, pthread_mutex_t *first, pthread_mutex_t *second)
+static void run(const char *name, pthread_mutex_t *first,
+		pthread_mutex_t *second)
 {
 	struct job job = { name, first, second };
 	pthread_t thread;

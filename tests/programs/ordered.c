@@ -31,7 +31,8 @@ int main(void)
 {
 	pthread_t threads[4];
 
-	printf("mutex A %p B %p C %p\n", (void *)&mutex_a, (void *)&mutex_b, (void *)&mutex_c);
+	printf("mutex A %p B %p C %p\n", (void *)&mutex_a, (void *)&mutex_b,
+	       (void *)&mutex_c);
 	for (int i = 0; i < 4; i++)
 		pthread_create(&threads[i], NULL, nest_in_order, NULL);
 	for (int i = 0; i < 4; i++)

@@ -115,3 +115,20 @@ def test_same_addresses_in_two_processes_are_different_locks():
     for edge in [*acquire(1, [(0xA, W)], 0xB, pid=1), *acquire(2, [(0xB, W)], 0xA, pid=2)]:
         store.add_edge(edge)
     assert store.analyse() == []
+
+
+def test_observations_beyond_the_cap_are_counted_and_reported():
+    from igdeadlock.analysis.collector import Collector
+    from igdeadlock.analysis.lockorder import MAX_EVIDENCE_PER_EDGE
+
+    collector = Collector()
+    for tid in range(MAX_EVIDENCE_PER_EDGE + 3):  # the same edge made by many threads
+        for edge in acquire(tid, [(0xA, W)], 0xB):
+            collector.consume(edge)
+    collector.store.analyse()
+    transport = dict.fromkeys(("server_dropped", "decoder_rejected", "unknown_datasource", "before_gadget_info",
+                               "edge_records_batched"), 0)
+    assert collector.stats(transport)["evidence_dropped"] == 3
+    collector.consume(ProcessExit(PID, 1, 0, ""))
+    collector.store.analyse()  # the graph is dropped: what it dropped is still counted
+    assert collector.stats(transport)["evidence_dropped"] == 3

@@ -176,6 +176,8 @@ class Collector:
             "processes_tracked": len(self.store.graphs),
             "fetches": self.ticks.get(EDGES, 0),
             "edge_records_batched": transport["edge_records_batched"],
+            # observations beyond MAX_EVIDENCE_PER_EDGE of one edge, not kept
+            "evidence_dropped": self.store.evidence_dropped(),
             "events_lost": lost,
         }
 

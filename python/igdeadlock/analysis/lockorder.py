@@ -569,6 +569,7 @@ class StoreStats:
     edges_seen: int = 0
     processes_seen: int = 0
     processes_exited: int = 0
+    evidence_dropped_by_exited: int = 0  # see ProcessGraph.evidence_dropped
 
 
 class LockGraphStore:
@@ -678,10 +679,17 @@ class LockGraphStore:
                     new.append(cycle)
         self._dirty = {key for key in self._dirty if key in self.graphs and self.graphs[key].has_work}
         for key in sorted(self._exited):
-            if self.graphs.pop(key, None) is not None:
+            dropped = self.graphs.pop(key, None)
+            if dropped is not None:
                 self.stats.processes_exited += 1
+                self.stats.evidence_dropped_by_exited += dropped.evidence_dropped
         self._exited.clear()
         return new
+
+    def evidence_dropped(self) -> int:
+        """Observations of an edge not kept because it had MAX_EVIDENCE_PER_EDGE
+        already (each a thread and held set that made the same edge)."""
+        return self.stats.evidence_dropped_by_exited + sum(g.evidence_dropped for g in self.graphs.values())
 
     def all_findings(self) -> List[Cycle]:
         return sorted(self.findings.values(), key=lambda c: (c.process, c.locks))

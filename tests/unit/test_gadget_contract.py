@@ -1,0 +1,74 @@
+"""The gadget's contract is written once per side: program.bpf.c (C enums and
+#defines) and igdeadlock/gadget.py must agree, and gadget.yaml must describe
+what the companion reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import yaml
+
+from igdeadlock import gadget
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = (REPO / "program.bpf.c").read_text()
+METADATA = yaml.safe_load((REPO / "gadget.yaml").read_text())
+
+# C enum -> (Python IntEnum, prefix of its constants in C)
+ENUMS = {
+    "lock_mode": (gadget.LockMode, "LOCK_MODE_"),
+    "lock_kind": (gadget.LockKind, "LOCK_KIND_"),
+    "acquire": (gadget.Acquire, "ACQUIRE_"),
+    "libc": (gadget.Libc, "LIBC_"),
+    "process_change": (gadget.ProcessChange, "PROCESS_"),
+    "tracking_stat": (gadget.Stat, "STAT_"),
+}
+
+
+def c_enum(name: str) -> Dict[str, int]:
+    body = re.search(r"enum %s \{(.*?)\};" % name, SOURCE, re.S)
+    assert body, f"program.bpf.c has no enum {name}"
+    return {m.group(1): int(m.group(2), 0) for m in re.finditer(r"^\s*(\w+) = (\w+),", body.group(1), re.M)}
+
+
+def c_define(name: str) -> int:
+    match = re.search(r"^#define %s (\w+)" % name, SOURCE, re.M)
+    assert match, f"program.bpf.c does not define {name}"
+    return int(match.group(1), 0)
+
+
+@pytest.mark.parametrize("name", sorted(ENUMS))
+def test_enums_match(name):
+    python, prefix = ENUMS[name]
+    assert c_enum(name) == {prefix + member.name: member.value for member in python}
+
+
+def test_bit_layouts_match():
+    assert c_define("COOKIE_LIBC_MASK") == gadget.COOKIE_LIBC_MASK
+    assert c_define("COOKIE_SIZE_SHIFT") == gadget.COOKIE_SIZE_SHIFT
+    assert c_define("SITE_CPU_SHIFT") == gadget.SITE_CPU_SHIFT
+    assert gadget.attach_cookie("musl", 0x1_0000_0000) == gadget.Libc.MUSL | gadget.COOKIE_SIZE_MAX << 32
+
+
+def test_every_counter_has_a_name():
+    assert set(gadget.COUNTER_NAMES) == set(gadget.Stat)
+
+
+def test_datasources_and_parameters_are_in_the_metadata():
+    datasources = set(METADATA["datasources"])
+    assert set(gadget.MAP_ITERATORS) | {gadget.RESUMED, gadget.PROCESSES, gadget.DEAD_PIDS} <= datasources
+    keys = {p["key"] for p in METADATA["params"]["ebpf"].values()}
+    for param in (gadget.TREE_PID_PARAM, gadget.PAUSE_NEW_PROCESSES_PARAM):
+        assert param.rpartition(".")[2] in keys
+    for name in ("GADGET_MAPITER", "GADGET_TRACER"):
+        assert re.search(name, SOURCE)
+
+
+def test_the_metadata_says_what_the_enums_mean():
+    """A field that carries an enum names each value in its description."""
+    described = METADATA["datasources"]["edges"]["fields"]["to_how"]["annotations"]["description"]
+    for member in gadget.Acquire:
+        assert f"{member.value} {gadget.ACQUIRE_NAMES[member]}" in described or str(member.value) in described
