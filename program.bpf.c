@@ -77,8 +77,7 @@ enum libc {
 
 /* What a process event says. */
 enum process_change {
-	PROCESS_EXEC =
-		0, /* the process ran execve: it may use another C library now */
+	PROCESS_EXEC = 0, /* it ran execve: it may use another C library now */
 	PROCESS_FORK = 1, /* a new process in the traced command's tree */
 };
 

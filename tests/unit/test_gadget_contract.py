@@ -31,7 +31,7 @@ ENUMS = {
 def c_enum(name: str) -> Dict[str, int]:
     body = re.search(r"enum %s \{(.*?)\};" % name, SOURCE, re.S)
     assert body, f"program.bpf.c has no enum {name}"
-    return {m.group(1): int(m.group(2), 0) for m in re.finditer(r"^\s*(\w+) = (\w+),", body.group(1), re.M)}
+    return {m.group(1): int(m.group(2), 0) for m in re.finditer(r"(\w+)\s*=\s*(\w+)\s*,", body.group(1))}
 
 
 def c_define(name: str) -> int:
