@@ -123,6 +123,7 @@ enum tracking_stat {
 #define MAX_SEEN_FILES 4096
 #define MAX_LOCK_GENERATIONS 16384
 #define MAX_BLOCKED_THREADS 4096
+#define MAX_COUNTERS 4096 /* (counter, process) pairs between two fetches */
 
 #define MAX_TREE_PROCESSES 16384 /* processes of a traced command's tree */
 #define EXE_NAME_MAX 128 /* longest executable name in process events */
@@ -157,6 +158,7 @@ extern int CONFIG_ARM64_PAGE_SHIFT __kconfig __weak;
 
 struct counter_key {
 	__u32 counter; /* STAT_* */
+	gadget_pid pid; /* the process it happened in: reports say where */
 };
 
 struct counter_value {
@@ -166,7 +168,7 @@ struct counter_value {
 /* STAT_* -> how often it happened since the last fetch */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32);
+	__uint(max_entries, MAX_COUNTERS);
 	__type(key, struct counter_key);
 	__type(value, struct counter_value);
 } counters SEC(".maps");
@@ -174,7 +176,8 @@ struct {
 /* Rare events only: the fetch deletes the entry, the next one re-creates it. */
 static __always_inline void count_stat(__u32 index)
 {
-	struct counter_key key = { .counter = index };
+	struct counter_key key = { .counter = index,
+				   .pid = bpf_get_current_pid_tgid() >> 32 };
 	struct counter_value one = { .count = 1 }, *value;
 
 	value = bpf_map_lookup_elem(&counters, &key);
@@ -634,6 +637,9 @@ struct stack_frames {
 	__u64 frame_offsets[MAX_STACK_FRAMES];
 	/* per frame: file_id of the mapped file, 0 if anonymous */
 	__u64 frame_files[MAX_STACK_FRAMES];
+	/* per frame: the address itself (a frame the VMA lookup missed, under
+	 * mmap_lock contention, is resolved from another stack with it) */
+	__u64 frame_addresses[MAX_STACK_FRAMES];
 };
 
 struct file_key {
@@ -919,6 +925,7 @@ static __noinline __u64 capture_site(struct pt_regs *ctx, bool at_entry)
 		bpf_find_vma(task, lookup.address, resolve_vma, &lookup, 0);
 		s->stack.frame_offsets[i] = lookup.offset;
 		s->stack.frame_files[i] = lookup.file_id;
+		s->stack.frame_addresses[i] = lookup.address;
 		if (lookup.file)
 			send_file_path(lookup.file_id, (__u64)lookup.file);
 	}
@@ -1503,6 +1510,7 @@ struct dead_pid {
 	gadget_pid pid;
 	__u32 __pad;
 	__u64 process_start;
+	__u64 exited; /* boot time (ns) of the exit: how long its threads were blocked */
 	gadget_mntns_id mntns_id;
 	gadget_comm comm[TASK_COMM_LEN];
 };
@@ -1567,6 +1575,7 @@ static __always_inline int thread_exited(void *ctx)
 	event->pid = pid;
 	event->__pad = 0;
 	event->process_start = current_process_start();
+	event->exited = bpf_ktime_get_boot_ns();
 	event->mntns_id = gadget_get_current_mntns_id();
 	bpf_get_current_comm(event->comm, sizeof(event->comm));
 	gadget_submit_buf(ctx, &dead_pids, event, sizeof(*event));

@@ -34,6 +34,9 @@ from igdeadlock.ig.service import GadgetService
 from igdeadlock.session import GadgetSession, gadget_params
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from helpers import IGDEADLOCK, Lines  # noqa: E402  (the tests' helpers: running igdeadlock, following its output)
+
 BUILD = HERE.parent / "build" / "bench"
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 LOCK_PROGRAMS = {"lock": "trace_uprobe_mutex_lock", "unlock": "trace_uprobe_mutex_unlock"}
@@ -185,15 +188,11 @@ def bystander(binary: Path, workload: Workload, image: str) -> Dict[str, float]:
     -- sleep` runs: probes placed per process leave it alone (wall ns per pair)."""
     run_workload(binary, workload)  # warm up
     alone = run_workload(binary, workload)
-    trace = subprocess.Popen([sys.executable, "-m", "igdeadlock", "trace", "--image", image, "--", "sleep", "600"],
+    trace = subprocess.Popen([*IGDEADLOCK, "trace", "--image", image, "--", "sleep", "600"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert trace.stderr is not None
-        for line in trace.stderr:  # tracing is live once igdeadlock has placed its probes
-            if "attaches them itself" in line or "lock-order" in line:
-                break
-        else:
-            raise RuntimeError("igdeadlock trace did not start")
+        # tracing is live once igdeadlock has placed its probes
+        Lines(trace.stderr).wait_for(lambda line: "attaches them itself" in line, timeout=120)
         run_workload(binary, workload)
         beside = run_workload(binary, workload)
     finally:

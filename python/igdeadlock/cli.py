@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after SECONDS, terminating COMMAND")
     trace.add_argument("--stop-on-deadlock", action="store_true",
                        help="end the trace (terminating COMMAND) as soon as threads are deadlocked")
+    trace.add_argument("--analysis-time", type=_positive, default=120.0, metavar="SECONDS",
+                       help="at most this long to examine what is left of the lock-order graphs once "
+                            "COMMAND ended; anything not examined is named in the report (default: 120)")
     _add_common(trace)
     trace.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 
@@ -107,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--container", metavar="NAME",
                        help="ig daemons: trace only the container(s) of this name (IG's filter, in the kernel)")
     watch.add_argument("--duration", type=_positive, metavar="SECONDS", help="stop after SECONDS")
+    watch.add_argument("--analysis-time", type=_positive, default=120.0, metavar="SECONDS",
+                       help="at the end, at most this long to examine what is left of each target's "
+                            "lock-order graphs; anything not examined is named in the report (default: 120)")
     watch.add_argument("--status-interval", type=_positive, default=5.0, metavar="SECONDS",
                        help="how often the status line is printed (default: 5)")
     _add_common(watch)
@@ -183,6 +189,7 @@ def run_trace(args: argparse.Namespace) -> int:
         daemon_log=args.daemon_log,
         command_stdout=command_stdout,
         stop_on_deadlock=args.stop_on_deadlock,
+        analysis_seconds=args.analysis_time,
     )
     try:
         outcome = trace_command(options, _say)
@@ -286,7 +293,7 @@ def run_watch(args: argparse.Namespace) -> int:
         for daemon in private:
             daemon.stop()
         return EXIT_INTERRUPTED if interrupted else EXIT_ERROR
-    watch = Watch(specs, args.image, args.attach, _say)
+    watch = Watch(specs, args.image, args.attach, _say, analysis_seconds=args.analysis_time)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     next_status = time.monotonic() + args.status_interval
     watch.start()

@@ -74,6 +74,17 @@ COUNTER_NAMES: Dict[int, str] = {
     Stat.TREE_FULL: "tree_map_full",
 }
 
+# What each counter means for a report: "{count} {meaning}"
+COUNTER_MEANINGS: Dict[int, str] = {
+    Stat.HELD_OVERFLOW: "lock(s) not tracked: the thread held too many at once",
+    Stat.THREADS_FULL: "thread(s) not tracked: the thread map was full",
+    Stat.EDGES_FULL: "lock-order edge(s) lost: the edge map was full between two fetches",
+    Stat.SITES_FULL: "stack(s) lost: the stack map was full between two fetches",
+    Stat.GENERATIONS_FULL: "destroyed lock(s) not recorded: a reused address may be taken for the old lock",
+    Stat.BLOCKED_FULL: "blocked thread(s) not recorded: the blocked-thread map was full",
+    Stat.TREE_FULL: "process(es) of the traced tree not followed: the tree map was full",
+}
+
 # A uprobe's attach cookie: bits 0-7 the C library, bits 32-63 the size of the
 # probed function (musl's nested lock calls are told apart with it).
 COOKIE_LIBC_MASK = 0xFF

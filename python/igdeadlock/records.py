@@ -67,6 +67,7 @@ class ProcessExit(NamedTuple):
     process_start: int
     mntns_id: int
     comm: str
+    exited: int = 0  # boot time (ns) of the exit, 0 if unknown
 
 
 class StackTrace(NamedTuple):
@@ -75,6 +76,7 @@ class StackTrace(NamedTuple):
     site: int
     pid: int
     frames: Tuple[Tuple[int, int], ...]
+    addresses: Tuple[int, ...] = ()  # each frame's address in the process
 
 
 class MappedFile(NamedTuple):
@@ -85,9 +87,10 @@ class MappedFile(NamedTuple):
 
 
 class Counter(NamedTuple):
-    """How often the gadget could not track something, since the last fetch."""
+    """How often the gadget could not track something in a process, since the last fetch."""
 
     name: str
+    pid: int
     times: int  # since the previous fetch
 
 

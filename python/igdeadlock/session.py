@@ -279,7 +279,7 @@ def collector_findings(collector: Collector, now_boot_ns: Optional[int] = None,
 
     def stack_of(site: int) -> Optional[List[Frame]]:
         if site not in cache:
-            stack = collector.stacks.get(site)
+            stack = collector.stack(site)
             cache[site] = symbolizer.resolve(stack) if stack is not None else None
         return cache[site]
 

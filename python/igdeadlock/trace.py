@@ -27,6 +27,7 @@ from igdeadlock.session import (
     local_daemon_answers,
 )
 
+DEFAULT_ANALYSIS_SECONDS = 120.0
 INTERRUPTED_BEFORE_START = "interrupt-before-start"  # Ctrl-C before COMMAND ran: nothing traced
 
 
@@ -43,6 +44,7 @@ class TraceOptions:
     daemon_log: Optional[str] = None
     command_stdout: Optional[int] = None  # file descriptor for the command's stdout
     stop_on_deadlock: bool = False  # end the trace once threads are deadlocked
+    analysis_seconds: float = DEFAULT_ANALYSIS_SECONDS  # bound on the analysis after COMMAND ends
 
 
 @dataclass
@@ -139,7 +141,8 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
                     ended_by = "interrupt" if started else INTERRUPTED_BEFORE_START
         finally:
             launcher.abort()
-        collector.store.analyse()
+        # every graph examined to the end, within the bound; what is left is said
+        collector.store.finish(options.analysis_seconds)
         stats = collector.stats(session.decoder.counts())
         status = launcher.process.returncode if started else None
         stats["command_exit_status"] = status

@@ -143,6 +143,7 @@ class Watch:
     found: "queue.Queue[FindingView]" = field(default_factory=queue.Queue)
     runners: List[TargetRunner] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    analysis_seconds: float = 120.0  # bound on each target's last analysis, at the end
 
     def start(self) -> None:
         self.runners = [TargetRunner(spec, self.image, self.attach, self.stop_event, self.found, self.say)
@@ -178,6 +179,7 @@ class Watch:
         processes: List[ProcessCoverage] = []
         stats: Dict[str, object] = {}
         for runner in self.runners:
+            runner.collector.store.finish(self.analysis_seconds)
             findings.extend(collector_findings(runner.collector))
             processes.extend(runner.collector.processes())
             _add_stats(stats, runner.collector.stats(runner.decoder.counts()))

@@ -83,9 +83,14 @@ def test_store_drops_graph_after_exit_but_keeps_the_finding():
     store.process_exited(ProcessExit(PID, 1, 1, "t"))
     new = store.analyse()
     assert len(new) == 1
-    assert store.graph_of(PID) is None
+    assert store.graph_of(PID) is not None  # kept for the edges the next fetch may bring
+    for edge in acquire(3, [(0xB, W)], 0xC):  # a late edge joins the same process
+        store.add_edge(edge)
+    assert store.graph_of(PID).edge_count == 3
+    assert store.analyse() == []
+    assert store.graph_of(PID) is None  # complete, and the grace has passed: dropped
     assert len(store.all_findings()) == 1
-    assert store.stats.processes_exited == 1
+    assert (store.stats.processes_seen, store.stats.processes_exited) == (1, 1)
 
 
 def test_exit_seen_before_the_last_edges_still_analyses_then_drops():
@@ -94,7 +99,52 @@ def test_exit_seen_before_the_last_edges_still_analyses_then_drops():
     for edge in [*acquire(1, [(0xA, W)], 0xB), *acquire(2, [(0xB, W)], 0xA)]:
         store.add_edge(edge)
     assert len(store.analyse()) == 1
+    store.analyse()
     assert store.graph_of(PID) is None
+
+
+def test_a_very_late_edge_after_the_drop_is_the_same_process_again():
+    store = LockGraphStore()
+    for edge in acquire(1, [(0xA, W)], 0xB):
+        store.add_edge(edge)
+    store.process_exited(ProcessExit(PID, 1, 1, "t"))
+    store.analyse()
+    store.analyse()
+    assert store.graph_of(PID) is None
+    for edge in acquire(1, [(0xB, W)], 0xC):
+        store.add_edge(edge)
+    store.analyse()
+    store.analyse()
+    assert store.graph_of(PID) is None
+    assert (store.stats.processes_seen, store.stats.processes_exited) == (1, 2)
+
+
+def test_an_exited_process_is_kept_until_its_analysis_is_complete():
+    store = LockGraphStore()
+    ring = list(range(1, 41))  # a 40-lock ring across 40 threads: a long search
+    for i, lock in enumerate(ring):
+        for edge in acquire(100 + i, [(lock, W)], ring[(i + 1) % len(ring)]):
+            store.add_edge(edge)
+    store.process_exited(ProcessExit(PID, 1, 1, "t"))
+    found = store.analyse(budget=10)  # far too little for one analysis
+    analyses = 1
+    while store.graph_of(PID) is not None:
+        assert store.incomplete() or analyses < 3
+        found += store.analyse(budget=10)
+        analyses += 1
+        assert analyses < 500
+    assert [(len(c.locks), c.kind) for c in found] == [(40, POTENTIAL_DEADLOCK)]
+    assert store.incomplete() == {}
+
+
+def test_finish_completes_the_analysis_within_its_time():
+    store = LockGraphStore()
+    for i in range(60):  # a 60-lock ring
+        for edge in acquire(200 + i, [(i + 1, W)], (i + 1) % 60 + 1):
+            store.add_edge(edge)
+    found = store.finish(seconds=60)
+    assert [len(c.locks) for c in found] == [60]
+    assert store.incomplete() == {} and store.cut_short() == set()
 
 
 def test_reused_pid_starts_clean():

@@ -21,6 +21,7 @@ def test_graphs_of_vanished_processes_are_dropped_even_without_an_exit_event():
     assert collector.reap() == 1  # pid 2's exit event was lost; it is gone from /proc
     found = collector.consume(FetchTick("edges", 0))
     assert [f.process.pid for f in found] == [2]  # analysed once more, then dropped
+    collector.consume(FetchTick("edges", 0))
     assert set(collector.store.graphs) == {(1, 10)}
 
 
@@ -28,6 +29,7 @@ def test_exit_event_drops_the_graph_and_blocked_threads():
     collector = Collector()
     collector.consume(edge(3, 30, 0xA, 0xB, 31))
     collector.consume(ProcessExit(3, 30, 1, "t"))
+    collector.consume(FetchTick("edges", 0))
     collector.consume(FetchTick("edges", 0))
     assert collector.store.graphs == {}
 
@@ -39,3 +41,23 @@ def test_process_alive_checks_pid_and_start_time():
     assert process_alive(os.getpid(), start_ns) is True
     assert process_alive(os.getpid(), start_ns + 10**9) is False  # same pid, another process
     assert process_alive(2**22 + 12345, 0) is False
+
+
+def test_a_code_address_is_named_the_same_in_every_stack_of_a_process():
+    from igdeadlock.records import StackTrace
+
+    collector = Collector()
+    collector.consume(StackTrace(1, 5, ((7, 0x1100), (8, 0x2200)), (0x55000100, 0x7F000200)))
+    # the gadget's VMA lookup gave up on the first frame of this one (mmap_lock contention)
+    collector.consume(StackTrace(2, 5, ((0, 0x55000100), (0, 0x9999)), (0x55000100, 0x9999)))
+    collector.consume(StackTrace(3, 6, ((0, 0x55000100),), (0x55000100,)))  # another process: its own map
+    assert collector.stack(2).frames == ((7, 0x1100), (0, 0x9999))
+    assert collector.stack(3).frames == ((0, 0x55000100),)
+    assert collector.stack(1).frames == ((7, 0x1100), (8, 0x2200))
+
+
+def test_frames_after_unwinding_junk_are_dropped():
+    from igdeadlock.ig.decoder import _stack
+
+    stack = _stack(9, 5, 4, (7, 0, 0, 8), (0x1100, 0, 0x12, 0x2200), (0x55000100, 0, 0x12, 0x7F000200))
+    assert stack.frames == ((7, 0x1100),) and stack.addresses == (0x55000100,)

@@ -53,3 +53,17 @@ def test_tracker_forgets_a_cycle_that_resolves():
     assert tracker.tick() == []  # a new candidate, not yet confirmed
     tracker.process_exited(PID)
     assert tracker.blocked == {}
+
+
+def test_a_deadlock_lasts_until_its_process_exits():
+    from igdeadlock.report.model import build_deadlock_findings
+
+    tracker = WaitForTracker()
+    for _ in range(2):
+        tracker.thread_blocked(blocked(1, 0xB, [(0xA, W)]))
+        tracker.thread_blocked(blocked(2, 0xA, [(0xB, W)]))
+        confirmed = tracker.tick()
+    assert len(confirmed) == 1  # since=10 ns in every record
+    tracker.process_exited(PID, 1, exited=3_000_000_010)
+    (view,) = build_deadlock_findings(tracker.deadlocks.values(), lambda site: None, now_boot_ns=99_000_000_000)
+    assert [w.blocked_for for w in view.waits] == [3.0, 3.0]  # not 99 s: it ended with its process

@@ -11,9 +11,9 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from igdeadlock.analysis.coverage import CoverageTable, ProcessCoverage
-from igdeadlock.analysis.lockorder import LockGraphStore
+from igdeadlock.analysis.lockorder import MAX_CYCLE_LENGTH, LockGraphStore
 from igdeadlock.analysis.waitfor import Deadlock, WaitForTracker
-from igdeadlock.gadget import BLOCKED, COUNTER_NAMES, EDGES
+from igdeadlock.gadget import BLOCKED, COUNTER_MEANINGS, COUNTER_NAMES, EDGES
 from igdeadlock.records import (
     BlockedThread,
     Counter,
@@ -50,10 +50,13 @@ class Collector:
         self.target = target
         self.node = node  # where the target runs, when the target knows it (a gadget pod's node)
         self.stacks: Dict[int, StackTrace] = {}
+        # (pid, address) -> (file_id, offset): where a code address was resolved
+        self.resolved: Dict[Tuple[int, int], Tuple[int, int]] = {}
         self.files: Dict[int, MappedFile] = {}
         self.meta: Dict[Tuple[int, int], ProcessMeta] = {}
         self.seen: Dict[tuple, Tuple[float, float]] = {}  # finding key -> (first, last) detection time
         self.counters: Dict[str, int] = {name: 0 for name in COUNTER_NAMES.values()}
+        self.process_counters: Dict[int, Dict[int, int]] = {}  # pid -> counter key -> count
         self.ticks: Dict[str, int] = {}
         self.ring_buffer_lost = 0
         self.warnings: List[str] = []
@@ -100,6 +103,9 @@ class Collector:
         elif kind is StackTrace:
             site = self._site(output.site)
             self.stacks[site] = output._replace(site=site)
+            for (file_id, offset), address in zip(output.frames, output.addresses):
+                if file_id:
+                    self.resolved[(output.pid, address)] = (file_id, offset)
         elif kind is MappedFile:
             self.files[output.file_id] = output
         elif kind is ProcessMeta:
@@ -113,9 +119,11 @@ class Collector:
                                output.mntns_id)
         elif kind is ProcessExit:
             self.store.process_exited(output)
-            self.waits.process_exited(output.pid)
+            self.waits.process_exited(output.pid, output.process_start, output.exited)
         elif kind is Counter:
             self.counters[output.name] = self.counters.get(output.name, 0) + output.times
+            per_process = self.process_counters.setdefault(output.pid, {})
+            per_process[output.name] = per_process.get(output.name, 0) + output.times
         elif kind is FetchTick:
             self.ticks[output.datasource] = self.ticks.get(output.datasource, 0) + 1
             if output.datasource == EDGES:
@@ -135,6 +143,17 @@ class Collector:
             elif output.level <= 3 and not any(h in output.text for h in _EXPECTED_WARNINGS):
                 self.warnings.append(output.text)
         return []
+
+    def stack(self, site: int) -> Optional[StackTrace]:
+        """An acquisition site's stack, with frames the gadget could not resolve
+        (its VMA lookup gives up under contention) resolved from another stack
+        of the same process: one code address is always named the same way."""
+        stack = self.stacks.get(site)
+        if stack is None or all(file_id for file_id, _ in stack.frames):
+            return stack
+        frames = tuple(frame if frame[0] else self.resolved.get((stack.pid, address), frame)
+                       for frame, address in zip(stack.frames, stack.addresses))
+        return stack._replace(frames=frames + stack.frames[len(frames):])
 
     def reap(self) -> int:
         """Forget processes that are gone although no exit event said so (one was
@@ -170,6 +189,10 @@ class Collector:
         return {
             "processes_traced": traced,
             "processes_untraced": untraced,
+            # processes whose lock-order graph was not examined to the end
+            "analysis_incomplete": len(self.store.incomplete()),
+            # processes where the search for a cycle stopped at MAX_CYCLE_LENGTH locks
+            "cycle_search_cut": len(self.store.cut_short()),
             "edges_seen": self.store.stats.edges_seen,
             "processes_seen": self.store.stats.processes_seen,
             "processes_exited": self.store.stats.processes_exited,
@@ -182,7 +205,19 @@ class Collector:
         }
 
     def processes(self) -> List[ProcessCoverage]:
-        """Every process in scope that was seen, and whether it was traced."""
+        """Every process in scope that was seen, whether it was traced, and the
+        limits reached in it that can hide a finding."""
+        self.coverage.clear_limits()
+        for key, left in self.store.incomplete().items():
+            self.coverage.entry(key.pid, key.start).limits.append(
+                f"analysis incomplete: {left} lock-order edge(s) not examined yet")
+        for key in self.store.cut_short():
+            self.coverage.entry(key.pid, key.start).limits.append(
+                f"cycles longer than {MAX_CYCLE_LENGTH} locks were not looked for")
+        meanings = {COUNTER_NAMES[stat]: meaning for stat, meaning in COUNTER_MEANINGS.items()}
+        for pid, counts in sorted(self.process_counters.items()):
+            for name, count in sorted(counts.items()):
+                self.coverage.latest(pid).limits.append(f"{count} {meanings.get(name, name)}")
         entries = self.coverage.processes(self.probes_known)
         if self.containers_only:
             entries = [e for e in entries if e.mntns_id in self.namespaces_seen]

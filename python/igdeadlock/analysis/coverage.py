@@ -7,7 +7,7 @@ it, or with the reason none could be.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 # Why a process that produced no lock events may still have been traced, on a
@@ -30,6 +30,7 @@ class ProcessCoverage:
     traced: bool = False
     reason: Optional[str] = None  # why not traced
     lock_events: bool = False  # records arrived from it
+    limits: List[str] = field(default_factory=list)  # limits reached that can hide a finding in it
     target: str = ""  # the gadget service it was seen through (set in multi-target reports)
 
     def to_json(self) -> Dict[str, object]:
@@ -45,6 +46,7 @@ class ProcessCoverage:
             "static": self.static,
             "traced": self.traced,
             "reason": None if self.traced else self.reason,
+            "limits": list(self.limits),
         }
 
 
@@ -71,6 +73,18 @@ class CoverageTable:
         created = ProcessCoverage(pid, process_start)
         entries.append(created)
         return created
+
+    def clear_limits(self) -> None:
+        for entries in self._by_pid.values():
+            for entry in entries:
+                entry.limits = []
+
+    def latest(self, pid: int) -> ProcessCoverage:
+        """The most recent process of this pid (made if none was seen)."""
+        entries = self._by_pid.get(pid)
+        if not entries:
+            return self.entry(pid, 0)
+        return max(entries, key=lambda e: e.process_start)
 
     def probed(self, pid: int, process_start: int, comm: str, exe: str, library: Optional[str],
                flavor: Optional[str], static: bool, reason: str, mntns_id: int = 0) -> ProcessCoverage:

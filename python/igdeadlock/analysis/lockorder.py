@@ -21,8 +21,9 @@ cycle made by one thread alone is a ``single-thread-inversion``.
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Callable, Deque, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -43,12 +44,14 @@ SUPPRESSED_GATE_LOCK = "gate-lock"
 SUPPRESSED_READ_READ = "read-read"
 SUPPRESSED_TIMED_LOCK = "timed-lock"
 
-MAX_CYCLE_LENGTH = 16  # longest cycle looked for (TSan stops at 20)
+MAX_CYCLE_LENGTH = 256  # longest cycle looked for (TSan stops at 20; said when reached)
 ANALYSIS_BUDGET = 500_000  # graph steps per analysis of one process; the rest waits for the next
+MAX_BUDGET_BOOST = 1 << 16  # the most a stalled search's budget is multiplied by
 SCC_EDGE_LIMIT = 250_000  # above it, components are not computed at each analysis
 MAX_EVIDENCE_PER_EDGE = 256
 MAX_ASSIGNMENT_STEPS = 20000  # backtracking budget per cycle and constraint set
 MAX_REMEMBERED_EXITS = 65536  # exits remembered for edges that arrive after them
+EXIT_GRACE_ANALYSES = 2  # an exited process's last edges come with the next fetch
 
 
 class ProcessKey(NamedTuple):
@@ -137,6 +140,8 @@ class ProcessGraph:
         self._more: List[Tuple[LockId, LockId]] = []  # known edges that got new evidence
         self._left: Dict[Tuple[LockId, LockId], None] = {}  # edges the last analysis did not reach
         self.evidence_dropped = 0
+        self.longest_cut = False  # a search stopped at MAX_CYCLE_LENGTH: a longer cycle may hide
+        self._boost = 1  # budget multiplier: doubles while one search needs more than a budget
 
     @property
     def edge_count(self) -> int:
@@ -235,7 +240,7 @@ class ProcessGraph:
         component = strongly_connected(self.succ) if self.edge_count <= SCC_EDGE_LIMIT else _ONE_COMPONENT
         found: Dict[Tuple[LockId, ...], Cycle] = {}
         covered: Set[Tuple[LockId, LockId]] = set()
-        work = [budget]
+        work = [budget * self._boost]
         left: Dict[Tuple[LockId, LockId], None] = {}
         for edge in dirty:  # arrival order: deterministic for the same input
             if work[0] <= 0:
@@ -253,6 +258,10 @@ class ProcessGraph:
             ring = cycle.locks
             found.setdefault(ring, cycle)
             covered.update(zip(ring, ring[1:] + ring[:1]))
+        # Each analysis starts the searches it did not finish again: if not one
+        # finished, the next one gets twice the budget, so analysis always ends.
+        stalled = bool(left) and len(left) == len(dirty)
+        self._boost = min(self._boost * 2, MAX_BUDGET_BOOST) if stalled else 1
         self._left = left
         return [found[ring] for ring in sorted(found)]
 
@@ -289,6 +298,7 @@ class ProcessGraph:
             if not following or work[0] <= 0:
                 return None
             frontier = following
+        self.longest_cut = True  # the goal may be further than MAX_CYCLE_LENGTH
         return None
 
     def _distinct_thread_cycle(self, source: LockId, target: LockId, component: Mapping[LockId, int],
@@ -309,7 +319,10 @@ class ProcessGraph:
                 if component.get(nxt) != group:
                     continue
                 closing = nxt == source
-                if not closing and (nxt in ring or len(ring) >= MAX_CYCLE_LENGTH):
+                if not closing and nxt in ring:
+                    continue
+                if not closing and len(ring) >= MAX_CYCLE_LENGTH:
+                    self.longest_cut = True
                     continue
                 for ev in self.evidence(node, nxt):
                     work[0] -= 1
@@ -570,14 +583,16 @@ class StoreStats:
     processes_seen: int = 0
     processes_exited: int = 0
     evidence_dropped_by_exited: int = 0  # see ProcessGraph.evidence_dropped
+    longest_cut_by_exited: Set[ProcessKey] = field(default_factory=set)  # see ProcessGraph.longest_cut
 
 
 class LockGraphStore:
     """Lock-order graphs of every traced process, and the findings made from them.
 
-    Findings outlive their process: a graph is analysed once more after its
-    process exits (its last edges may arrive after the exit event) and then
-    dropped.
+    Findings outlive their process. A process's graph is kept after its exit
+    until EXIT_GRACE_ANALYSES analyses have passed (its last edges come with
+    the fetch after the exit event; they join the same graph, never a new one)
+    and its analysis is complete; only then is it dropped.
     """
 
     def __init__(self, keep_session: Optional[Callable[[int], bool]] = None) -> None:
@@ -585,19 +600,23 @@ class LockGraphStore:
         self.findings: Dict[Tuple[ProcessKey, Tuple[LockId, ...]], Cycle] = {}
         self.stats = StoreStats()
         self._dirty: Set[ProcessKey] = set()
-        self._exited: Set[ProcessKey] = set()  # to drop after the next analysis
         self._gone: Set[ProcessKey] = set()  # processes known to have exited
         self._gone_order: Deque[ProcessKey] = deque()
         self._keep_session = keep_session  # which sessions' edges to analyse (default: all)
+        self._analyses = 0
+        self._exited_at: Dict[ProcessKey, int] = {}  # exited process -> analyses done when it exited
 
     def _graph(self, pid: int, start: int) -> ProcessGraph:
         graph = self.graphs.get((pid, start))  # type: ignore[call-overload]  # equal to ProcessKey(pid, start)
         if graph is None:
             key = ProcessKey(pid, start)
             graph = self.graphs[key] = ProcessGraph(key)
-            self.stats.processes_seen += 1
             if key in self._gone:
-                self._exited.add(key)  # its edges came after its exit: analyse once, then drop
+                # edges after its graph was dropped (a very late fetch): the same
+                # process, analysed and dropped again, not a new one
+                self._exited_at.setdefault(key, self._analyses)
+            else:
+                self.stats.processes_seen += 1
         return graph
 
     def add_edge(self, record: LockEdge) -> None:
@@ -647,8 +666,7 @@ class LockGraphStore:
 
     def process_exited(self, record: ProcessExit) -> None:
         key = ProcessKey(record.pid, record.process_start)
-        if key in self.graphs:
-            self._exited.add(key)
+        self._exited_at.setdefault(key, self._analyses)
         if key not in self._gone:
             self._gone.add(key)
             self._gone_order.append(key)
@@ -661,30 +679,56 @@ class LockGraphStore:
                 return graph
         return None
 
-    def analyse(self) -> List[Cycle]:
+    def analyse(self, budget: int = ANALYSIS_BUDGET) -> List[Cycle]:
         """Look for cycles in graphs that changed; returns findings not seen before.
 
-        Call it after each fetch of the edges: that is also when graphs of
-        exited processes are dropped.
+        Call it after each fetch of the edges. Each graph's analysis is bounded
+        by ``budget`` steps; what it did not reach waits for the next call.
+        Graphs of processes that exited are dropped once complete (see the class).
         """
         new: List[Cycle] = []
+        self._analyses += 1
         for key in sorted(self._dirty):
             graph = self.graphs.get(key)
             if graph is None:
                 continue
-            for cycle in graph.find_cycles():
+            for cycle in graph.find_cycles(budget):
                 known = self.findings.get(cycle.key)
                 if known is None or (known.kind, known.suppressed) != (cycle.kind, cycle.suppressed):
                     self.findings[cycle.key] = cycle  # new, or more evidence changed what it means
                     new.append(cycle)
         self._dirty = {key for key in self._dirty if key in self.graphs and self.graphs[key].has_work}
-        for key in sorted(self._exited):
-            dropped = self.graphs.pop(key, None)
-            if dropped is not None:
+        for key, exited_at in list(self._exited_at.items()):
+            graph = self.graphs.get(key)
+            if graph is not None and (graph.has_work or self._analyses - exited_at < EXIT_GRACE_ANALYSES):
+                continue
+            del self._exited_at[key]
+            if graph is not None:
+                del self.graphs[key]
                 self.stats.processes_exited += 1
-                self.stats.evidence_dropped_by_exited += dropped.evidence_dropped
-        self._exited.clear()
+                self.stats.evidence_dropped_by_exited += graph.evidence_dropped
+                if graph.longest_cut:
+                    self.stats.longest_cut_by_exited.add(key)
         return new
+
+    def finish(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> List[Cycle]:
+        """Analyse until every graph is complete, or ``seconds`` have passed (a
+        trace's end); findings not seen before. What is left: :meth:`incomplete`."""
+        deadline = clock() + seconds
+        new = self.analyse()
+        while any(g.has_work for g in self.graphs.values()) and clock() < deadline:
+            new += self.analyse()
+        return new
+
+    def incomplete(self) -> Dict[ProcessKey, int]:
+        """Processes whose analysis has not covered every edge yet: the edges left."""
+        return {key: len(graph.dirty) for key, graph in self.graphs.items() if graph.has_work}
+
+    def cut_short(self) -> Set[ProcessKey]:
+        """Processes where a search stopped at MAX_CYCLE_LENGTH locks: a longer
+        cycle, if any, was not looked for."""
+        live = {key for key, graph in self.graphs.items() if graph.longest_cut}
+        return live | self.stats.longest_cut_by_exited
 
     def evidence_dropped(self) -> int:
         """Observations of an edge not kept because it had MAX_EVIDENCE_PER_EDGE

@@ -8,7 +8,7 @@ Pure: no I/O, no gRPC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
@@ -45,6 +45,7 @@ class Deadlock:
     comm: str
     mntns_id: int
     steps: Tuple[WaitStep, ...]
+    ended: int = 0  # boot time (ns) its process exited, 0 while it runs (or unknown)
 
     @property
     def locks(self) -> Tuple[LockId, ...]:
@@ -80,9 +81,15 @@ class WaitForTracker:
     def thread_resumed(self, tid: int) -> None:
         self.blocked.pop(tid, None)
 
-    def process_exited(self, pid: int) -> None:
+    def process_exited(self, pid: int, start: int = 0, exited: int = 0) -> None:
+        """The process is gone: its threads wait no more, and its deadlocks
+        lasted until ``exited`` (boot-clock ns, 0 if unknown)."""
         for tid in [t for t, b in self.blocked.items() if b.pid == pid]:
             del self.blocked[tid]
+        if exited:
+            for key, deadlock in self.deadlocks.items():
+                if deadlock.process == (pid, start) and not deadlock.ended:
+                    self.deadlocks[key] = replace(deadlock, ended=exited)
 
     def tick(self) -> List[Deadlock]:
         """After each fetch of blocked threads: newly confirmed deadlocks."""

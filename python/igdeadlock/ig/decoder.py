@@ -74,6 +74,21 @@ def _held(count: int, locks: Sequence[int], gens: Sequence[int], modes: Sequence
     return tuple(zip(locks[:count], gens[:count], modes[:count]))
 
 
+# Frame-pointer unwinding through code built without frame pointers ends in
+# junk (0, or a small number): the stack ends at the first such frame.
+MIN_CODE_ADDRESS = 4096
+
+
+def _stack(site: int, pid: int, count: int, files: Sequence[int], offsets: Sequence[int],
+           addresses: Sequence[int]) -> StackTrace:
+    frames = []
+    for file_id, offset, address in zip(files[:count], offsets[:count], addresses[:count]):
+        if address < MIN_CODE_ADDRESS:
+            break
+        frames.append((file_id, offset, address))
+    return StackTrace(site, pid, tuple((f, o) for f, o, _ in frames), tuple(a for _, _, a in frames))
+
+
 _HELD_FIELDS = (("held_count", INT), ("held_locks", INTS), ("held_gens", INTS), ("held_modes", INTS))
 
 
@@ -97,16 +112,18 @@ RECORD_SCHEMAS: Dict[str, RecordSchema] = {
     "processes": RecordSchema(
         tuple((name, TEXT if name in ("comm", "exe") else INT) for name in ProcessEvent._fields), ProcessEvent._make),
     "dead_pids": RecordSchema(
-        (("pid", INT), ("process_start", INT), ("mntns_id", INT), ("comm", TEXT)), ProcessExit._make),
+        (("pid", INT), ("process_start", INT), ("mntns_id", INT), ("comm", TEXT), ("exited", INT)),
+        ProcessExit._make),
     "stacks": RecordSchema(
-        (("site", INT), ("stack_pid", INT), ("frame_count", INT), ("frame_files", INTS), ("frame_offsets", INTS)),
-        lambda v: StackTrace(v[0], v[1], tuple(zip(v[3][:v[2]], v[4][:v[2]]))),
+        (("site", INT), ("stack_pid", INT), ("frame_count", INT), ("frame_files", INTS), ("frame_offsets", INTS),
+         ("frame_addresses", INTS)),
+        lambda v: _stack(v[0], v[1], v[2], v[3], v[4], v[5]),
     ),
     "files": RecordSchema(
         (("file_id", INT), ("inode", INT), ("device", INT), ("path", TEXT)), MappedFile._make),
     "counters": RecordSchema(
-        (("counter", INT), ("count", INT)),
-        lambda v: Counter(COUNTER_NAMES.get(v[0], f"counter_{v[0]}"), v[1]),
+        (("counter", INT), ("pid", INT), ("count", INT)),
+        lambda v: Counter(COUNTER_NAMES.get(v[0], f"counter_{v[0]}"), v[1], v[2]),
     ),
 }
 

@@ -172,6 +172,8 @@ def build_deadlock_findings(deadlocks: Iterable[Deadlock], stack_of: StackLookup
     findings = []
     for deadlock in deadlocks:
         steps = deadlock.steps
+        # blocked until now, or until the process ended
+        until = deadlock.ended or now_boot_ns
         waits = tuple(
             WaitView(
                 tid=step.tid,
@@ -180,7 +182,7 @@ def build_deadlock_findings(deadlocks: Iterable[Deadlock], stack_of: StackLookup
                 waits_for=step.waits_for,
                 held_by=steps[(i + 1) % len(steps)].tid,
                 mode=step.mode,
-                blocked_for=max(0.0, (now_boot_ns - step.since) / 1e9) if now_boot_ns and step.since else None,
+                blocked_for=max(0.0, (until - step.since) / 1e9) if until and step.since else None,
                 owner_tid=step.owner_tid,
                 stack=stack_of(step.site),
             )

@@ -146,14 +146,16 @@ def render_text(report: Report, show_suppressed: bool = False) -> str:
 
 
 def render_untraced(processes: Sequence[ProcessCoverage]) -> List[str]:
-    """One line per process that could not be traced: no finding about it
-    means nothing there."""
+    """One line per process that could not be traced, or where a limit was
+    reached: no finding about it does not mean nothing is there."""
     lines = []
     for p in processes:
+        exe = f", {p.exe}" if p.exe else ""
+        place = f" on {p.target}" if p.target else ""
         if not p.traced:
-            exe = f", {p.exe}" if p.exe else ""
-            place = f" on {p.target}" if p.target else ""
             lines.append(f"igdeadlock: NOT TRACED: pid {p.pid} ({p.comm}{exe}){place}: {p.reason}\n")
+        if p.limits:
+            lines.append(f"igdeadlock: LIMIT: pid {p.pid} ({p.comm}{exe}){place}: {'; '.join(p.limits)}\n")
     return lines
 
 
