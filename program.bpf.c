@@ -81,6 +81,15 @@ enum process_change {
 	PROCESS_FORK = 1, /* a new process in the traced command's tree */
 };
 
+/* Misuse of a lock: a hang, or an error the program may not check. */
+enum misuse {
+	MISUSE_RELOCK_HELD =
+		0, /* a thread requests a non-recursive lock it holds */
+	MISUSE_UNLOCK_NOT_OWNER =
+		1, /* a thread unlocks a lock another one holds */
+	MISUSE_EXIT_HOLDING = 2, /* a thread exits holding a lock */
+};
+
 /* Keys of the `counters` map: what could not be tracked. */
 enum tracking_stat {
 	STAT_HELD_OVERFLOW = 0, /* a lock not tracked: held set full */
@@ -1141,6 +1150,129 @@ static __always_inline void push_held(struct thread_locks *t, __u64 lock,
 	t->held_hash ^= held_lock_hash(lock, gen, mode);
 }
 
+/* Where the C libraries keep a lock's owner and type (x86-64 and aarch64). */
+/* glibc: struct __pthread_mutex_s.__owner, .__kind, and
+ * struct __pthread_rwlock_arch_t.__cur_writer */
+#define GLIBC_MUTEX_OWNER_OFFSET 8
+#define GLIBC_MUTEX_KIND_OFFSET 16
+#define GLIBC_RWLOCK_WRITER_OFFSET 24
+/* musl: _m_type (__u.__i[0]) and _m_lock (__u.__vi[1]), which holds the
+ * owner's tid unless the type is normal */
+#define MUSL_MUTEX_TYPE_OFFSET 0
+#define MUSL_MUTEX_LOCK_OFFSET 4
+/* the type bits of both: glibc's PTHREAD_MUTEX_KIND_MASK_NP; 1 is recursive */
+#define MUTEX_TYPE_MASK 3
+#define MUTEX_TYPE_RECURSIVE 1
+/* musl: a normal mutex (type 0) keeps no owner */
+#define MUSL_MUTEX_TYPE_BITS 15
+/* an owner word without its waiter and owner-died bits */
+#define OWNER_TID_MASK 0x3fffffff
+/* signal_struct.flags: the whole process is exiting */
+#define SIGNAL_GROUP_EXIT 0x00000004
+
+/* The owner musl records in a lock: only recursive and error-checking
+ * mutexes keep one (a normal mutex holds a busy flag, an rwlock a count). */
+static __always_inline __u32 musl_lock_owner(__u64 lock, __u8 kind)
+{
+	__u32 type = 0, word = 0;
+
+	if (kind != LOCK_KIND_MUTEX)
+		return 0;
+	bpf_probe_read_user(&type, sizeof(type),
+			    (void *)(lock + MUSL_MUTEX_TYPE_OFFSET));
+	if (!(type & MUSL_MUTEX_TYPE_BITS))
+		return 0;
+	bpf_probe_read_user(&word, sizeof(word),
+			    (void *)(lock + MUSL_MUTEX_LOCK_OFFSET));
+	return word & OWNER_TID_MASK;
+}
+
+/* The owner the C library records in the lock itself (0 if none or unknown). */
+static __always_inline __u32 lock_owner(__u64 lock, __u8 kind, __u8 libc)
+{
+	__u32 owner = 0;
+
+	if (libc == LIBC_MUSL)
+		return musl_lock_owner(lock, kind);
+	if (kind == LOCK_KIND_MUTEX)
+		bpf_probe_read_user(&owner, sizeof(owner),
+				    (void *)(lock + GLIBC_MUTEX_OWNER_OFFSET));
+	else if (kind == LOCK_KIND_RWLOCK)
+		bpf_probe_read_user(
+			&owner, sizeof(owner),
+			(void *)(lock + GLIBC_RWLOCK_WRITER_OFFSET));
+	return owner;
+}
+
+struct misuse_event {
+	gadget_mntns_id mntns_id;
+	__u64 process_start;
+	__u64 lock;
+	__u64 site; /* stack key of where it happened, 0 if none */
+	__u64 held_site; /* stack key of where the lock was taken, 0 if unknown */
+	gadget_pid pid;
+	gadget_tid tid;
+	__u32 gen;
+	__u32 owner_tid; /* the thread holding the lock (unlock-not-owner), 0 if unknown */
+	__u8 misuse; /* enum misuse */
+	__u8 kind;
+	__u8 mode; /* how the lock was requested (relock), held otherwise */
+	__u8 held_mode; /* how the thread holds it (relock) */
+	__u32 __pad;
+	gadget_comm comm[TASK_COMM_LEN];
+};
+
+GADGET_TRACER_MAP(misuse_events, 1024 * 64);
+
+/* Tell user space about a misuse of a lock by the current thread. */
+static __always_inline void send_misuse(void *ctx, __u8 misuse, __u64 lock,
+					__u32 gen, __u8 kind, __u8 mode,
+					__u8 held_mode, __u64 site,
+					__u64 held_site, __u32 owner)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct misuse_event *event;
+
+	event = gadget_reserve_buf(&misuse_events, sizeof(*event));
+	if (!event)
+		return;
+	__builtin_memset(event, 0, sizeof(*event));
+	event->mntns_id = gadget_get_current_mntns_id();
+	event->process_start = current_process_start();
+	event->lock = lock;
+	event->site = site;
+	event->held_site = held_site;
+	event->pid = pid_tgid >> 32;
+	event->tid = (__u32)pid_tgid;
+	event->gen = gen;
+	event->owner_tid = owner;
+	event->misuse = misuse;
+	event->kind = kind;
+	event->mode = mode;
+	event->held_mode = held_mode;
+	bpf_get_current_comm(event->comm, sizeof(event->comm));
+	gadget_submit_buf(ctx, &misuse_events, event, sizeof(*event));
+}
+
+/* Whether the thread may take a lock it holds once more: a recursive mutex,
+ * or a read lock on a rwlock it holds for reading. */
+static __always_inline bool reentry_allowed(struct thread_locks *t, __u64 lock,
+					    __u8 kind, __u8 held_mode,
+					    __u8 mode)
+{
+	__u64 offset = t->libc == LIBC_MUSL ? MUSL_MUTEX_TYPE_OFFSET :
+					      GLIBC_MUTEX_KIND_OFFSET;
+	int type = 0;
+
+	if (kind == LOCK_KIND_RWLOCK)
+		return mode == LOCK_MODE_SHARED &&
+		       held_mode == LOCK_MODE_SHARED;
+	if (kind != LOCK_KIND_MUTEX)
+		return false;
+	bpf_probe_read_user(&type, sizeof(type), (void *)(lock + offset));
+	return (type & MUTEX_TYPE_MASK) == MUTEX_TYPE_RECURSIVE;
+}
+
 /* Remember the acquisition a futex wait may belong to. */
 static __always_inline void note_wait(struct thread_locks *t, __u64 lock,
 				      __u32 gen, __u64 site, __u8 mode,
@@ -1197,7 +1329,19 @@ static __always_inline int lock_reacquired(struct pt_regs *ctx,
 					   __u8 how)
 {
 	struct held_lock *held = &t->held[held_index(i)];
+	__u64 site;
 
+	if (!reentry_allowed(t, lock, kind, held->mode, mode)) {
+		/* a try just fails; anything else hangs or fails with EDEADLK,
+		 * and holds nothing more */
+		if (how == ACQUIRE_TRY)
+			return 0;
+		site = capture_site(ctx, true);
+		send_misuse(ctx, MISUSE_RELOCK_HELD, lock, held->gen, kind,
+			    mode, held->mode, site, held->site, 0);
+		note_wait(t, lock, held->gen, site, mode, kind, how);
+		return 0;
+	}
 	if (how != ACQUIRE_TRY)
 		note_wait(t, lock, held->gen, held->site, mode, kind, how);
 	if (how == ACQUIRE_BLOCKING) {
@@ -1287,15 +1431,49 @@ static __always_inline int lock_returned(struct pt_regs *ctx)
 	return 0;
 }
 
+/* Take held[i] out of the thread's held set (its last level of recursion). */
+static __always_inline void drop_held(struct thread_locks *t, int i)
+{
+	struct held_lock *held = &t->held[held_index(i)];
+	__u32 last;
+
+	t->held_hash ^= held_lock_hash(held->lock, held->gen, held->mode);
+	/* keep the set dense: move the last lock into the freed place */
+	last = t->nheld - 1;
+	if (last != i)
+		*held = t->held[held_index(last)];
+	t->nheld = last;
+}
+
+/* Another thread unlocked a lock `owner` holds: it holds it no more. */
+static __always_inline void released_by_other(gadget_tid owner, __u64 lock)
+{
+	struct thread_locks *t;
+	__u32 *slot, index;
+	int i;
+
+	slot = bpf_map_lookup_elem(&thread_to_held_mutexes, &owner);
+	if (!slot)
+		return;
+	index = *slot;
+	t = bpf_map_lookup_elem(&thread_slots, &index);
+	if (!t || t->owner != owner)
+		return;
+	i = find_held(t, lock);
+	if (i >= 0)
+		drop_held(t, i);
+}
+
 /* Entry of an unlock function. A lock it does not know was taken before
- * tracing started (or is pthread_spin_init, which shares pthread_spin_unlock's
- * code): nothing to do. */
-static __always_inline int lock_released(__u64 lock)
+ * tracing started, or by another thread (a misuse), or it is
+ * pthread_spin_init, which shares pthread_spin_unlock's code. */
+static __always_inline int lock_released(struct pt_regs *ctx, __u64 lock,
+					 __u8 kind)
 {
 	gadget_tid tid = current_tid();
 	struct thread_locks *t;
 	struct held_lock *held;
-	__u32 last;
+	__u32 owner;
 	int i;
 
 	t = thread_state(tid, NULL);
@@ -1303,23 +1481,30 @@ static __always_inline int lock_released(__u64 lock)
 		return 0;
 	t->wait.lock = 0;
 	i = find_held(t, lock);
-	if (i < 0)
+	if (i < 0) {
+		/* the C library's owner record tells whether another thread holds it */
+		owner = lock_owner(lock, kind, t->libc) & OWNER_TID_MASK;
+		if (owner && owner != tid) {
+			send_misuse(
+				ctx, MISUSE_UNLOCK_NOT_OWNER, lock,
+				lock_generation(
+					bpf_get_current_pid_tgid() >> 32, lock),
+				kind, LOCK_MODE_EXCLUSIVE, LOCK_MODE_EXCLUSIVE,
+				capture_site(ctx, true), 0, owner);
+			released_by_other(owner, lock);
+		}
 		return 0;
+	}
 	held = &t->held[held_index(i)];
 	if (held->depth > 1) {
 		held->depth--;
 		return 0;
 	}
-	t->held_hash ^= held_lock_hash(lock, held->gen, held->mode);
-	/* keep the set dense: move the last lock into the freed place */
-	last = t->nheld - 1;
-	if (last != i)
-		*held = t->held[held_index(last)];
-	t->nheld = last;
+	drop_held(t, i);
 
 	/* A thread that holds nothing and left the traced set (its container
 	 * was unselected) has no state worth keeping. */
-	if (last == 0 && current_is_filtered_out())
+	if (t->nheld == 0 && current_is_filtered_out())
 		release_thread(tid);
 	return 0;
 }
@@ -1350,24 +1535,16 @@ static __always_inline int lock_destroyed(__u64 lock)
  * owner the C library records in the lock.
  * ------------------------------------------------------------------------ */
 
-/* What futex waits tell about a lock (x86-64 and aarch64 layouts). */
-#define LOCK_OBJECT_SPAN \
-	64 /* pthread_rwlock_t (56) and pthread_mutex_t (40) fit */
-#define GLIBC_MUTEX_OWNER_OFFSET 8 /* struct __pthread_mutex_s.__owner */
-#define GLIBC_RWLOCK_WRITER_OFFSET \
-	24 /* struct __pthread_rwlock_arch_t.__cur_writer */
-#define MUSL_MUTEX_TYPE_OFFSET 0 /* _m_type: __u.__i[0] */
-#define MUSL_MUTEX_LOCK_OFFSET \
-	4 /* _m_lock: __u.__vi[1], owner tid unless the type is normal */
-#define MUSL_MUTEX_TYPE_MASK 15 /* 0: normal, which keeps no owner */
-#define MUSL_OWNER_MASK \
-	0x3fffffff /* _m_lock without its waiter and owner-died bits */
-#define FUTEX_CMD_MASK \
-	0x7f /* without FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME */
+/* What a futex wait tells about a lock. */
+/* the command without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME */
+#define FUTEX_CMD_MASK 0x7f
 #define FUTEX_WAIT 0
 #define FUTEX_LOCK_PI 6
 #define FUTEX_WAIT_BITSET 9
 #define FUTEX_LOCK_PI2 13
+/* a wait on a futex word this close after a lock is a wait for that lock:
+ * pthread_rwlock_t (56 bytes) and pthread_mutex_t (40) fit */
+#define LOCK_OBJECT_SPAN 64
 
 /* thread -> the lock it is blocked on; user space keeps it until "resumed" */
 struct {
@@ -1390,40 +1567,6 @@ static __always_inline bool is_futex_wait(__u64 op)
 	op &= FUTEX_CMD_MASK;
 	return op == FUTEX_WAIT || op == FUTEX_WAIT_BITSET ||
 	       op == FUTEX_LOCK_PI || op == FUTEX_LOCK_PI2;
-}
-
-/* The owner musl records in a lock: only recursive and error-checking
- * mutexes keep one (a normal mutex holds a busy flag, an rwlock a count). */
-static __always_inline __u32 musl_lock_owner(__u64 lock, __u8 kind)
-{
-	__u32 type = 0, word = 0;
-
-	if (kind != LOCK_KIND_MUTEX)
-		return 0;
-	bpf_probe_read_user(&type, sizeof(type),
-			    (void *)(lock + MUSL_MUTEX_TYPE_OFFSET));
-	if (!(type & MUSL_MUTEX_TYPE_MASK))
-		return 0;
-	bpf_probe_read_user(&word, sizeof(word),
-			    (void *)(lock + MUSL_MUTEX_LOCK_OFFSET));
-	return word & MUSL_OWNER_MASK;
-}
-
-/* The owner the C library records in the lock itself (0 if none or unknown). */
-static __always_inline __u32 lock_owner(__u64 lock, __u8 kind, __u8 libc)
-{
-	__u32 owner = 0;
-
-	if (libc == LIBC_MUSL)
-		return musl_lock_owner(lock, kind);
-	if (kind == LOCK_KIND_MUTEX)
-		bpf_probe_read_user(&owner, sizeof(owner),
-				    (void *)(lock + GLIBC_MUTEX_OWNER_OFFSET));
-	else if (kind == LOCK_KIND_RWLOCK)
-		bpf_probe_read_user(
-			&owner, sizeof(owner),
-			(void *)(lock + GLIBC_RWLOCK_WRITER_OFFSET));
-	return owner;
 }
 
 /* A tracked thread starts a futex wait inside the lock it is acquiring: it
@@ -1550,6 +1693,32 @@ static long forget_process_lock(struct bpf_map *map, struct lock_id *id,
 	return 0;
 }
 
+/* A thread that exits while its process goes on, holding locks, leaves them
+ * held for good: whoever waits for them next waits forever. (Threads of a
+ * process that exits as a whole, or that another thread's exec ends, are not
+ * to blame.) */
+static __always_inline void report_locks_left(void *ctx, gadget_tid tid,
+					      struct task_struct *task)
+{
+	struct thread_locks *t = thread_state(tid, NULL);
+	__u32 nheld;
+
+	if (!t || !t->nheld)
+		return;
+	if (BPF_CORE_READ(task, signal, live.counter) == 0 ||
+	    BPF_CORE_READ(task, signal, flags) & SIGNAL_GROUP_EXIT ||
+	    BPF_CORE_READ(task, signal, group_exec_task))
+		return;
+	nheld = t->nheld;
+	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
+		if (i >= nheld)
+			break;
+		send_misuse(ctx, MISUSE_EXIT_HOLDING, t->held[i].lock,
+			    t->held[i].gen, t->held[i].kind, t->held[i].mode,
+			    t->held[i].mode, 0, t->held[i].site, 0);
+	}
+}
+
 /* Thread exit: drop its state; last thread of a process: report the pid. */
 static __always_inline int thread_exited(void *ctx)
 {
@@ -1559,6 +1728,7 @@ static __always_inline int thread_exited(void *ctx)
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct dead_pid *event;
 
+	report_locks_left(ctx, tid, task);
 	release_thread(tid);
 	bpf_map_delete_elem(&blocked_threads, &tid);
 
@@ -1659,6 +1829,7 @@ GADGET_MAPITER(blocked, blocked_threads);
 GADGET_TRACER(dead_pids, dead_pids, dead_pid);
 GADGET_TRACER(resumed, resumed_threads, resumed_thread);
 GADGET_TRACER(processes, process_events, process_event);
+GADGET_TRACER(misuse, misuse_events, misuse_event);
 
 /* ------------------------------------------------------------------------
  * 15. Probes
@@ -1715,7 +1886,7 @@ int BPF_KRETPROBE(trace_uretprobe_mutex_clocklock)
 SEC("uprobe/libc:pthread_mutex_unlock")
 int BPF_KPROBE(trace_uprobe_mutex_unlock, void *mutex)
 {
-	return lock_released((__u64)mutex);
+	return lock_released(ctx, (__u64)mutex, LOCK_KIND_MUTEX);
 }
 
 SEC("uprobe/libc:pthread_mutex_destroy")
@@ -1821,7 +1992,7 @@ int BPF_KRETPROBE(trace_uretprobe_rwlock_clockwrlock)
 SEC("uprobe/libc:pthread_rwlock_unlock")
 int BPF_KPROBE(trace_uprobe_rwlock_unlock, void *rwlock)
 {
-	return lock_released((__u64)rwlock);
+	return lock_released(ctx, (__u64)rwlock, LOCK_KIND_RWLOCK);
 }
 
 SEC("uprobe/libc:pthread_rwlock_destroy")
@@ -1834,6 +2005,17 @@ int BPF_KPROBE(trace_uprobe_rwlock_destroy, void *rwlock)
 
 SEC("uprobe/libc:pthread_spin_lock")
 int BPF_KPROBE(trace_uprobe_spin_lock, void *spinlock)
+{
+	return lock_requested(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
+			      LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING);
+}
+
+/* x86-64 glibc's pthread_spin_lock starts with a locked instruction, which
+ * takes no uprobe. This program goes where the lock has just been taken, after
+ * that instruction (the client finds the place; ig leaves the program alone);
+ * the lock is still in the first argument register there. */
+SEC("uprobe/gadget_program_disabled")
+int BPF_KPROBE(trace_uprobe_spin_lock_taken, void *spinlock)
 {
 	return lock_requested(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
 			      LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING);
@@ -1855,7 +2037,7 @@ int BPF_KRETPROBE(trace_uretprobe_spin_trylock)
 SEC("uprobe/libc:pthread_spin_unlock")
 int BPF_KPROBE(trace_uprobe_spin_unlock, void *spinlock)
 {
-	return lock_released((__u64)spinlock);
+	return lock_released(ctx, (__u64)spinlock, LOCK_KIND_SPINLOCK);
 }
 
 SEC("uprobe/libc:pthread_spin_destroy")

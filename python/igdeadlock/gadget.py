@@ -46,6 +46,14 @@ class ProcessChange(IntEnum):
     FORK = 1  # a new process in the traced command's tree
 
 
+class Misuse(IntEnum):
+    """Misuse of a lock (enum misuse)."""
+
+    RELOCK_HELD = 0  # a thread requests a non-recursive lock it holds
+    UNLOCK_NOT_OWNER = 1  # a thread unlocks a lock another one holds
+    EXIT_HOLDING = 2  # a thread exits holding a lock
+
+
 class Stat(IntEnum):
     """Keys of the `counters` map: what the gadget could not track (enum stat)."""
 
@@ -105,7 +113,7 @@ SITE_CPU_SHIFT = 48
 # Datasources.
 EDGES, STACKS, FILES, COUNTERS, BLOCKED = "edges", "stacks", "files", "counters", "blocked"
 MAP_ITERATORS = (EDGES, STACKS, FILES, COUNTERS, BLOCKED)  # fetched together, every fetch interval
-RESUMED, PROCESSES, DEAD_PIDS = "resumed", "processes", "dead_pids"  # events, as they happen
+RESUMED, PROCESSES, DEAD_PIDS, MISUSE = "resumed", "processes", "dead_pids", "misuse"  # events, as they happen
 
 # Parameters (gadget.yaml's params.ebpf, as IG names them).
 TREE_PID_PARAM = "operator.oci.ebpf.tree-pid"  # trace only this process and its descendants

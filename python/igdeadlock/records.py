@@ -129,6 +129,26 @@ class ProcessEvent(NamedTuple):
     exe: str  # the file execve was given (exec events)
 
 
+class MisuseEvent(NamedTuple):
+    """A thread misused a lock (gadget.Misuse): relocked it, unlocked another
+    thread's, or exited holding it."""
+
+    pid: int
+    tid: int
+    comm: str
+    mntns_id: int
+    process_start: int
+    misuse: int
+    lock: int
+    gen: int
+    kind: int
+    mode: int
+    held_mode: int
+    site: int  # where it happened (0: no stack)
+    held_site: int  # where the lock was taken (0: unknown)
+    owner_tid: int  # the lock's holder (unlock-not-owner), 0 if unknown
+
+
 class ThreadResumed(NamedTuple):
     """A thread reported blocked is not waiting any more."""
 
@@ -170,7 +190,7 @@ class LogMessage:
 
 
 Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed, ProcessMeta,
-               ProcessEvent]
+               ProcessEvent, MisuseEvent]
 
 
 @dataclass(frozen=True)

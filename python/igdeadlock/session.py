@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.analysis.lockorder import Cycle
+from igdeadlock.analysis.misuse import LockMisuse
 from igdeadlock.analysis.waitfor import Deadlock
 from igdeadlock.gadget import MAP_ITERATORS, PAUSE_NEW_PROCESSES_PARAM, TREE_PID_PARAM
 from igdeadlock.host import attach as attach_mod
@@ -23,7 +24,13 @@ from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.proto import api_pb2
 from igdeadlock.ig.service import Address, GadgetRun, GadgetService, WireError
 from igdeadlock.records import Frame, ProcessEvent, ProcessExit
-from igdeadlock.report.model import FindingView, build_deadlock_findings, build_findings, link_related
+from igdeadlock.report.model import (
+    FindingView,
+    build_deadlock_findings,
+    build_findings,
+    build_misuse_findings,
+    link_related,
+)
 
 HOST_PARAM = "operator.LocalManager.host"  # trace host processes too, not only containers
 CONNECT_TIMEOUT = 3.0  # seconds to reach a gadget service before giving up
@@ -141,8 +148,9 @@ class GadgetSession:
             raise explain_image_error(self.image, exc) from exc
         client_attach = self.attach_mode == "client" or (
             self.attach_mode == "auto" and not attach_mod.kernel_has_kprobes())
-        points = attach_mod.probe_points(info.extraInfo.data["ebpf.programs"].content) \
-            if client_attach and "ebpf.programs" in info.extraInfo.data else []
+        listing = info.extraInfo.data["ebpf.programs"].content if "ebpf.programs" in info.extraInfo.data else b""
+        points = attach_mod.probe_points(listing) if client_attach else []
+        taken = attach_mod.lock_taken_programs(listing) if client_attach else set()
         before = attach_mod.program_ids() if client_attach else set()
         if client_attach and self.tree_pid is not None:
             # probes go into each process of the tree alone: new processes wait for them
@@ -155,8 +163,8 @@ class GadgetSession:
         try:
             address = self.service.address
             owner = attach_mod.socket_peer_pid(address.location) if address.scheme == "unix" else None
-            self.program_ids = attach_mod.find_programs({p.program for p in points}, before, timeout=30.0,
-                                                        owner=owner)
+            self.program_ids = attach_mod.find_programs({p.program for p in points} | taken, before,
+                                                        timeout=30.0, owner=owner)
         except attach_mod.AttachError as exc:
             raise TraceError(f"{exc} (the client attaches uprobes itself on kernels without "
                              f"kprobes, and must run on the daemon's host for that)") from exc
@@ -286,9 +294,11 @@ def collector_findings(collector: Collector, now_boot_ns: Optional[int] = None,
     deadlocks = [d for d in (only if only is not None else collector.waits.deadlocks.values())
                  if isinstance(d, Deadlock)]
     cycles = [c for c in (only if only is not None else collector.store.all_findings()) if isinstance(c, Cycle)]
+    misuses = [m for m in (only if only is not None else collector.misuses.all_findings())
+               if isinstance(m, LockMisuse)]
     views = link_related(build_deadlock_findings(deadlocks, stack_of, now_boot_ns) +
-                         build_findings(cycles, stack_of))
-    keys = [d.key for d in deadlocks] + [c.key for c in cycles]
+                         build_findings(cycles, stack_of) + build_misuse_findings(misuses, stack_of))
+    keys = [d.key for d in deadlocks] + [c.key for c in cycles] + [m.key for m in misuses]
     return [_place(collector, view, key) for view, key in zip(views, keys)]
 
 

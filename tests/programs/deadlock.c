@@ -1,7 +1,9 @@
 /* Threads that really deadlock: a barrier makes sure every thread holds its
  * first lock before any asks for its second. argv[1]:
  *   "abba":       two threads, A then B and B then A
- *   "ring":       three threads, L0 -> L1, L1 -> L2, L2 -> L0
+ *   "ring":       three threads, L0 -> L1, L1 -> L2, L2 -> L0; "ring N": N
+ *                 threads (dining philosophers, each takes its left fork,
+ *                 then its right one)
  *   "rwlock":     two threads read-lock A and B, then each write-locks the
  *                 other: each writer waits for the other thread's reader
  * argv[2] "errorcheck": the mutexes are error-checking ones (musl records the
@@ -12,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_THREADS 3
+#define MAX_THREADS 64
 
 static pthread_mutex_t mutexes[MAX_THREADS];
 static pthread_rwlock_t rwlocks[2];
@@ -57,6 +59,10 @@ int main(int argc, char **argv)
 	const char *mode = argc > 1 ? argv[1] : "abba";
 
 	threads = strcmp(mode, "ring") == 0 ? 3 : 2;
+	if (strcmp(mode, "ring") == 0 && argc > 2)
+		threads = atoi(argv[2]);
+	if (threads < 2 || threads > MAX_THREADS)
+		return 2;
 	use_rwlocks = strcmp(mode, "rwlock") == 0;
 	pthread_mutexattr_init(&mutex_type);
 	if (argc > 2 && strcmp(argv[2], "errorcheck") == 0)

@@ -25,6 +25,7 @@ ENUMS = {
     "libc": (gadget.Libc, "LIBC_"),
     "process_change": (gadget.ProcessChange, "PROCESS_"),
     "tracking_stat": (gadget.Stat, "STAT_"),
+    "misuse": (gadget.Misuse, "MISUSE_"),
 }
 
 
@@ -59,7 +60,8 @@ def test_every_counter_has_a_name():
 
 def test_datasources_and_parameters_are_in_the_metadata():
     datasources = set(METADATA["datasources"])
-    assert set(gadget.MAP_ITERATORS) | {gadget.RESUMED, gadget.PROCESSES, gadget.DEAD_PIDS} <= datasources
+    events = {gadget.RESUMED, gadget.PROCESSES, gadget.DEAD_PIDS, gadget.MISUSE}
+    assert set(gadget.MAP_ITERATORS) | events <= datasources
     keys = {p["key"] for p in METADATA["params"]["ebpf"].values()}
     for param in (gadget.TREE_PID_PARAM, gadget.PAUSE_NEW_PROCESSES_PARAM):
         assert param.rpartition(".")[2] in keys

@@ -103,6 +103,18 @@ def test_exit_seen_before_the_last_edges_still_analyses_then_drops():
     assert store.graph_of(PID) is None
 
 
+def test_an_exit_before_any_edge_still_counts_the_process_once():
+    store = LockGraphStore()
+    store.process_exited(ProcessExit(PID, 1, 1, "t"))
+    store.analyse()  # the exit came first (a ring buffer); the edges come with the next fetch
+    for edge in [*acquire(1, [(0xA, W)], 0xB), *acquire(2, [(0xB, W)], 0xA)]:
+        store.add_edge(edge)
+    assert len(store.analyse()) == 1
+    store.analyse()
+    assert store.graph_of(PID) is None
+    assert (store.stats.processes_seen, store.stats.processes_exited) == (1, 1)
+
+
 def test_a_very_late_edge_after_the_drop_is_the_same_process_again():
     store = LockGraphStore()
     for edge in acquire(1, [(0xA, W)], 0xB):
@@ -116,7 +128,7 @@ def test_a_very_late_edge_after_the_drop_is_the_same_process_again():
     store.analyse()
     store.analyse()
     assert store.graph_of(PID) is None
-    assert (store.stats.processes_seen, store.stats.processes_exited) == (1, 2)
+    assert (store.stats.processes_seen, store.stats.processes_exited) == (1, 1)
 
 
 def test_an_exited_process_is_kept_until_its_analysis_is_complete():

@@ -70,3 +70,17 @@ def test_a_cycle_no_distinct_threads_nor_one_thread_can_close_is_no_finding():
     graph = graph_of(acquire(1, [(0xA, W)], 0xB), acquire(2, [(0xB, W)], 0xC), acquire(1, [(0xC, W)], 0xA))
     assert graph.classify(((0xA, 0), (0xB, 0), (0xC, 0))) is None
     assert graph.find_cycles() == []
+
+
+def test_a_big_graph_waits_for_its_components_but_never_skips_an_edge(monkeypatch):
+    import igdeadlock.analysis.lockorder as lockorder
+
+    monkeypatch.setattr(lockorder, "SCC_EDGE_LIMIT", 1)  # every graph counts as big
+    monkeypatch.setattr(lockorder, "SCC_REGROWTH", 100.0)  # and growth never suffices
+    g = graph_of(acquire(1, [(0xA, W)], 0xB))
+    assert g.find_cycles() == [] and not g.has_work
+    for edge in acquire(2, [(0xB, W)], 0xA):  # closes a cycle the old components do not know
+        g.add(edge)
+    assert g.find_cycles() == [] and g.has_work  # grew: the edge waits for the components
+    assert summary(g) == [((0xA, 0xB), POTENTIAL_DEADLOCK, None)]  # stopped growing: computed
+    assert not g.has_work

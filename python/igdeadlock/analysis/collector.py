@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 
 from igdeadlock.analysis.coverage import CoverageTable, ProcessCoverage
 from igdeadlock.analysis.lockorder import MAX_CYCLE_LENGTH, LockGraphStore
+from igdeadlock.analysis.misuse import MisuseTracker
 from igdeadlock.analysis.waitfor import Deadlock, WaitForTracker
 from igdeadlock.gadget import BLOCKED, COUNTER_MEANINGS, COUNTER_NAMES, EDGES
 from igdeadlock.records import (
@@ -22,6 +23,7 @@ from igdeadlock.records import (
     LockEdgeBatch,
     LogMessage,
     MappedFile,
+    MisuseEvent,
     ProcessEvent,
     ProcessExit,
     ProcessMeta,
@@ -46,6 +48,7 @@ class Collector:
                  containers_only: bool = False) -> None:
         self.store = LockGraphStore(keep_session)
         self.waits = WaitForTracker(keep_session)
+        self.misuses = MisuseTracker()
         self.on_deadlock = on_deadlock
         self.target = target
         self.node = node  # where the target runs, when the target knows it (a gadget pod's node)
@@ -56,7 +59,7 @@ class Collector:
         self.meta: Dict[Tuple[int, int], ProcessMeta] = {}
         self.seen: Dict[tuple, Tuple[float, float]] = {}  # finding key -> (first, last) detection time
         self.counters: Dict[str, int] = {name: 0 for name in COUNTER_NAMES.values()}
-        self.process_counters: Dict[int, Dict[int, int]] = {}  # pid -> counter key -> count
+        self.process_counters: Dict[int, Dict[str, int]] = {}  # pid -> counter name -> count
         self.ticks: Dict[str, int] = {}
         self.ring_buffer_lost = 0
         self.warnings: List[str] = []
@@ -98,6 +101,9 @@ class Collector:
             if self._run:
                 output = output._replace(site=self._site(output.site))
             self.waits.thread_blocked(output)
+        elif kind is MisuseEvent:
+            found = self.misuses.add(output)
+            return self._detected([found]) if found is not None else []
         elif kind is ThreadResumed:
             self.waits.thread_resumed(output.tid)
         elif kind is StackTrace:

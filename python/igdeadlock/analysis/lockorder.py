@@ -47,10 +47,13 @@ SUPPRESSED_TIMED_LOCK = "timed-lock"
 MAX_CYCLE_LENGTH = 256  # longest cycle looked for (TSan stops at 20; said when reached)
 ANALYSIS_BUDGET = 500_000  # graph steps per analysis of one process; the rest waits for the next
 MAX_BUDGET_BOOST = 1 << 16  # the most a stalled search's budget is multiplied by
-SCC_EDGE_LIMIT = 250_000  # above it, components are not computed at each analysis
+# Components of a big graph are computed again once it grew by this factor (or
+# stopped growing): edges they do not yet cover wait for it, never skipped.
+SCC_EDGE_LIMIT = 250_000  # up to this many edges, every analysis computes them
+SCC_REGROWTH = 1.25
 MAX_EVIDENCE_PER_EDGE = 256
 MAX_ASSIGNMENT_STEPS = 20000  # backtracking budget per cycle and constraint set
-MAX_REMEMBERED_EXITS = 65536  # exits remembered for edges that arrive after them
+MAX_REMEMBERED_EXITS = 65536  # dropped graphs remembered for edges that arrive after them
 EXIT_GRACE_ANALYSES = 2  # an exited process's last edges come with the next fetch
 
 
@@ -142,6 +145,8 @@ class ProcessGraph:
         self.evidence_dropped = 0
         self.longest_cut = False  # a search stopped at MAX_CYCLE_LENGTH: a longer cycle may hide
         self._boost = 1  # budget multiplier: doubles while one search needs more than a budget
+        self._components: Optional[Dict[LockId, int]] = None  # strongly_connected() of the first...
+        self._components_edges = 0  # ...this many edges
 
     @property
     def edge_count(self) -> int:
@@ -233,22 +238,27 @@ class ProcessGraph:
         """
         if not self.has_work:
             return []
-        dirty = dict.fromkeys(chain(self._left, self._index_new_edges(), self._more))
+        new_edges = self._index_new_edges()
+        dirty = dict.fromkeys(chain(self._left, new_edges, self._more))
         self._more = []
-        # One linear pass tells which edges can be on a cycle at all; on a very big
-        # graph that pass costs more than the budget, so the searches decide alone.
-        component = strongly_connected(self.succ) if self.edge_count <= SCC_EDGE_LIMIT else _ONE_COMPONENT
+        component, current = self._strong_components(grew=bool(new_edges))
         found: Dict[Tuple[LockId, ...], Cycle] = {}
         covered: Set[Tuple[LockId, LockId]] = set()
         work = [budget * self._boost]
         left: Dict[Tuple[LockId, LockId], None] = {}
+        # the edges the components were not computed with
+        waiting = set(islice(self.edges, self._components_edges, None)) if not current else set()
         for edge in dirty:  # arrival order: deterministic for the same input
             if work[0] <= 0:
                 left[edge] = None
                 continue
             source, target = edge
             group = component.get(source)
-            if group is None or component.get(target) != group or edge in covered:
+            if group is None or component.get(target) != group:
+                if not current and edge in waiting:
+                    left[edge] = None  # components not computed with this edge yet
+                continue
+            if edge in covered:
                 continue
             cycle = self._witness(source, target, component, group, work)
             if cycle is None:
@@ -260,10 +270,23 @@ class ProcessGraph:
             covered.update(zip(ring, ring[1:] + ring[:1]))
         # Each analysis starts the searches it did not finish again: if not one
         # finished, the next one gets twice the budget, so analysis always ends.
-        stalled = bool(left) and len(left) == len(dirty)
+        stalled = bool(left) and len(left) == len(dirty) and current
         self._boost = min(self._boost * 2, MAX_BUDGET_BOOST) if stalled else 1
         self._left = left
         return [found[ring] for ring in sorted(found)]
+
+    def _strong_components(self, grew: bool) -> Tuple[Dict[LockId, int], bool]:
+        """Lock -> component of the locks that can be on a cycle (one linear pass),
+        and whether it covers every edge. A big graph gets it again only once it
+        grew by SCC_REGROWTH, or stopped growing: the pass costs more than many
+        analyses' searches, and edges it does not cover yet wait for it."""
+        stale = self._components is None or self._components_edges < len(self.edges)
+        if stale and (len(self.edges) <= SCC_EDGE_LIMIT or self._components is None or not grew
+                      or len(self.edges) >= self._components_edges * SCC_REGROWTH):
+            self._components = strongly_connected(self.succ)
+            self._components_edges = len(self.edges)
+        assert self._components is not None
+        return self._components, self._components_edges == len(self.edges)
 
     def _witness(self, source: LockId, target: LockId, component: Mapping[LockId, int], group: int,
                  work: List[int]) -> Optional[Cycle]:
@@ -438,16 +461,6 @@ def _identity(evidence: Evidence) -> tuple:
     return (evidence.tid, evidence.from_mode, evidence.to_mode, evidence.to_how, evidence.held)
 
 
-class _OneComponent(Dict[LockId, int]):
-    """Stands in for strongly_connected()'s map: every lock in component 0."""
-
-    def get(self, node: LockId, default: Optional[int] = None) -> int:  # type: ignore[override]
-        return 0
-
-
-_ONE_COMPONENT = _OneComponent()
-
-
 def strongly_connected(succ: Mapping[LockId, Iterable[LockId]]) -> Dict[LockId, int]:
     """Node -> component number, for nodes of components that can hold a cycle.
 
@@ -600,8 +613,8 @@ class LockGraphStore:
         self.findings: Dict[Tuple[ProcessKey, Tuple[LockId, ...]], Cycle] = {}
         self.stats = StoreStats()
         self._dirty: Set[ProcessKey] = set()
-        self._gone: Set[ProcessKey] = set()  # processes known to have exited
-        self._gone_order: Deque[ProcessKey] = deque()
+        self._dropped: Set[ProcessKey] = set()  # processes whose graph was dropped (the latest ones)
+        self._dropped_order: Deque[ProcessKey] = deque()
         self._keep_session = keep_session  # which sessions' edges to analyse (default: all)
         self._analyses = 0
         self._exited_at: Dict[ProcessKey, int] = {}  # exited process -> analyses done when it exited
@@ -611,7 +624,7 @@ class LockGraphStore:
         if graph is None:
             key = ProcessKey(pid, start)
             graph = self.graphs[key] = ProcessGraph(key)
-            if key in self._gone:
+            if key in self._dropped:
                 # edges after its graph was dropped (a very late fetch): the same
                 # process, analysed and dropped again, not a new one
                 self._exited_at.setdefault(key, self._analyses)
@@ -667,11 +680,6 @@ class LockGraphStore:
     def process_exited(self, record: ProcessExit) -> None:
         key = ProcessKey(record.pid, record.process_start)
         self._exited_at.setdefault(key, self._analyses)
-        if key not in self._gone:
-            self._gone.add(key)
-            self._gone_order.append(key)
-            if len(self._gone_order) > MAX_REMEMBERED_EXITS:
-                self._gone.discard(self._gone_order.popleft())
 
     def graph_of(self, pid: int) -> Optional[ProcessGraph]:
         for key, graph in self.graphs.items():
@@ -700,12 +708,17 @@ class LockGraphStore:
         self._dirty = {key for key in self._dirty if key in self.graphs and self.graphs[key].has_work}
         for key, exited_at in list(self._exited_at.items()):
             graph = self.graphs.get(key)
-            if graph is not None and (graph.has_work or self._analyses - exited_at < EXIT_GRACE_ANALYSES):
-                continue
+            if self._analyses - exited_at < EXIT_GRACE_ANALYSES or (graph is not None and graph.has_work):
+                continue  # its last edges may still come, or it is not analysed to the end
             del self._exited_at[key]
             if graph is not None:
                 del self.graphs[key]
-                self.stats.processes_exited += 1
+                if key not in self._dropped:
+                    self._dropped.add(key)
+                    self._dropped_order.append(key)
+                    if len(self._dropped_order) > MAX_REMEMBERED_EXITS:
+                        self._dropped.discard(self._dropped_order.popleft())
+                    self.stats.processes_exited += 1
                 self.stats.evidence_dropped_by_exited += graph.evidence_dropped
                 if graph.longest_cut:
                     self.stats.longest_cut_by_exited.add(key)

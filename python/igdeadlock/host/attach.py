@@ -84,6 +84,24 @@ def probe_points(programs_json: bytes) -> List[ProbePoint]:
     return points
 
 
+# A program for the place where a function has just taken its lock, when the
+# function's entry takes no uprobe: the entry program's name with this suffix,
+# in a section ig leaves alone.
+TAKEN_SUFFIX = "_taken"
+DISABLED_SECTION = "uprobe/gadget_program_disabled"
+
+
+def lock_taken_programs(programs_json: bytes) -> Set[str]:
+    """Names of the gadget's lock-taken programs (see TAKEN_SUFFIX)."""
+    names = set()
+    for entry in json.loads(programs_json or b"[]"):
+        source = entry.get("Source", "").lstrip()
+        name = source.split(":", 1)[0].strip() if source else ""
+        if entry.get("Section") == DISABLED_SECTION and name.endswith(TAKEN_SUFFIX):
+            names.add(name)
+    return names
+
+
 def kernel_has_kprobes() -> bool:
     """ig's uprobe attachment needs kprobes; without them the client must attach."""
     return os.path.isdir(KPROBE_PMU)
@@ -314,6 +332,11 @@ class ProbeSet:
         links: List[int] = []
         for point in self.points:
             offset = library.offsets.get(point.symbol)
+            program = point.program
+            taken = library.taken.get(point.symbol)
+            if taken is not None and program + TAKEN_SUFFIX in self.prog_ids:
+                # its entry takes no uprobe: probe where the lock has just been taken
+                offset, program = taken, program + TAKEN_SUFFIX
             if offset is None:
                 continue  # e.g. musl has no pthread_mutex_clocklock
             try:
@@ -331,11 +354,11 @@ class ProbeSet:
                 raise AttachError(f"uprobe on {library.path}:{point.symbol}: {exc.strerror}") from exc
             try:
                 cookie = attach_cookie(library.flavor, library.sizes.get(point.symbol, 0))
-                links.append(self._bpf.perf_event_link(self._prog_fd(point.program), perf_fd, cookie))
+                links.append(self._bpf.perf_event_link(self._prog_fd(program), perf_fd, cookie))
                 fcntl.ioctl(perf_fd, PERF_EVENT_IOC_ENABLE, 0)
             except OSError as exc:
                 self._closer.close_later(links)
-                raise AttachError(f"attaching {point.program} to {library.path}:{point.symbol}: "
+                raise AttachError(f"attaching {program} to {library.path}:{point.symbol}: "
                                   f"{exc.strerror}") from exc
             finally:
                 os.close(perf_fd)  # the link keeps the event

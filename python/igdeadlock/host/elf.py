@@ -185,6 +185,10 @@ class ElfFile:
             end = len(self._data)
         return self._data[start:end].decode("utf-8", "replace")
 
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes of the file (fewer at its end)."""
+        return bytes(self._data[offset:offset + size])
+
     def section(self, name: str) -> Optional[Section]:
         for s in self.sections:
             if s.name == name:

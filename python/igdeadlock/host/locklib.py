@@ -116,6 +116,9 @@ class LockLibrary:
     # wanted symbol -> size of its function: a lock function that calls another (musl's do) is told
     # apart from the program's own call by where the inner call returns to
     sizes: Mapping[str, int] = field(hash=False, default_factory=dict)
+    # functions whose first instruction takes no uprobe -> the file offset where
+    # they have just taken the lock (see LOCK_TAKEN_PATTERNS)
+    taken: Mapping[str, int] = field(hash=False, default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class LockFacts:
 
     offsets: Mapping[str, int]  # wanted functions it defines -> file offsets
     sizes: Mapping[str, int]  # the same functions -> their sizes in bytes
+    taken: Mapping[str, int]  # functions whose entry takes no uprobe -> where the lock is taken
     defines_locks: bool  # it defines a lock function (a static program links only those it uses)
     flavor: Optional[str]  # GLIBC, MUSL, or None (neither, or no symbols to tell)
     go: bool  # built by Go
@@ -173,6 +177,25 @@ def read_link_facts(elf: ElfFile) -> LinkFacts:
     return LinkFacts(elf.interpreter, elf.dynamic(), elf.machine, elf.is64)
 
 
+# Where a lock function whose first instruction takes no uprobe has just taken
+# the lock: x86-64 glibc's pthread_spin_lock is `lock decl (%rdi)`, `jne spin`,
+# then (lock taken) `xor %eax,%eax`, with the lock still in %rdi. Function ->
+# (its first bytes, the offset of the place after them).
+LOCK_TAKEN_PATTERNS: Mapping[str, Tuple[bytes, int]] = MappingProxyType({
+    "pthread_spin_lock": (b"\xf0\xff\x0f\x75", 5),
+})
+
+
+def lock_taken_offset(elf: ElfFile, symbol: str, offset: int) -> Optional[int]:
+    """The file offset of the place where ``symbol`` (at ``offset``) has taken its
+    lock, when its entry takes no uprobe and its code is one we know."""
+    pattern = LOCK_TAKEN_PATTERNS.get(symbol)
+    if pattern is None or elf.machine != EM_X86_64:
+        return None
+    prefix, after = pattern
+    return offset + after if elf.read(offset, len(prefix)) == prefix else None
+
+
 def read_lock_facts(elf: ElfFile, symbols: Iterable[str]) -> LockFacts:
     """The lock facts of one ELF file. Only functions (STT_FUNC) give offsets: a
     GNU indirect function's symbol is its resolver, which the program never calls."""
@@ -185,8 +208,10 @@ def read_lock_facts(elf: ElfFile, symbols: Iterable[str]) -> LockFacts:
         offset = elf.vaddr_to_offset(symbol.value) if symbol is not None and symbol.type == STT_FUNC else None
         if offset is not None:
             offsets[name] = offset
+    taken = {name: lock_taken_offset(elf, name, offsets[name]) for name in LOCK_TAKEN_PATTERNS if name in offsets}
     return LockFacts(
         offsets=MappingProxyType({name: offsets[name] for name in sorted(wanted) if name in offsets}),
+        taken=MappingProxyType({name: at for name, at in taken.items() if at is not None}),
         sizes=MappingProxyType({name: found[name].size for name in sorted(wanted) if name in offsets}),
         defines_locks=bool(offsets),
         flavor=flavor_of(found, elf.version_definitions()),
@@ -453,7 +478,7 @@ class LockLibraryFinder:
     def _library(self, seen: Inspected, path: str, static: bool) -> LockLibrary:
         assert seen.locks is not None and seen.locks.flavor is not None
         return LockLibrary(seen.file, seen.path, path, seen.locks.flavor, static, seen.locks.offsets,
-                           seen.locks.sizes)
+                           seen.locks.sizes, seen.locks.taken)
 
     # running processes
 

@@ -39,6 +39,7 @@ from igdeadlock.records import (
     LockEdgeBatch,
     LogMessage,
     MappedFile,
+    MisuseEvent,
     ProcessEvent,
     ProcessExit,
     ProcessMeta,
@@ -108,6 +109,9 @@ def _with_held(record: Any, **options: Any) -> RecordSchema:
 RECORD_SCHEMAS: Dict[str, RecordSchema] = {
     "edges": _with_held(LockEdge, batch_keys=EDGE_KEY_FIELDS),
     "blocked": _with_held(BlockedThread),
+    "misuse": RecordSchema(
+        tuple((name, TEXT if name == "comm" else INT) for name in MisuseEvent._fields), MisuseEvent._make,
+        per_process=True),
     "resumed": RecordSchema(tuple((name, INT) for name in ThreadResumed._fields), ThreadResumed._make),
     "processes": RecordSchema(
         tuple((name, TEXT if name in ("comm", "exe") else INT) for name in ProcessEvent._fields), ProcessEvent._make),

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION, Cycle, LockId, ProcessKey
+from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_OWNER, LockMisuse
 from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, Deadlock
 from igdeadlock.records import Frame
 
@@ -156,13 +157,15 @@ def cluster_findings(findings: Sequence[FindingView]) -> List[ClusterFinding]:
                                            c.representative.suppressed or "", c.signature))
 
 
-_SEVERITY = {ACTUAL_DEADLOCK: 0, POTENTIAL_DEADLOCK: 1, SINGLE_THREAD_INVERSION: 2}
+_SEVERITY = {ACTUAL_DEADLOCK: 0, RELOCK_HELD: 1, POTENTIAL_DEADLOCK: 1, EXIT_HOLDING_LOCK: 2,
+             UNLOCK_NOT_OWNER: 2, SINGLE_THREAD_INVERSION: 3}
 
 
 def finding_id(kind: str, process: ProcessKey, locks: Iterable[LockId]) -> str:
     """Stable id of a finding: the same cycle in the same process gets the same id."""
     text = f"{kind}:{process.pid}:{process.start}:" + ",".join(f"{a:x}.{g}" for a, g in sorted(locks))
-    prefix = {ACTUAL_DEADLOCK: "ad", POTENTIAL_DEADLOCK: "pd", SINGLE_THREAD_INVERSION: "st"}.get(kind, "f")
+    prefix = {ACTUAL_DEADLOCK: "ad", POTENTIAL_DEADLOCK: "pd", SINGLE_THREAD_INVERSION: "st", RELOCK_HELD: "rh",
+              UNLOCK_NOT_OWNER: "un", EXIT_HOLDING_LOCK: "eh"}.get(kind, "f")
     return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -256,6 +259,31 @@ def build_findings(cycles: Iterable[Cycle], stack_of: StackLookup) -> List[Findi
             edges=edges,
             gate_locks=cycle.gate_locks,
             id=finding_id(cycle.kind, cycle.process, cycle.locks),
+        ))
+    return findings
+
+
+def build_misuse_findings(misuses: Iterable[LockMisuse], stack_of: StackLookup) -> List[FindingView]:
+    """A misuse as a finding: its one lock, its thread (and, for unlock-not-owner,
+    the holder), one edge from the lock to itself: ``from_stack`` where the thread
+    took it, ``to_stack`` where the misuse happened."""
+    findings = []
+    for m in misuses:
+        edge = EdgeView(from_lock=m.lock, to_lock=m.lock, tid=m.tid, comm=m.comm, from_mode=m.held_mode,
+                        to_mode=m.mode, how=0, held=(), from_stack=stack_of(m.held_site) if m.held_site else None,
+                        to_stack=stack_of(m.site) if m.site else None)
+        findings.append(FindingView(
+            kind=m.kind,
+            suppressed=None,
+            pid=m.process.pid,
+            process_start=m.process.start,
+            comm=m.comm,
+            mntns_id=m.mntns_id,
+            locks=(m.lock,),
+            lock_kinds=(m.lock_kind,),
+            threads=(m.tid, m.owner_tid) if m.owner_tid else (m.tid,),
+            edges=(edge,),
+            id=finding_id(m.kind, m.process, [m.lock]) + f"-{m.tid}",
         ))
     return findings
 

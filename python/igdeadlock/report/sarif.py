@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 
 from igdeadlock import __version__
 from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION
+from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_OWNER
 from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK
 from igdeadlock.records import Frame
 from igdeadlock.report.model import (
@@ -25,19 +26,28 @@ from igdeadlock.report.model import (
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://inspektor-gadget.io/"
 
+MISUSES = (RELOCK_HELD, UNLOCK_NOT_OWNER, EXIT_HOLDING_LOCK)
+
 _RULES = {
     ACTUAL_DEADLOCK: ("Threads are deadlocked: each waits for a lock the next one holds.", "error"),
     POTENTIAL_DEADLOCK: ("Lock-order inversion: distinct threads take locks in an order that can deadlock.",
                          "error"),
     SINGLE_THREAD_INVERSION: ("Lock-order inversion within one thread: it deadlocks once two threads run it.",
                               "warning"),
+    RELOCK_HELD: ("A thread requests a lock it already holds: it hangs, or fails with EDEADLK.", "error"),
+    UNLOCK_NOT_OWNER: ("A thread unlocks a lock that another thread holds.", "error"),
+    EXIT_HOLDING_LOCK: ("A thread exited holding a lock: the next thread to wait for it waits forever.", "error"),
 }
 
 
 def _message(f: FindingView) -> str:
     names = lock_names(f)
-    ring = " => ".join(f"{names[lock]} ({hex_address(lock[0])})" for lock in f.locks) + f" => {names[f.locks[0]]}"
     place = f" in {where(f)}" if where(f) else ""
+    if f.kind in MISUSES:
+        text = f"{_RULES[f.kind][0]} Lock: {names[f.locks[0]]} ({hex_address(f.locks[0][0])}); " \
+               f"threads {', '.join(map(str, f.threads))}; pid {f.pid} ({f.comm}){place}."
+        return text
+    ring = " => ".join(f"{names[lock]} ({hex_address(lock[0])})" for lock in f.locks) + f" => {names[f.locks[0]]}"
     text = f"{_RULES.get(f.kind, (f.kind,))[0]} Cycle: {ring}; threads {', '.join(map(str, f.threads))}; " \
            f"pid {f.pid} ({f.comm}){place}."
     if f.suppressed:

@@ -8,6 +8,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION, LockId
+from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_OWNER
 from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK
 from igdeadlock.gadget import LOCK_MODE_NAMES
 from igdeadlock.records import Frame
@@ -17,6 +18,9 @@ _TITLES = {
     ACTUAL_DEADLOCK: "deadlock: threads are blocked in a lock cycle right now",
     POTENTIAL_DEADLOCK: "lock-order inversion (potential deadlock)",
     SINGLE_THREAD_INVERSION: "lock-order inversion in a single thread (deadlocks once two threads run it)",
+    RELOCK_HELD: "a thread requests a lock it already holds (it hangs, or fails with EDEADLK)",
+    UNLOCK_NOT_OWNER: "a thread unlocks a lock that another thread holds",
+    EXIT_HOLDING_LOCK: "a thread exited holding a lock (the next thread to wait for it waits forever)",
 }
 _SUPPRESSION_REASONS = {
     "gate-lock": "every thread holds a common gate lock, so the critical sections cannot interleave",
@@ -54,9 +58,36 @@ def render_deadlock(f: FindingView) -> str:
                                          f"{f.related}.")
 
 
+def render_misuse(f: FindingView) -> str:
+    """relock-held, unlock-not-owner, exit-holding-lock: one lock, one thread."""
+    (e,) = f.edges
+    lock = f"{_lock_word(f.lock_kinds[0]).lower()} M0 ({hex_address(f.locks[0][0])})"
+    thread = f"Thread {e.tid} ({e.comm})"
+    title = _TITLES[f.kind]
+    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]", ""]
+    if f.kind == RELOCK_HELD:
+        mode = f" for {LOCK_MODE_NAMES.get(e.to_mode)}" if f.lock_kinds[0] == 1 else ""
+        lines.append(f"  {thread} requests {lock}{mode} here:")
+        lines.extend(_stack_lines(e.to_stack))
+        held = f" (for {LOCK_MODE_NAMES.get(e.from_mode)})" if f.lock_kinds[0] == 1 else ""
+        lines.append(f"  It holds it{held} since here:")
+        lines.extend(_stack_lines(e.from_stack))
+    elif f.kind == UNLOCK_NOT_OWNER:
+        holder = f"thread {f.threads[1]}" if len(f.threads) > 1 else "another thread"
+        lines.append(f"  {thread} unlocks {lock}, held by {holder}, here:")
+        lines.extend(_stack_lines(e.to_stack))
+    else:
+        lines.append(f"  {thread} exited holding {lock}, which it took here:")
+        lines.extend(_stack_lines(e.from_stack))
+    lines += ["", f"  SUMMARY: igdeadlock: {f.kind}{_summary_site(f)}", "=" * 18]
+    return "\n".join(lines) + "\n"
+
+
 def render_finding(f: FindingView) -> str:
     if f.kind == ACTUAL_DEADLOCK:
         return render_deadlock(f)
+    if f.kind in (RELOCK_HELD, UNLOCK_NOT_OWNER, EXIT_HOLDING_LOCK):
+        return render_misuse(f)
     names: Dict[LockId, str] = {lock: f"M{i}" for i, lock in enumerate(f.locks)}
     kinds = dict(zip(f.locks, f.lock_kinds))
 
@@ -102,7 +133,7 @@ def _finish(lines: List[str], f: FindingView, title: str, related_note: str) -> 
 
 def _summary_site(f: FindingView) -> str:
     for e in f.edges:
-        for frame in e.to_stack or []:
+        for frame in e.to_stack or e.from_stack or []:
             if frame.function:
                 where = f" {frame.source}" if frame.source else f" {os.path.basename(frame.file or '')}"
                 return f"{where} in {frame.function}"
@@ -136,8 +167,9 @@ def render_text(report: Report, show_suppressed: bool = False) -> str:
     potential = sum(1 for f in findings if f.kind == POTENTIAL_DEADLOCK and not f.suppressed)
     single = sum(1 for f in findings if f.kind == SINGLE_THREAD_INVERSION and not f.suppressed)
     suppressed = sum(1 for f in findings if f.suppressed)
+    misuses = sum(1 for f in findings if f.kind in (RELOCK_HELD, UNLOCK_NOT_OWNER, EXIT_HOLDING_LOCK))
     summary = (f"igdeadlock: {actual} actual deadlock(s), {potential} potential deadlock(s), "
-               f"{single} single-thread inversion(s), "
+               f"{single} single-thread inversion(s), {misuses} lock misuse(s), "
                f"{suppressed} suppressed")
     if suppressed and not show_suppressed:
         summary += " (--show-suppressed to see them)"

@@ -1,0 +1,103 @@
+"""No silent miss: big graphs analysed to the end, long cycles, lock misuse the
+gadget sees as it happens, spinlocks, one process counted once."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from helpers import program_facts, trace_json
+
+
+def lost(report: dict) -> dict:
+    return {k: v for k, v in report["stats"]["events_lost"].items() if v}
+
+
+def test_an_inversion_after_half_a_million_other_edges_is_found(ig_daemon, program):
+    started = time.monotonic()
+    report, stderr = trace_json(ig_daemon, [program("bigorder"), "1001"], "--fetch-interval", "50",
+                                "--analysis-time", "60", timeout=600)
+    elapsed = time.monotonic() - started
+    facts = program_facts(stderr)
+    assert lost(report) == {}
+    assert report["stats"]["edges_seen"] >= 500_000
+    (finding,) = report["findings"]
+    assert finding["kind"] == "potential-deadlock"
+    assert sorted(int(m, 16) for m in finding["mutexes"]) == sorted(facts["X"] + facts["Y"])
+    assert sorted(finding["threads"]) == sorted(facts["xy"] + facts["yx"])
+    # analysed to the end, within the stated bound
+    assert report["stats"]["analysis_incomplete"] == 0
+    assert all(p["limits"] == [] for p in report["processes"])
+    assert elapsed < 300, elapsed
+
+
+def test_seventeen_dining_philosophers_hang_is_reported(ig_daemon, program):
+    report, stderr = trace_json(ig_daemon, [program("deadlock"), "ring", "17"], "--timeout", "120",
+                                "--stop-on-deadlock")
+    assert "stopped at the deadlock" in stderr, stderr
+    facts = program_facts(stderr)
+    (deadlock,) = [f for f in report["findings"] if f["kind"] == "actual-deadlock"]
+    assert set(deadlock["threads"]) == {facts[f"t{i}"][0] for i in range(17)}
+    assert {int(m, 16) for m in deadlock["mutexes"]} == {facts[f"L{i}"][0] for i in range(17)}
+    (potential,) = [f for f in report["findings"] if f["kind"] == "potential-deadlock"]
+    assert len(potential["mutexes"]) == 17
+    assert report["stats"]["cycle_search_cut"] == 0
+
+
+@pytest.mark.parametrize("mode,kind", [("wrlock-twice", "rwlock"), ("errorcheck", "mutex")])
+def test_requesting_a_held_lock_again_is_relock_held(ig_daemon, program, mode, kind):
+    report, stderr = trace_json(ig_daemon, [program("misuse"), mode])
+    facts = program_facts(stderr)
+    assert "result 35" in stderr  # EDEADLK: the program went on
+    (finding,) = report["findings"]
+    assert (finding["kind"], finding["lock_kinds"]) == ("relock-held", [kind])
+    assert finding["mutexes"] == [hex(facts["L"][0])]
+    assert finding["threads"] == facts["t"]
+    (edge,) = finding["edges"]
+    # both sites: where it took the lock, and where it asked again
+    assert edge["from_stack"][0]["function"] == "main" and edge["to_stack"][0]["function"] == "main"
+    assert edge["from_stack"][0]["line"] < edge["to_stack"][0]["line"]
+
+
+@pytest.mark.parametrize("mode", ["recursive", "read-twice"])
+def test_allowed_reentry_is_no_finding(ig_daemon, program, mode):
+    report, stderr = trace_json(ig_daemon, [program("misuse"), mode])
+    assert "result 0" in stderr
+    assert report["findings"] == []
+
+
+def test_unlocking_a_lock_another_thread_holds(ig_daemon, program):
+    report, stderr = trace_json(ig_daemon, [program("misuse"), "unlock-other"])
+    facts = program_facts(stderr)
+    (finding,) = report["findings"]  # and no exit-holding-lock for the thread it was taken from
+    assert finding["kind"] == "unlock-not-owner"
+    assert finding["mutexes"] == [hex(facts["L"][0])]
+    unlocker, holder = finding["threads"]
+    assert unlocker == facts["t"][0] and holder != unlocker
+
+
+def test_a_thread_that_exits_holding_a_lock(ig_daemon, program):
+    report, stderr = trace_json(ig_daemon, [program("misuse"), "exit-holding"])
+    facts = program_facts(stderr)
+    (finding,) = report["findings"]
+    assert finding["kind"] == "exit-holding-lock"
+    assert finding["threads"] == facts["t"] and finding["mutexes"] == [hex(facts["L"][0])]
+    (edge,) = finding["edges"]
+    assert edge["from_stack"][0]["function"] == "exit_holding"  # where it took the lock
+
+
+def test_spinlock_inversion_is_found(ig_daemon, program):
+    report, stderr = trace_json(ig_daemon, [program("spin")])
+    facts = program_facts(stderr)
+    (finding,) = report["findings"]
+    assert (finding["kind"], finding["lock_kinds"]) == ("potential-deadlock", ["spinlock", "spinlock"])
+    assert sorted(int(m, 16) for m in finding["mutexes"]) == sorted(facts["A"] + facts["B"])
+    assert "cannot carry a uprobe" not in stderr  # x86-64 glibc's pthread_spin_lock is probed after its atomic
+
+
+def test_one_process_is_counted_once_whatever_the_fetch_interval(ig_daemon, program):
+    report, _ = trace_json(ig_daemon, [program("abba")], "--fetch-interval", "25")
+    assert report["stats"]["processes_seen"] == 1
+    assert report["stats"]["processes_exited"] == 1
+    assert len(report["processes"]) == 1

@@ -1,0 +1,88 @@
+/* Lock misuse, one case per argv[1]:
+ *   "wrlock-twice":  the thread write-locks a rwlock it holds for writing
+ *                    (glibc returns EDEADLK)
+ *   "errorcheck":    the thread locks an error-checking mutex it holds (EDEADLK)
+ *   "recursive":     the thread locks a recursive mutex it holds: allowed
+ *   "read-twice":    the thread read-locks a rwlock it holds for reading: allowed
+ *   "unlock-other":  one thread locks a mutex, another unlocks it
+ *   "exit-holding":  a thread exits holding a mutex; the process goes on
+ * Prints "mutex L 0x..." and "thread t TID" (the misusing thread). */
+#include "facts.h"
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+
+static pthread_mutex_t mutex;
+static pthread_rwlock_t rwlock = PTHREAD_RWLOCK_INITIALIZER;
+static pthread_barrier_t handed_over;
+
+static void *exit_holding(void *arg)
+{
+	(void)arg;
+	say_thread("t");
+	pthread_mutex_lock(&mutex);
+	return NULL; /* still holding it */
+}
+
+static void *lock_it(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&mutex);
+	pthread_barrier_wait(&handed_over);
+	pthread_barrier_wait(
+		&handed_over); /* the other thread unlocks it meanwhile */
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	const char *mode = argc > 1 ? argv[1] : "wrlock-twice";
+	pthread_mutexattr_t type;
+	pthread_t thread;
+	int result = 0;
+
+	pthread_mutexattr_init(&type);
+	if (strcmp(mode, "errorcheck") == 0)
+		pthread_mutexattr_settype(&type, PTHREAD_MUTEX_ERRORCHECK);
+	if (strcmp(mode, "recursive") == 0)
+		pthread_mutexattr_settype(&type, PTHREAD_MUTEX_RECURSIVE);
+	pthread_mutex_init(&mutex, &type);
+	if (strncmp(mode, "wrlock", 6) == 0 || strncmp(mode, "read", 4) == 0)
+		say_mutex("L", &rwlock);
+	else
+		say_mutex("L", &mutex);
+
+	if (strcmp(mode, "wrlock-twice") == 0) {
+		say_thread("t");
+		pthread_rwlock_wrlock(&rwlock);
+		result = pthread_rwlock_wrlock(&rwlock);
+		pthread_rwlock_unlock(&rwlock);
+	} else if (strcmp(mode, "read-twice") == 0) {
+		say_thread("t");
+		pthread_rwlock_rdlock(&rwlock);
+		result = pthread_rwlock_rdlock(&rwlock);
+		pthread_rwlock_unlock(&rwlock);
+		pthread_rwlock_unlock(&rwlock);
+	} else if (strcmp(mode, "errorcheck") == 0 ||
+		   strcmp(mode, "recursive") == 0) {
+		say_thread("t");
+		pthread_mutex_lock(&mutex);
+		result = pthread_mutex_lock(&mutex);
+		if (result == 0)
+			pthread_mutex_unlock(&mutex);
+		pthread_mutex_unlock(&mutex);
+	} else if (strcmp(mode, "unlock-other") == 0) {
+		pthread_barrier_init(&handed_over, NULL, 2);
+		pthread_create(&thread, NULL, lock_it, NULL);
+		pthread_barrier_wait(&handed_over);
+		say_thread("t");
+		pthread_mutex_unlock(&mutex); /* the other thread holds it */
+		pthread_barrier_wait(&handed_over);
+		pthread_join(thread, NULL);
+	} else if (strcmp(mode, "exit-holding") == 0) {
+		pthread_create(&thread, NULL, exit_holding, NULL);
+		pthread_join(thread, NULL);
+	}
+	printf("result %d\n", result);
+	return 0;
+}
