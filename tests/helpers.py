@@ -42,7 +42,8 @@ def compile_program(name: str, flags: Sequence[str] = ("-O0", "-g", "-fno-omit-f
 
 
 def program_facts(output: str) -> Dict[str, List[int]]:
-    """Lines like "mutex A 0x55.. B 0x55.." and "thread ab 1234" -> {"A": [...], "ab": [...]};
+    """Lines like "mutex A 0x55.. B 0x55..", "thread ab 1234" and "line second 86" -> {"A": [...],
+    "ab": [...], "second": [86]};
     "mntns N" -> {"mntns": [N]}."""
     facts: Dict[str, List[int]] = {}
     for line in output.splitlines():
@@ -50,7 +51,7 @@ def program_facts(output: str) -> Dict[str, List[int]]:
         if len(words) == 2 and words[0] == "mntns":
             facts.setdefault("mntns", []).append(int(words[1]))
             continue
-        if not words or words[0] not in ("mutex", "thread", "pid", "mntns"):
+        if not words or words[0] not in ("mutex", "thread", "pid", "mntns", "line"):
             continue
         for name, value in zip(words[1::2], words[2::2]):
             facts.setdefault(name, []).append(int(value, 0))

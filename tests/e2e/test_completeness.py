@@ -101,3 +101,16 @@ def test_one_process_is_counted_once_whatever_the_fetch_interval(ig_daemon, prog
     assert report["stats"]["processes_seen"] == 1
     assert report["stats"]["processes_exited"] == 1
     assert len(report["processes"]) == 1
+
+
+def test_a_self_deadlock_is_reported_where_the_thread_blocks(ig_daemon, program):
+    report, stderr = trace_json(ig_daemon, [program("misuse"), "self-deadlock"], "--timeout", "60",
+                                "--stop-on-deadlock")
+    assert "stopped at the deadlock" in stderr, stderr
+    facts = program_facts(stderr)
+    kinds = sorted(f["kind"] for f in report["findings"])
+    assert kinds == ["actual-deadlock", "relock-held"]
+    (deadlock,) = [f for f in report["findings"] if f["kind"] == "actual-deadlock"]
+    (blocked,) = deadlock["blocked"]
+    assert blocked["tid"] == facts["t"][0] and blocked["held_by"] == facts["t"][0]
+    assert blocked["stack"][0]["line"] == facts["second"][0]  # where it blocks, not where it took the lock

@@ -6,6 +6,7 @@
  *   "read-twice":    the thread read-locks a rwlock it holds for reading: allowed
  *   "unlock-other":  one thread locks a mutex, another unlocks it
  *   "exit-holding":  a thread exits holding a mutex; the process goes on
+ *   "self-deadlock": the thread locks a normal mutex it holds: it hangs
  * Prints "mutex L 0x..." and "thread t TID" (the misusing thread). */
 #include "facts.h"
 #include <errno.h>
@@ -79,6 +80,12 @@ int main(int argc, char **argv)
 		pthread_mutex_unlock(&mutex); /* the other thread holds it */
 		pthread_barrier_wait(&handed_over);
 		pthread_join(thread, NULL);
+	} else if (strcmp(mode, "self-deadlock") == 0) {
+		say_thread("t");
+		pthread_mutex_lock(&mutex);
+		printf("line second %d\n", __LINE__ + 2);
+		fflush(stdout);
+		pthread_mutex_lock(&mutex); /* never returns */
 	} else if (strcmp(mode, "exit-holding") == 0) {
 		pthread_create(&thread, NULL, exit_holding, NULL);
 		pthread_join(thread, NULL);
