@@ -46,6 +46,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     output.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
     output.add_argument("--show-suppressed", action="store_true",
                         help="also show cycles that are not deadlocks, with the reason (text, graphs, HTML)")
+    output.add_argument("--suppressions", metavar="FILE", action="append", default=[],
+                        help="YAML rules for findings judged not to matter (by function, file or signature); "
+                             "they are listed as suppressed with reason user (repeat for several files)")
+    output.add_argument("--baseline", metavar="REPORT.json",
+                        help="an earlier JSON report: its findings are listed as suppressed with reason user, "
+                             "so only new ones count")
     output.add_argument("--exit-code", action="store_true",
                         help="exit with status 1 when an actual or potential deadlock is found")
     gadget = parser.add_argument_group("gadget")
@@ -142,6 +148,40 @@ def _write(text: str, path: Optional[str]) -> None:
     os.replace(tmp, path)
 
 
+def load_judgements(args: argparse.Namespace) -> Optional[str]:
+    """Read --suppressions and --baseline into args (before anything starts);
+    the error, in one sentence, if one cannot be used."""
+    import json
+
+    import yaml
+
+    from igdeadlock.report.suppressions import SuppressionError, parse_baseline, parse_suppressions
+
+    args.suppression_rules, args.baseline_signatures = [], set()
+    try:
+        for path in args.suppressions:
+            with open(path) as handle:
+                args.suppression_rules += parse_suppressions(yaml.safe_load(handle), path)
+        if args.baseline:
+            with open(args.baseline) as handle:
+                args.baseline_signatures = parse_baseline(json.load(handle), args.baseline)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        if isinstance(exc, SuppressionError):
+            return str(exc)
+        return f"cannot use {getattr(exc, 'filename', None) or 'a suppressions or baseline file'}: {exc}"
+    return None
+
+
+def judged(args: argparse.Namespace, findings: list) -> list:
+    """The findings, with those the user's suppressions or baseline name suppressed."""
+    from igdeadlock.report.suppressions import apply_suppressions
+
+    if not args.suppression_rules and not args.baseline_signatures:
+        return findings
+    return apply_suppressions(findings, args.suppression_rules, args.baseline_signatures,
+                              f"the baseline {args.baseline}")
+
+
 def render(report: "Report", fmt: str, show_suppressed: bool) -> str:
     from igdeadlock.report import RenderOptions
     from igdeadlock.report import render as render_report
@@ -221,6 +261,7 @@ def finish_trace(args: argparse.Namespace, outcome: "TraceOutcome") -> int:
     elif outcome.ended_by == "interrupt":
         _say("igdeadlock: interrupted; the command was terminated")
     report = outcome.report
+    report.findings = judged(args, report.findings)
     if outcome.ended_by == INTERRUPTED_BEFORE_START:
         _say("igdeadlock: interrupted before the command started: nothing was traced")
         report.notes.append("interrupted before the command started: nothing was traced")
@@ -303,6 +344,8 @@ def run_watch(args: argparse.Namespace) -> int:
                 view = watch.found.get(timeout=0.2)
             except Exception:  # queue.Empty
                 view = None
+            if view is not None:
+                (view,) = judged(args, [view])
             if view is not None and (args.show_suppressed or not view.suppressed):
                 live_out.write(render_finding(view))
                 live_out.flush()
@@ -316,6 +359,7 @@ def run_watch(args: argparse.Namespace) -> int:
         for daemon in private:
             daemon.stop()
     report = watch.report()
+    report.findings = judged(args, report.findings)
     _say(watch.status_line())
     _write(render(report, args.format, args.show_suppressed), args.output)
     return EXIT_FINDINGS if args.exit_code and _found_deadlock(report) else EXIT_OK
@@ -349,6 +393,10 @@ def main(argv: Optional[Sequence[str]] = None, interrupted: Callable[[], bool] =
         args.command_line = trace_command_line(args)
         if args.command_line is None:
             return EXIT_ERROR
+    problem = load_judgements(args)
+    if problem is not None:
+        _say(f"igdeadlock: {problem}")
+        return EXIT_ERROR
     tune_garbage_collector()
     # Ctrl-C (and SIGTERM, which ends a run like it) while the modules load is
     # kept, not raised in the middle of an import.

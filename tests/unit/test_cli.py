@@ -44,3 +44,12 @@ def test_a_watch_of_one_container_traces_containers_only():
     assert spec.params[cli.CONTAINER_NAME_PARAM] == "web"
     assert spec.params["operator.LocalManager.host"] == "false"
     assert spec.local
+
+
+def test_a_bad_suppressions_file_is_refused_before_anything_starts(tmp_path, capsys):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("suppressions:\n  - function: f\n")
+    assert cli.main(["trace", "--suppressions", str(rules), "--", "true"]) == cli.EXIT_ERROR
+    assert capsys.readouterr().err == f"igdeadlock: {rules}: suppression 1: needs a reason\n"
+    assert cli.main(["watch", "--baseline", str(tmp_path / "none.json")]) == cli.EXIT_ERROR
+    assert "none.json" in capsys.readouterr().err

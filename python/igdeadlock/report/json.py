@@ -23,6 +23,7 @@ def finding_to_json(f: FindingView) -> Dict[str, object]:
         "signature": signature(f),
         "kind": f.kind,
         "suppressed": f.suppressed,
+        "suppressed_by": f.suppressed_by,
         "pid": f.pid,
         "comm": f.comm,
         "mntns_id": f.mntns_id,

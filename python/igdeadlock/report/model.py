@@ -18,6 +18,7 @@ from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, Deadlock
 from igdeadlock.records import Frame
 
 StackLookup = Callable[[int], Optional[List[Frame]]]
+USER_SUPPRESSED = "user"  # FindingView.suppressed of findings a suppression rule or a baseline hides
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class FindingView:
     waits: Tuple[WaitView, ...] = ()
     id: str = ""
     related: Optional[str] = None  # the matching potential/actual deadlock
+    suppressed_by: Optional[str] = None  # for USER_SUPPRESSED: the rule's reason, or the baseline
     # where it was seen
     target: str = ""  # the gadget service that reported it
     node: str = ""
@@ -136,7 +138,9 @@ def signature(f: FindingView) -> str:
     addresses, pids and the lock the cycle happens to start at."""
     parts = [f"{_site(e.from_stack)}>{_site(e.to_stack)}:{e.to_mode}" for e in f.edges]
     rotations = [parts[i:] + parts[:i] for i in range(len(parts))] or [[]]
-    text = f.kind + "|" + (f.suppressed or "") + "|" + ";".join(min(rotations))
+    # the user's own suppression does not change what the finding is
+    suppressed = f.suppressed if f.suppressed != USER_SUPPRESSED else ""
+    text = f.kind + "|" + (suppressed or "") + "|" + ";".join(min(rotations))
     return "sig-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -32,8 +32,8 @@ _RULES = {
     ACTUAL_DEADLOCK: ("Threads are deadlocked: each waits for a lock the next one holds.", "error"),
     POTENTIAL_DEADLOCK: ("Lock-order inversion: distinct threads take locks in an order that can deadlock.",
                          "error"),
-    SINGLE_THREAD_INVERSION: ("Lock-order inversion within one thread: it deadlocks once two threads run it.",
-                              "warning"),
+    SINGLE_THREAD_INVERSION: ("Lock-order inversion within one thread: it deadlocks once as many threads as the "
+                              "cycle has locks run it.", "warning"),
     RELOCK_HELD: ("A thread requests a lock it already holds: it hangs, or fails with EDEADLK.", "error"),
     UNLOCK_NOT_OWNER: ("A thread unlocks a lock that another thread holds.", "error"),
     EXIT_HOLDING_LOCK: ("A thread exited holding a lock: the next thread to wait for it waits forever.", "error"),

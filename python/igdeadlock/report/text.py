@@ -17,7 +17,7 @@ from igdeadlock.report.model import _SEVERITY, FindingView, RenderOptions, Repor
 _TITLES = {
     ACTUAL_DEADLOCK: "deadlock: threads are blocked in a lock cycle right now",
     POTENTIAL_DEADLOCK: "lock-order inversion (potential deadlock)",
-    SINGLE_THREAD_INVERSION: "lock-order inversion in a single thread (deadlocks once two threads run it)",
+    SINGLE_THREAD_INVERSION: "lock-order inversion in a single thread (it deadlocks once several threads run it)",
     RELOCK_HELD: "a thread requests a lock it already holds (it hangs, or fails with EDEADLK)",
     UNLOCK_NOT_OWNER: "a thread unlocks a lock that another thread holds",
     EXIT_HOLDING_LOCK: "a thread exited holding a lock (the next thread to wait for it waits forever)",
@@ -26,6 +26,7 @@ _SUPPRESSION_REASONS = {
     "gate-lock": "every thread holds a common gate lock, so the critical sections cannot interleave",
     "read-read": "the cycle only closes through read locks, which do not block each other",
     "timed-lock": "a lock in the cycle is requested with a timeout, so the wait ends by itself",
+    "user": "by the user",
 }
 
 
@@ -33,17 +34,43 @@ def _lock_word(kind: int) -> str:
     return {0: "Mutex", 1: "RWLock", 2: "Spinlock"}.get(kind, "Lock")
 
 
-def _stack_lines(frames: Optional[List[Frame]], indent: str = "    ") -> List[str]:
-    if not frames:
-        return [indent + "(stack unknown)"]
-    return [f"{indent}#{i} {frame.describe()}" for i, frame in enumerate(frames)]
+class _Stacks:
+    """Prints each distinct stack of a finding once, named S1, S2, ...; a stack
+    seen again is referred to by name (a cycle's edges often share call paths)."""
+
+    def __init__(self) -> None:
+        self.names: Dict[tuple, str] = {}
+
+    def lines(self, frames: Optional[List[Frame]], indent: str = "    ") -> List[str]:
+        if not frames:
+            return [indent + "(stack unknown)"]
+        key = tuple(frames)
+        name = self.names.get(key)
+        if name is not None:
+            return [f"{indent}(the same stack as {name}: {frames[0].describe()})"]
+        if len(frames) == 1:  # naming a one-frame stack saves nothing
+            return [f"{indent}#0 {frames[0].describe()}"]
+        name = self.names[key] = f"S{len(self.names) + 1}"
+        first = f"{indent}#0 {frames[0].describe()}"
+        return [f"{first}   [{name}]"] + [f"{indent}#{i} {frame.describe()}" for i, frame in enumerate(frames)
+                                            if i]
+
+
+def _suppressed_line(f: FindingView) -> List[str]:
+    if not f.suppressed:
+        return []
+    reason = _SUPPRESSION_REASONS.get(f.suppressed, f.suppressed)
+    if f.suppressed_by:
+        reason += f": {f.suppressed_by}"
+    return [f"  Suppressed ({f.suppressed}): {reason}"]
 
 
 def render_deadlock(f: FindingView) -> str:
     names: Dict[LockId, str] = {lock: f"M{i}" for i, lock in enumerate(f.locks)}
     kinds = dict(zip(f.locks, f.lock_kinds))
     title = _TITLES[ACTUAL_DEADLOCK]
-    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]"]
+    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]", *_suppressed_line(f)]
+    stacks = _Stacks()
     ring = " -> ".join(f"thread {w.tid}" for w in f.waits) + f" -> thread {f.waits[0].tid}"
     lines.append(f"  Wait-for cycle: {ring}")
     for w in f.waits:
@@ -53,7 +80,7 @@ def render_deadlock(f: FindingView) -> str:
         holder = "itself" if w.held_by == w.tid else f"thread {w.held_by}"
         lines.append("")
         lines.append(f"  Thread {w.tid} ({w.comm}) waits{mode} for {lock}, held by {holder}{since}, at:")
-        lines.extend(_stack_lines(w.stack))
+        lines.extend(stacks.lines(w.stack))
     return _finish(lines, f, "deadlock", f"The lock-order cycle behind it is reported as potential deadlock "
                                          f"{f.related}.")
 
@@ -64,21 +91,22 @@ def render_misuse(f: FindingView) -> str:
     lock = f"{_lock_word(f.lock_kinds[0]).lower()} M0 ({hex_address(f.locks[0][0])})"
     thread = f"Thread {e.tid} ({e.comm})"
     title = _TITLES[f.kind]
-    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]", ""]
+    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]", *_suppressed_line(f), ""]
+    stacks = _Stacks()
     if f.kind == RELOCK_HELD:
         mode = f" for {LOCK_MODE_NAMES.get(e.to_mode)}" if f.lock_kinds[0] == 1 else ""
         lines.append(f"  {thread} requests {lock}{mode} here:")
-        lines.extend(_stack_lines(e.to_stack))
+        lines.extend(stacks.lines(e.to_stack))
         held = f" (for {LOCK_MODE_NAMES.get(e.from_mode)})" if f.lock_kinds[0] == 1 else ""
         lines.append(f"  It holds it{held} since here:")
-        lines.extend(_stack_lines(e.from_stack))
+        lines.extend(stacks.lines(e.from_stack))
     elif f.kind == UNLOCK_NOT_OWNER:
         holder = f"thread {f.threads[1]}" if len(f.threads) > 1 else "another thread"
         lines.append(f"  {thread} unlocks {lock}, held by {holder}, here:")
-        lines.extend(_stack_lines(e.to_stack))
+        lines.extend(stacks.lines(e.to_stack))
     else:
         lines.append(f"  {thread} exited holding {lock}, which it took here:")
-        lines.extend(_stack_lines(e.from_stack))
+        lines.extend(stacks.lines(e.from_stack))
     lines += ["", f"  SUMMARY: igdeadlock: {f.kind}{_summary_site(f)}", "=" * 18]
     return "\n".join(lines) + "\n"
 
@@ -97,12 +125,12 @@ def render_finding(f: FindingView) -> str:
         return f"{name} ({address})" if name else address
 
     title = _TITLES.get(f.kind, f.kind)
-    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]"]
-    if f.suppressed:
-        reason = _SUPPRESSION_REASONS.get(f.suppressed, f.suppressed)
-        lines.append(f"  Suppressed ({f.suppressed}): {reason}")
-        if f.gate_locks:
-            lines.append("  Gate lock(s): " + ", ".join(label(g) for g in f.gate_locks))
+    if f.kind == SINGLE_THREAD_INVERSION:
+        title = f"lock-order inversion in a single thread (it deadlocks once {len(f.locks)} threads run these paths)"
+    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]", *_suppressed_line(f)]
+    if f.gate_locks:
+        lines.append("  Gate lock(s): " + ", ".join(label(g) for g in f.gate_locks))
+    stacks = _Stacks()
     ring = " => ".join(label(lock) for lock in f.locks) + f" => {names[f.locks[0]]}"
     lines.append(f"  Cycle in lock order graph: {ring}")
     for e in f.edges:
@@ -114,10 +142,10 @@ def render_finding(f: FindingView) -> str:
         lines.append("")
         lines.append(f"  {target} acquired here{mode}{how} while holding {source}{held_mode} "
                      f"in thread {e.tid} ({e.comm}):")
-        lines.extend(_stack_lines(e.to_stack))
+        lines.extend(stacks.lines(e.to_stack))
         lines.append(f"  {_lock_word(kinds.get(e.from_lock, 0))} {names[e.from_lock]} previously acquired "
                      f"by the same thread here:")
-        lines.extend(_stack_lines(e.from_stack))
+        lines.extend(stacks.lines(e.from_stack))
         if e.held:
             lines.append("  Other locks held: " + ", ".join(label(h) for h in e.held))
     return _finish(lines, f, title, f"Threads are deadlocked on this cycle right now: see {f.related}.")
