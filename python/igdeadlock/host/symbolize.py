@@ -3,7 +3,8 @@
 The gadget resolves every frame to the file it points into and the offset in
 that file while the process still runs, so frames can be symbolized after the
 process is gone. Names come from the ELF symbol tables; source lines come from
-binutils' addr2line when the file has DWARF line information.
+binutils' addr2line when the file has DWARF line information. A stripped file's
+names and lines come from its separate debug file (see debuginfo.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from igdeadlock.host.debuginfo import DebugFiles
 from igdeadlock.host.elf import ElfError, ElfFile
 from igdeadlock.records import Frame, MappedFile, StackTrace
 
@@ -33,9 +35,13 @@ def _demangle(names: Sequence[str]) -> Dict[str, str]:
 class Symbolizer:
     """Resolves frames of one run; caches ELF files and source lookups."""
 
-    def __init__(self, files: Mapping[int, MappedFile], use_addr2line: bool = True) -> None:
+    def __init__(self, files: Mapping[int, MappedFile], use_addr2line: bool = True,
+                 debug_files: Optional[DebugFiles] = None) -> None:
         self.files = files
+        self.debug_files = debug_files if debug_files is not None else DebugFiles()
         self._elves: Dict[Tuple[str, int], Optional[Tuple[str, ElfFile]]] = {}
+        # binary path -> (ELF with its symbols, file with its line information or None)
+        self._debug: Dict[str, Tuple[ElfFile, Optional[str]]] = {}
         self._lines: Dict[Tuple[str, int], Optional[Tuple[str, int]]] = {}
         self._addr2line = shutil.which("addr2line") if use_addr2line else None
 
@@ -68,8 +74,10 @@ class Symbolizer:
             opened = self._open(mapped, stack.pid) if mapped is not None else None
             vaddr = opened[1].offset_to_vaddr(offset) if opened is not None else None
             located.append((offset, mapped, opened, vaddr))
-            if opened is not None and vaddr is not None and opened[1].has_debug_lines:
-                wanted.setdefault(opened[0], set()).add(vaddr - 1)
+            if opened is not None and vaddr is not None:
+                lines_in = self._names_and_lines(*opened)[1]
+                if lines_in is not None:
+                    wanted.setdefault(lines_in, set()).add(vaddr - 1)
         sources = self._sources(wanted)
         frames: List[Frame] = []
         for offset, mapped, opened, vaddr in located:
@@ -79,15 +87,33 @@ class Symbolizer:
             if opened is None or vaddr is None:
                 frames.append(Frame(address=offset, file=mapped.path or None))
                 continue
-            hit = opened[1].symbol_at(vaddr - 1)
+            names_in, lines_in = self._names_and_lines(*opened)
+            hit = names_in.symbol_at(vaddr - 1)
             function, function_offset = (hit[0].name, hit[1] + 1) if hit else (None, 0)
-            source_file, line = sources.get((opened[0], vaddr - 1)) or (None, None)
+            source_file, line = (sources.get((lines_in, vaddr - 1)) if lines_in else None) or (None, None)
             frames.append(Frame(offset, mapped.path, function, function_offset, source_file, line))
         names = _demangle([f.function for f in frames if f.function])
         if names:
             frames = [Frame(f.address, f.file, names.get(f.function or "", f.function), f.function_offset,
                             f.source_file, f.line) for f in frames]
         return frames
+
+    def _names_and_lines(self, path: str, elf: ElfFile) -> Tuple[ElfFile, Optional[str]]:
+        """Where a binary's names and source lines are: in itself, or (stripped) in
+        its separate debug file."""
+        known = self._debug.get(path)
+        if known is None:
+            names, lines = elf, (path if elf.has_debug_lines else None)
+            stripped = elf.section(".symtab") is None  # only the dynamic symbols are left
+            if lines is None or stripped:
+                debug = self.debug_files.for_binary(path, elf)
+                if debug is not None:
+                    if stripped and debug[1].section(".symtab") is not None:
+                        names = debug[1]
+                    if lines is None and debug[1].has_debug_lines:
+                        lines = debug[0]
+            known = self._debug[path] = (names, lines)
+        return known
 
     def _sources(self, wanted: Mapping[str, Iterable[int]]) -> Dict[Tuple[str, int], Optional[Tuple[str, int]]]:
         result: Dict[Tuple[str, int], Optional[Tuple[str, int]]] = {}
