@@ -114,7 +114,9 @@ enum tracking_stat {
  * 2. Sizes
  * ------------------------------------------------------------------------ */
 
-#define MAX_HELD_LOCKS 16 /* nesting depth tracked per thread */
+#define MAX_HELD_LOCKS 64 /* nesting depth tracked per thread (power of 2) */
+/* held locks a record carries (the first ones: gate locks are taken early) */
+#define MAX_RECORDED_HELD 16
 #define DEP_CACHE_SETS \
 	8 /* dependency-cache sets: one per nesting depth, modulo (power of 2) */
 #define DEP_CACHE_WAYS 2 /* requests a set keeps at once */
@@ -125,9 +127,12 @@ enum tracking_stat {
 
 #define MAX_THREADS 16384 /* power of 2: slots are picked by masking */
 #define THREAD_SLOT_PROBES 8 /* slots tried for a new thread */
-#define MAX_KNOWN_DEPS 65536
-#define MAX_EDGES 8192 /* new edges buffered between two fetches */
-#define MAX_SITES 8192 /* new acquisition stacks between two fetches */
+#define MAX_KNOWN_DEPS 131072 /* dependencies remembered (LRU) */
+/* New edges and stacks between two fetches. These two maps are allocated as
+ * they fill (BPF_F_NO_PREALLOC) and drained by every fetch: the sizes bound a
+ * burst, not the memory they use at rest. */
+#define MAX_EDGES 131072
+#define MAX_SITES 131072
 #define MAX_FILES 1024 /* new mapped files between two fetches */
 #define MAX_SEEN_FILES 4096
 #define MAX_LOCK_GENERATIONS 16384
@@ -371,6 +376,10 @@ struct thread_locks {
 	__u32 nheld;
 	__u32 epoch; /* destroy_epoch the cache was filled under */
 	gadget_tid owner; /* thread whose state this slot holds, 0 if free */
+	/* the owner's id in its own pid namespace (C libraries record lock
+	 * owners by it), and its process */
+	__u32 ns_tid;
+	gadget_pid pid;
 	__u8 libc; /* LIBC_*: how to read owners from its locks */
 	__u8 next_lock_call; /* next entry of lock_calls to replace */
 	__u8 __pad[2];
@@ -430,6 +439,36 @@ static __always_inline __u8 probed_libc(void *ctx)
 		       LIBC_GLIBC;
 }
 
+struct ns_thread_key {
+	gadget_pid pid;
+	__u32 ns_tid;
+};
+
+/* (process, thread id in the process's pid namespace) -> thread id, for
+ * threads in a pid namespace of their own (containers) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, struct ns_thread_key);
+	__type(value, gadget_tid);
+} ns_threads SEC(".maps");
+
+/* The current thread's id in its own pid namespace: how it sees itself. */
+static __always_inline __u32 current_ns_tid(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	unsigned int level = BPF_CORE_READ(pid, level);
+	__u32 nr = 0;
+
+	bpf_probe_read_kernel(
+		&nr, sizeof(nr),
+		(void *)pid + bpf_core_field_offset(struct pid, numbers) +
+			level * bpf_core_type_size(struct upid) +
+			bpf_core_field_offset(struct upid, nr));
+	return nr;
+}
+
 /* Claim a free slot for a new thread (first lock operation, in the probe
  * `ctx`): only one thread can insert a given slot into slot_owners. */
 static __always_inline struct thread_locks *
@@ -452,6 +491,13 @@ claim_slot(void *ctx, gadget_tid tid, __u32 *claimed)
 			return NULL;
 		}
 		t->owner = tid;
+		t->pid = bpf_get_current_pid_tgid() >> 32;
+		t->ns_tid = current_ns_tid();
+		if (t->ns_tid != tid) {
+			struct ns_thread_key key = { t->pid, t->ns_tid };
+
+			bpf_map_update_elem(&ns_threads, &key, &tid, BPF_ANY);
+		}
 		t->libc = probed_libc(ctx);
 		*claimed = index;
 		return t;
@@ -470,8 +516,14 @@ static __always_inline void release_thread(gadget_tid tid)
 		return;
 	index = *slot;
 	t = bpf_map_lookup_elem(&thread_slots, &index);
-	if (t && t->owner == tid)
+	if (t && t->owner == tid) {
+		if (t->ns_tid != tid) {
+			struct ns_thread_key key = { t->pid, t->ns_tid };
+
+			bpf_map_delete_elem(&ns_threads, &key);
+		}
 		t->owner = 0;
+	}
 	bpf_map_delete_elem(&slot_owners, &index);
 	bpf_map_delete_elem(&thread_to_held_mutexes, &tid);
 }
@@ -543,26 +595,31 @@ static __always_inline int find_held(struct thread_locks *t, __u64 lock)
 	return -1;
 }
 
-/* The thread's held set into a record's held_locks/held_gens/held_modes,
- * without `skip` at depth 1 (a blocking lock pushed at entry and waited for,
- * not held; 0: skip none). Returns how many were copied. */
+/* The thread's held set into a record's held_locks/held_gens/held_modes (the
+ * first MAX_RECORDED_HELD: gate locks are taken early), without `skip` (a
+ * blocking lock pushed at entry and waited for, not held: the top entry, at
+ * depth 1; 0: skip none). Returns how many it holds, all of them. The count
+ * is not a loop variable: a loop that carries one costs the verifier a state
+ * per value. */
 static __always_inline __u8 copy_held_set(struct thread_locks *t, __u64 *locks,
 					  __u32 *gens, __u8 *modes, __u64 skip)
 {
 	__u32 nheld = t->nheld;
-	__u8 count = 0;
+	struct held_lock *top;
 
-	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
+	if (nheld && skip) {
+		top = &t->held[held_index(nheld - 1)];
+		if (top->lock == skip && top->depth == 1)
+			nheld--;
+	}
+	for (int i = 0; i < MAX_RECORDED_HELD; i++) {
 		if (i >= nheld)
 			break;
-		if (t->held[i].lock == skip && t->held[i].depth == 1)
-			continue;
-		locks[count & (MAX_HELD_LOCKS - 1)] = t->held[i].lock;
-		gens[count & (MAX_HELD_LOCKS - 1)] = t->held[i].gen;
-		modes[count & (MAX_HELD_LOCKS - 1)] = t->held[i].mode;
-		count++;
+		locks[i] = t->held[i].lock;
+		gens[i] = t->held[i].gen;
+		modes[i] = t->held[i].mode;
 	}
-	return count;
+	return nheld;
 }
 
 /* ------------------------------------------------------------------------
@@ -630,9 +687,9 @@ struct lock_edge {
 	__u32 __pad;
 	gadget_comm comm[TASK_COMM_LEN];
 	/* every lock held when the edge was made (from_lock included) */
-	__u64 held_locks[MAX_HELD_LOCKS];
-	__u32 held_gens[MAX_HELD_LOCKS];
-	__u8 held_modes[MAX_HELD_LOCKS];
+	__u64 held_locks[MAX_RECORDED_HELD];
+	__u32 held_gens[MAX_RECORDED_HELD];
+	__u8 held_modes[MAX_RECORDED_HELD];
 };
 
 struct stack_key {
@@ -684,9 +741,9 @@ struct blocked_thread {
 	__u32 __pad;
 	gadget_comm comm[TASK_COMM_LEN];
 	/* the locks the thread holds while it waits */
-	__u64 held_locks[MAX_HELD_LOCKS];
-	__u32 held_gens[MAX_HELD_LOCKS];
-	__u8 held_modes[MAX_HELD_LOCKS];
+	__u64 held_locks[MAX_RECORDED_HELD];
+	__u32 held_gens[MAX_RECORDED_HELD];
+	__u8 held_modes[MAX_RECORDED_HELD];
 };
 
 /* scratch space for records too big for the BPF stack */
@@ -716,6 +773,7 @@ struct {
 /* acquisition site -> its user stack, resolved to (file, offset) */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, MAX_SITES);
 	__type(key, struct stack_key);
 	__type(value, struct stack_frames);
@@ -978,6 +1036,7 @@ struct {
 /* (held lock, requested lock, thread, context) -> edge evidence */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, MAX_EDGES);
 	__type(key, struct lock_edge_key);
 	__type(value, struct lock_edge);
@@ -1202,6 +1261,21 @@ static __always_inline __u32 lock_owner(__u64 lock, __u8 kind, __u8 libc)
 			&owner, sizeof(owner),
 			(void *)(lock + GLIBC_RWLOCK_WRITER_OFFSET));
 	return owner;
+}
+
+/* The thread (as the kernel numbers it) that a lock owner recorded by the C
+ * library of thread `t`'s process is: owners are recorded as the process sees
+ * its threads. 0 if none or not a thread we know in a pid namespace. */
+static __always_inline gadget_tid owner_thread(struct thread_locks *t,
+					       __u32 owner)
+{
+	struct ns_thread_key key = { t->pid, owner };
+	gadget_tid *tid;
+
+	if (!owner || t->ns_tid == t->owner)
+		return owner; /* no pid namespace of its own */
+	tid = bpf_map_lookup_elem(&ns_threads, &key);
+	return tid ? *tid : 0;
 }
 
 struct misuse_event {
@@ -1484,7 +1558,8 @@ static __always_inline int lock_released(struct pt_regs *ctx, __u64 lock,
 	if (i < 0) {
 		/* the C library's owner record tells whether another thread holds it */
 		owner = lock_owner(lock, kind, t->libc) & OWNER_TID_MASK;
-		if (owner && owner != tid) {
+		if (owner && owner != t->ns_tid) {
+			owner = owner_thread(t, owner);
 			send_misuse(
 				ctx, MISUSE_UNLOCK_NOT_OWNER, lock,
 				lock_generation(
@@ -1600,7 +1675,9 @@ static __always_inline int futex_wait_started(__u64 uaddr, __u64 op)
 	b->observed = bpf_ktime_get_boot_ns();
 	b->pid = pid_tgid >> 32;
 	b->gen = t->wait.gen;
-	b->owner_tid = lock_owner(t->wait.lock, t->wait.kind, t->libc);
+	b->owner_tid = owner_thread(t, lock_owner(t->wait.lock, t->wait.kind,
+						  t->libc) &
+					       OWNER_TID_MASK);
 	b->session_id = current_session_id();
 	b->mode = t->wait.mode;
 	b->kind = t->wait.kind;
@@ -1803,12 +1880,18 @@ static __always_inline int process_forked(void *ctx, struct task_struct *parent,
 	return 0;
 }
 
-/* A traced process started another program, perhaps on another C library. */
+/* A process started another program, perhaps on another C library: the lock
+ * state of the thread that ran the exec (`old_tid` before it, the process id
+ * after) belongs to the old program. */
 static __always_inline int process_executed(void *ctx, struct task_struct *task,
+					    gadget_tid old_tid,
 					    struct linux_binprm *bprm)
 {
 	bool paused;
 
+	release_thread(old_tid);
+	if (task->pid != old_tid)
+		release_thread(task->pid);
 	if (current_is_filtered_out())
 		return 0;
 	paused = pause_new_processes && tree_pid && !bpf_send_signal(SIGSTOP);
@@ -2079,7 +2162,7 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(trace_process_exec, struct task_struct *task, pid_t old_pid,
 	     struct linux_binprm *bprm)
 {
-	return process_executed(ctx, task, bprm);
+	return process_executed(ctx, task, old_pid, bprm);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

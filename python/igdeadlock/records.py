@@ -160,7 +160,8 @@ class ThreadResumed(NamedTuple):
 class ProcessMeta(NamedTuple):
     """Where a process runs, from IG's enrichment (empty strings when unknown).
 
-    Sent once per process, with its first edge or blocked-thread record."""
+    Sent with a process's first edge or blocked-thread record, and once more
+    when a later record first names its container."""
 
     pid: int
     process_start: int

@@ -114,3 +114,58 @@ def test_a_self_deadlock_is_reported_where_the_thread_blocks(ig_daemon, program)
     (blocked,) = deadlock["blocked"]
     assert blocked["tid"] == facts["t"][0] and blocked["held_by"] == facts["t"][0]
     assert blocked["stack"][0]["line"] == facts["second"][0]  # where it blocks, not where it took the lock
+
+
+def test_std_lock_back_off_in_opposite_orders_is_quiet(ig_daemon, program):
+    """std::lock / std::scoped_lock: lock one, try the other, back off: no deadlock,
+    whatever the order, so no finding (the tries make no incoming edge)."""
+    binary = program("stdlock", ("-O2", "-g", "-std=c++17"))
+    report, _ = trace_json(ig_daemon, [binary], "--show-suppressed")
+    assert report["findings"] == []
+    assert report["processes"][0]["traced"] is True
+
+
+@pytest.mark.parametrize("size", [24, 48, 64, 100])
+def test_long_rings_across_threads_are_found(ig_daemon, program, size):
+    report, stderr = trace_json(ig_daemon, [program("ring"), size])
+    facts = program_facts(stderr)
+    (finding,) = report["findings"]
+    assert finding["kind"] == "potential-deadlock"
+    assert {int(m, 16) for m in finding["mutexes"]} == {facts[f"L{i}"][0] for i in range(size)}
+    assert sorted(finding["threads"]) == sorted(facts[f"t{i}"][0] for i in range(size))
+    assert report["stats"]["cycle_search_cut"] == 0
+
+
+def test_sixty_four_held_locks_are_tracked(ig_daemon, program):
+    """A thread holding 64 locks asks for one more: the edge from the deepest
+    one is recorded, so the inversion through it is found. The 65th lock is
+    past the held set and counted as such."""
+    report, stderr = trace_json(ig_daemon, [program("nest"), 64])
+    facts = program_facts(stderr)
+    (finding,) = report["findings"]
+    assert finding["kind"] == "potential-deadlock"
+    assert {int(m, 16) for m in finding["mutexes"]} == {facts["L63"][0], facts["X"][0]}
+    assert sorted(finding["threads"]) == sorted(facts["deep"] + facts["inverted"])
+    assert lost(report) == {"held_lock_overflow": 1}
+
+
+def test_nesting_beyond_capacity_is_reported_as_a_limit(ig_daemon, program):
+    """Helgrind's 310 nested locks: locks past the 64th are not tracked, and
+    the report says so for the process instead of claiming nothing is there."""
+    report, _ = trace_json(ig_daemon, [program("nest"), 310])
+    untracked = 310 - 64 + 1  # L64..L309, then X
+    assert lost(report) == {"held_lock_overflow": untracked}
+    (process,) = report["processes"]
+    assert process["limits"] == [f"{untracked} lock(s) not tracked: the thread held too many at once"]
+
+
+def test_four_threads_cycling_sixteen_thousand_mutexes_lose_nothing(ig_daemon, program):
+    """Default settings: every one of the 65,532 edges of a burst arrives, and
+    the inversion after it is found."""
+    report, stderr = trace_json(ig_daemon, [program("pairs"), 16384, 4, 3], timeout=600)
+    facts = program_facts(stderr)
+    assert lost(report) == {}
+    assert report["stats"]["edges_seen"] >= 4 * 16383 + 2
+    (finding,) = report["findings"]
+    assert {int(m, 16) for m in finding["mutexes"]} == {facts["X"][0], facts["Y"][0]}
+    assert sorted(finding["threads"]) == sorted(facts["xy"] + facts["yx"])

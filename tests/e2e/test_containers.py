@@ -5,6 +5,7 @@ and `watch --container NAME` selects one container in the kernel."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import IMAGE, REPO, compile_program, run_cli
+from helpers import IGDEADLOCK, IMAGE, REPO, Lines, compile_program, run_cli
 
 IMAGES = {"glibc": ("igdeadlock-test/glibc:latest", "gcc"), "musl": ("igdeadlock-test/musl:latest", "musl-gcc")}
 
@@ -38,10 +39,10 @@ def container_daemon(docker, tmp_path_factory) -> Iterator[str]:
     daemon.stop()
 
 
-def start_container(image: str, binary: Path) -> str:
+def start_container(image: str, binary: Path, *args: str) -> str:
     """A container running the program (bind-mounted read-only) until removed; its name."""
     name = f"igdl-{uuid.uuid4().hex[:10]}"
-    subprocess.run(["docker", "run", "-d", "--name", name, "-v", f"{binary}:/program:ro", image, "/program"],
+    subprocess.run(["docker", "run", "-d", "--name", name, "-v", f"{binary}:/program:ro", image, "/program", *args],
                    check=True, capture_output=True)
     return name
 
@@ -81,3 +82,69 @@ def test_watch_finds_an_inversion_in_a_container_and_only_there(container_daemon
     traced = [p for p in report["processes"] if p["comm"].startswith("program")]
     assert traced and all(p["traced"] and p["flavor"] == libc for p in traced), report["processes"]
     assert all(p["library"] != "/usr/lib/x86_64-linux-gnu/libc.so.6" or libc == "glibc" for p in traced)
+
+
+def container_pid(name: str) -> int:
+    return int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", name], check=True,
+                              capture_output=True, text=True).stdout)
+
+
+def namespace_tids(pid: int) -> dict:
+    """Host thread id -> its id in the container's pid namespace."""
+    tids = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                tids[int(task.name)] = int(line.split()[-1])
+    return tids
+
+
+@pytest.mark.parametrize("libc", sorted(IMAGES))
+def test_containers_of_one_image_in_their_own_pid_namespaces(container_daemon, libc):
+    """Containers of one image share one C library file (under an overlay device
+    each): it is probed once, so nothing fires twice (no false relock-held), and
+    lock owners, which the C library records as the container numbers threads,
+    are named by host thread id: an unlock of another thread's lock names that
+    thread, and a deadlock in the container is found with its owners."""
+    image, compiler = IMAGES[libc]
+    churn, misuse = compile_program("churn", compiler=compiler), compile_program("misuse", compiler=compiler)
+    deadlock = compile_program("deadlock", compiler=compiler)
+    watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", container_daemon, "--image", IMAGE,
+                              "--duration", "300", "--status-interval", "0.5", "--format", "json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = Lines(watch.stderr)
+    started = []
+    try:
+        lines.wait_for(lambda line: "1/1 targets connected" in line)
+        started.append(start_container(image, churn))
+        churn_pid = container_pid(started[-1])
+        # a finding from it: its (the image's) C library is probed
+        lines.wait_for(lambda line: f"(pid={churn_pid}," in line)
+        # musl records the owner of error-checking and recursive mutexes only
+        started.append(start_container(image, misuse, "unlock-other", *(["errorcheck"] if libc == "musl" else [])))
+        lines.wait_for(lambda line: "unlocks a lock that another thread holds" in line)
+        started.append(start_container(image, deadlock, "abba"))
+        deadlocked = container_pid(started[-1])
+        lines.wait_for(lambda line: "blocked in a lock cycle" in line and f"(pid={deadlocked}," in line)
+        in_namespace = namespace_tids(deadlocked)
+        watch.send_signal(signal.SIGINT)
+        stdout, _ = watch.communicate(timeout=120)
+    finally:
+        watch.kill()
+        for name in started:
+            remove_container(name)
+    assert watch.returncode == 0
+    findings = json.loads(stdout)["findings"]
+    # (IG here learns of a container by polling the runtime: a container whose
+    # records all came in its first second is not named; pids tell them apart)
+    ours = [f for f in findings if f["comm"] == "program"]
+    assert sorted(f["kind"] for f in ours) == [
+        "actual-deadlock", "potential-deadlock", "potential-deadlock", "unlock-not-owner"], ours
+    assert {f["pid"] for f in ours if f["kind"] == "potential-deadlock"} == {churn_pid, deadlocked}
+    (misused,) = [f for f in ours if f["kind"] == "unlock-not-owner"]
+    assert len(set(misused["threads"])) == 2  # the unlocking thread, then the owner: both known
+    (hang,) = [f for f in findings if f["kind"] == "actual-deadlock" and f["pid"] == deadlocked]
+    # host thread ids, not the container's own numbers, and each held by the other
+    assert set(hang["threads"]) == set(in_namespace) - {deadlocked}
+    assert all(tid != in_namespace[tid] for tid in hang["threads"])
+    assert {b["held_by"] for b in hang["blocked"]} == set(hang["threads"])

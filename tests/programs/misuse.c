@@ -7,6 +7,8 @@
  *   "unlock-other":  one thread locks a mutex, another unlocks it
  *   "exit-holding":  a thread exits holding a mutex; the process goes on
  *   "self-deadlock": the thread locks a normal mutex it holds: it hangs
+ * argv[2] "errorcheck" makes the mutex an error-checking one (musl records
+ * the owner of those only).
  * Prints "mutex L 0x..." and "thread t TID" (the misusing thread). */
 #include "facts.h"
 #include <errno.h>
@@ -43,7 +45,8 @@ int main(int argc, char **argv)
 	int result = 0;
 
 	pthread_mutexattr_init(&type);
-	if (strcmp(mode, "errorcheck") == 0)
+	if (strcmp(mode, "errorcheck") == 0 ||
+	    (argc > 2 && strcmp(argv[2], "errorcheck") == 0))
 		pthread_mutexattr_settype(&type, PTHREAD_MUTEX_ERRORCHECK);
 	if (strcmp(mode, "recursive") == 0)
 		pthread_mutexattr_settype(&type, PTHREAD_MUTEX_RECURSIVE);

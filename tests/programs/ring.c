@@ -5,7 +5,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#define MAX_LOCKS 16
+#define MAX_LOCKS 128
 
 static pthread_mutex_t locks[MAX_LOCKS];
 static int count = 3;

@@ -220,3 +220,30 @@ def test_session_filter_applies_to_batches():
     assert [key.pid for key in store.graphs] == [200]
     assert store.stats.edges_seen == sum(1 for o in lazy if type(o) is LockEdgeBatch
                                          for key in o.keys if key[2] == 200)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_process_first_seen_outside_a_container_is_placed_when_one_shows(lazy):
+    """IG learns of a new container a moment after its first records: the
+    container named by a later record is sent once; after PLACEMENT_WAIT
+    without one, the process is taken to run on the host."""
+    from igdeadlock.ig.decoder import PLACEMENT_WAIT
+
+    now = [0.0]
+    ds, layout = edges_datasource()
+    decoder = StreamDecoder(lazy_edges=lazy, clock=lambda: now[0])
+    decoder.feed(info_event(info_with(with_pod_field(ds))))
+
+    def metas(pid, pod, seq):
+        out = decoder.feed(batch_event(0, [element(layout, dict(EDGE_VALUES, pid=pid), pod)] * 2, seq=seq))
+        return [(m.pid, m.pod) for m in out if type(m) is ProcessMeta]
+
+    assert metas(1, "", 1) == [(1, "")]
+    assert metas(1, "", 2) == []
+    now[0] = PLACEMENT_WAIT / 2
+    assert metas(1, "web-1", 3) == [(1, "web-1")]
+    assert metas(1, "web-1", 4) == []
+    assert metas(2, "", 5) == [(2, "")]
+    now[0] += PLACEMENT_WAIT
+    assert metas(2, "", 6) == []
+    assert metas(2, "late", 7) == []  # settled on the host

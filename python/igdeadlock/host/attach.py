@@ -436,7 +436,8 @@ class LockLibraryProbes:
         self._started: Dict[int, int] = {}  # pid -> start time of the process its probes are for
 
     def attach_library(self, library: LockLibrary, pid: int) -> bool:
-        return self.probes.attach(library, pid if self.per_process else EVERY_PROCESS)
+        alone = self.per_process or library.per_process_only
+        return self.probes.attach(library, pid if alone else EVERY_PROCESS)
 
     def process_started(self, pid: int, process_start: int, paused: bool = False) -> None:
         """A process in scope started a program or was forked: probe its library,
@@ -517,8 +518,7 @@ class LockLibraryProbes:
             if known.library is None:
                 known = replace(known, reason=REASON_EXITED_EARLY)
             self.report(known, process_start)
-        if self.per_process:
-            self.probes.detach_process(pid)
+        self.probes.detach_process(pid)  # its own probes, if it had any
 
     def scan_running(self, pids: Iterable[int]) -> None:
         """Probe the libraries of processes that run already (watching a host)."""

@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from igdeadlock.host.elf import EM_386, EM_AARCH64, EM_X86_64, STT_FUNC, DynamicInfo, ElfError, ElfFile, Symbol
+from igdeadlock.host.overlay import real_file
 
 GLIBC, MUSL = "glibc", "musl"
 
@@ -119,6 +120,9 @@ class LockLibrary:
     # functions whose first instruction takes no uprobe -> the file offset where
     # they have just taken the lock (see LOCK_TAKEN_PATTERNS)
     taken: Mapping[str, int] = field(hash=False, default_factory=dict)
+    # on an overlay whose layer could not be told: the same file may be probed under another
+    # identity for another container, so it is probed for each process alone (never twice)
+    per_process_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -475,10 +479,13 @@ class LockLibraryFinder:
     def _with_locks(self, seen: Inspected) -> Optional[Inspected]:
         return seen if seen.locks is not None else self._inspect(seen.path, seen.file, locks=True)
 
-    def _library(self, seen: Inspected, path: str, static: bool) -> LockLibrary:
+    def _library(self, seen: Inspected, path: str, static: bool, pid: int = 0) -> LockLibrary:
         assert seen.locks is not None and seen.locks.flavor is not None
-        return LockLibrary(seen.file, seen.path, path, seen.locks.flavor, static, seen.locks.offsets,
-                           seen.locks.sizes, seen.locks.taken)
+        file, open_path, per_process_only = seen.file, seen.path, False
+        if pid:
+            file, open_path, per_process_only = _real_identity(pid, path, seen)
+        return LockLibrary(file, open_path, path, seen.locks.flavor, static, seen.locks.offsets,
+                           seen.locks.sizes, seen.locks.taken, per_process_only)
 
     # running processes
 
@@ -516,7 +523,7 @@ class LockLibraryFinder:
                 program = self._with_locks(program)
                 if program is not None and program.locks is not None and program.locks.defines_locks:
                     if program.locks.flavor is not None:
-                        return outcome(self._library(program, exe_map.path, static=True))
+                        return outcome(self._library(program, exe_map.path, static=True, pid=pid))
                     foreign = True
         # libpthread before libc, then in address order; each file once
         ranked: Dict[FileId, Tuple[int, int, MappedRegion]] = {}
@@ -530,7 +537,7 @@ class LockLibraryFinder:
                 unreadable = True
             elif seen.locks is not None and seen.locks.defines_locks:
                 if seen.locks.flavor is not None:
-                    return outcome(self._library(seen, m.path, static=False))
+                    return outcome(self._library(seen, m.path, static=False, pid=pid))
                 foreign = True
         if not os.path.exists(base) or _still_zombie(pid):
             return outcome(None, REASON_EXITED)
@@ -763,6 +770,25 @@ class LockLibraryFinder:
             except (OSError, struct.error):
                 self._ld_cache = []
         return self._ld_cache
+
+
+def _real_identity(pid: int, path: str, seen: Inspected) -> Tuple[FileId, str, bool]:
+    """(identity, path to open, probe per process only) of a file a process maps.
+    On an overlay (a container) that is the layer's copy, which uprobes are
+    placed on: /proc/PID/maps gives each container's mount its own device."""
+    try:
+        opened = os.stat(seen.path)
+    except OSError:
+        return seen.file, seen.path, False
+    on_overlay, real = real_file(pid, path, opened)
+    if not on_overlay:
+        return seen.file, seen.path, False
+    if real is not None:
+        try:
+            return FileId.of(os.stat(real)), real, False
+        except OSError:
+            pass
+    return seen.file, seen.path, True
 
 
 def _still_zombie(pid: int) -> bool:

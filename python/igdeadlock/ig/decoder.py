@@ -9,6 +9,7 @@ batches, decoded only as far as ingest needs.
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -78,6 +79,10 @@ def _held(count: int, locks: Sequence[int], gens: Sequence[int], modes: Sequence
 # Frame-pointer unwinding through code built without frame pointers ends in
 # junk (0, or a small number): the stack ends at the first such frame.
 MIN_CODE_ADDRESS = 4096
+
+# Seconds a process's records are looked at for its container, after a first
+# one without: IG's container collection learns of a new container by polling.
+PLACEMENT_WAIT = 30.0
 
 
 def _stack(site: int, pid: int, count: int, files: Sequence[int], offsets: Sequence[int],
@@ -171,7 +176,8 @@ class StreamDecoder:
     (a whole batch that does not parse counts once per batch).
     """
 
-    def __init__(self, schemas: Optional[Mapping[str, RecordSchema]] = None, lazy_edges: bool = False) -> None:
+    def __init__(self, schemas: Optional[Mapping[str, RecordSchema]] = None, lazy_edges: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.schemas = dict(RECORD_SCHEMAS if schemas is None else schemas)
         self.lazy_edges = lazy_edges  # edges as LockEdgeBatch, decoded when needed
         self.stats = DecodeStats()
@@ -180,7 +186,11 @@ class StreamDecoder:
         self.problems: Dict[str, str] = {}  # datasource -> why its records cannot be built
         self._builders: Dict[int, Tuple[Callable, Callable, Optional[Callable]]] = {}
         self._batch_builders: Dict[Tuple[int, int, tuple], Optional[_BatchBuilder]] = {}
-        self._processes: set = set()  # (pid, start) already described by a ProcessMeta
+        self._processes: set = set()  # (pid, start) whose ProcessMeta is final
+        # (pid, start) -> until when (clock) a ProcessMeta without a container is looked at again:
+        # IG learns of a new container a moment after its first records
+        self._unplaced: Dict[Tuple[int, int], float] = {}
+        self._clock = clock
         self._last_seq: Optional[int] = None
 
     def counts(self) -> Dict[str, int]:
@@ -200,6 +210,7 @@ class StreamDecoder:
         self.info = None
         self.layouts, self._builders, self.problems, self._batch_builders = {}, {}, {}, {}
         self._processes = set()
+        self._unplaced = {}
         self._last_seq = None
 
     def set_info(self, info: api_pb2.GadgetInfo) -> None:
@@ -264,15 +275,21 @@ class StreamDecoder:
         if builder is not None:
             extract, make, meta = builder
             processes = self._processes
+            looked_at: set = set()  # a process without its container is looked at once per payload
             rejected_before = self.stats.rejected
             for element in elements:
                 try:
                     record = make(extract(element))
                     if meta is not None and (record[0], record[4]) not in processes:
-                        processes.add((record[0], record[4]))
-                        out.append(ProcessMeta(record[0], record[4], record[3], *meta(element)))
+                        process = (record[0], record[4])
+                        if process not in looked_at:
+                            looked_at.add(process)
+                            placed = self._placed(ProcessMeta(record[0], record[4], record[3], *meta(element)))
+                            if placed is not None:
+                                out.append(placed)
                     elif type(record) is ProcessExit:
                         processes.discard((record.pid, record.process_start))
+                        self._unplaced.pop((record.pid, record.process_start), None)
                     out.append(record)
                 except (DecodeError, IndexError, TypeError, ValueError, struct.error):
                     self.stats.rejected += 1
@@ -312,9 +329,10 @@ class StreamDecoder:
             process = (key[0], key[1])
             if process in new:
                 new.discard(process)
-                self._processes.add(process)
-                out.append(self._process_meta(layout.id, builder.decode(raws[index]),
-                                              payload[split.bodies[index]:split.ends[index]]))
+                placed = self._placed(self._process_meta(layout.id, builder.decode(raws[index]),
+                                                         payload[split.bodies[index]:split.ends[index]]))
+                if placed is not None:
+                    out.append(placed)
                 if not new:
                     break
         out.append(LockEdgeBatch(keys, raws, builder.decode))  # type: ignore[arg-type]
@@ -322,6 +340,22 @@ class StreamDecoder:
         self.stats.records += len(keys)
         self.stats.batched += len(keys)
         return out
+
+    def _placed(self, meta: ProcessMeta) -> Optional[ProcessMeta]:
+        """The ProcessMeta to send for a process not final yet, or None. The first
+        one always; later ones only once they name a container (then it is final).
+        Without one for PLACEMENT_WAIT seconds, the process runs on the host."""
+        process = (meta.pid, meta.process_start)
+        in_container = bool(meta.container or meta.runtime_container or meta.container_id or meta.pod)
+        until = self._unplaced.get(process)
+        if in_container or (until is not None and self._clock() >= until):
+            self._processes.add(process)
+            self._unplaced.pop(process, None)
+            return meta if in_container else None
+        if until is None:
+            self._unplaced[process] = self._clock() + PLACEMENT_WAIT
+            return meta
+        return None
 
     def _process_meta(self, datasource_id: int, record: Record, element: bytes) -> ProcessMeta:
         """Where the process of ``record`` runs, from its element's enrichment fields."""
