@@ -59,6 +59,9 @@ enum lock_kind {
 	LOCK_KIND_MUTEX = 0,
 	LOCK_KIND_RWLOCK = 1,
 	LOCK_KIND_SPINLOCK = 2,
+	/* no lock: a futex wait outside the lock functions (a condition
+	 * variable, a join, a barrier, a semaphore); blocked records only */
+	LOCK_KIND_FUTEX = 3,
 };
 
 /* How an acquisition waits. */
@@ -140,6 +143,7 @@ enum tracking_stat {
 #define MAX_COUNTERS 4096 /* (counter, process) pairs between two fetches */
 
 #define MAX_TREE_PROCESSES 16384 /* processes of a traced command's tree */
+#define MAX_LOCK_PROCESSES 16384 /* processes with lock state at once */
 #define EXE_NAME_MAX 128 /* longest executable name in process events */
 
 #define LOCK_CALL_RANGES \
@@ -439,6 +443,17 @@ static __always_inline __u8 probed_libc(void *ctx)
 		       LIBC_GLIBC;
 }
 
+/* process with lock state -> how many destroyed lock addresses it has in
+ * lock_generations. Its threads' other futex waits are reported too (a
+ * process whose every thread waits forever hangs without a lock cycle), and
+ * its exit has generations to forget only if the count is not 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LOCK_PROCESSES);
+	__type(key, gadget_pid);
+	__type(value, __u32);
+} lock_processes SEC(".maps");
+
 struct ns_thread_key {
 	gadget_pid pid;
 	__u32 ns_tid;
@@ -492,6 +507,8 @@ claim_slot(void *ctx, gadget_tid tid, __u32 *claimed)
 		}
 		t->owner = tid;
 		t->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_map_update_elem(&lock_processes, &t->pid, &(__u32){ 0 },
+				    BPF_NOEXIST);
 		t->ns_tid = current_ns_tid();
 		if (t->ns_tid != tid) {
 			struct ns_thread_key key = { t->pid, t->ns_tid };
@@ -726,8 +743,8 @@ struct blocked_key {
 struct blocked_thread {
 	gadget_mntns_id mntns_id;
 	__u64 process_start;
-	__u64 lock; /* the lock the thread waits for */
-	__u64 site; /* stackmap key of where it requested the lock */
+	__u64 lock; /* the lock the thread waits for (the futex word: kind futex) */
+	__u64 site; /* stackmap key of where it requested the lock, 0 if none */
 	__u64 since; /* boot time (ns) it started waiting */
 	__u64 observed; /* boot time (ns) of the wait that made this record */
 	gadget_pid pid;
@@ -738,12 +755,17 @@ struct blocked_thread {
 	__u8 kind;
 	__u8 how;
 	__u8 held_count;
-	__u32 __pad;
+	__u32 process_threads; /* threads its process had when the wait began */
 	gadget_comm comm[TASK_COMM_LEN];
 	/* the locks the thread holds while it waits */
 	__u64 held_locks[MAX_RECORDED_HELD];
 	__u32 held_gens[MAX_RECORDED_HELD];
 	__u8 held_modes[MAX_RECORDED_HELD];
+	/* a futex wait outside the lock functions: the user stack's return
+	 * addresses (resolved by user space while the process hangs) */
+	__u32 wait_frame_count;
+	__u32 __pad2;
+	__u64 wait_frames[MAX_STACK_FRAMES];
 };
 
 /* scratch space for records too big for the BPF stack */
@@ -1589,9 +1611,11 @@ static __always_inline int lock_destroyed(__u64 lock)
 {
 	struct lock_id id = { .lock = lock,
 			      .pid = bpf_get_current_pid_tgid() >> 32 };
-	__u32 *gen, first = 1;
+	__u32 *gen, *generations, first = 1;
 
-	if (!lock)
+	/* a process that never took a lock we saw has no edge to tell apart */
+	generations = bpf_map_lookup_elem(&lock_processes, &id.pid);
+	if (!lock || !generations)
 		return 0;
 	gen = bpf_map_lookup_elem(&lock_generations, &id);
 	if (gen)
@@ -1599,6 +1623,8 @@ static __always_inline int lock_destroyed(__u64 lock)
 	else if (bpf_map_update_elem(&lock_generations, &id, &first,
 				     BPF_NOEXIST))
 		count_stat(STAT_GENERATIONS_FULL);
+	else
+		__sync_fetch_and_add(generations, 1);
 	__sync_fetch_and_add(&destroy_epoch, 1);
 	return 0;
 }
@@ -1617,9 +1643,12 @@ static __always_inline int lock_destroyed(__u64 lock)
 #define FUTEX_LOCK_PI 6
 #define FUTEX_WAIT_BITSET 9
 #define FUTEX_LOCK_PI2 13
-/* a wait on a futex word this close after a lock is a wait for that lock:
- * pthread_rwlock_t (56 bytes) and pthread_mutex_t (40) fit */
-#define LOCK_OBJECT_SPAN 64
+/* A wait on a futex word this close after a lock is a wait for that lock:
+ * the futex words of glibc's and musl's mutexes are in their first 8 bytes,
+ * of their rwlocks in the first 16. No further: a condition variable right
+ * after its mutex is another object. */
+#define MUTEX_FUTEX_SPAN 8
+#define RWLOCK_FUTEX_SPAN 16
 
 /* thread -> the lock it is blocked on; user space keeps it until "resumed" */
 struct {
@@ -1637,6 +1666,15 @@ struct resumed_thread {
 
 GADGET_TRACER_MAP(resumed_threads, 1024 * 64);
 
+/* thread -> the futex word it waits on, while a wait outside the lock
+ * functions is recorded in blocked_threads */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BLOCKED_THREADS);
+	__type(key, gadget_tid);
+	__type(value, __u64);
+} futex_waiters SEC(".maps");
+
 static __always_inline bool is_futex_wait(__u64 op)
 {
 	op &= FUTEX_CMD_MASK;
@@ -1644,9 +1682,117 @@ static __always_inline bool is_futex_wait(__u64 op)
 	       op == FUTEX_LOCK_PI || op == FUTEX_LOCK_PI2;
 }
 
-/* A tracked thread starts a futex wait inside the lock it is acquiring: it
- * is blocked. Record it (user space builds the wait-for graph). */
-static __always_inline int futex_wait_started(__u64 uaddr, __u64 op)
+/* A wait that only a wake-up by another thread ends: no timeout (for these
+ * two commands the fourth argument is the timeout). */
+static __always_inline bool is_endless_plain_wait(__u64 op, __u64 timeout)
+{
+	op &= FUTEX_CMD_MASK;
+	return !timeout && (op == FUTEX_WAIT || op == FUTEX_WAIT_BITSET);
+}
+
+/* Whether a futex wait is one for the lock the thread is acquiring. */
+static __always_inline bool waits_for_lock(struct thread_locks *t, __u64 uaddr,
+					   __u64 op)
+{
+	__u64 span = t->wait.kind == LOCK_KIND_RWLOCK ? RWLOCK_FUTEX_SPAN :
+							MUTEX_FUTEX_SPAN;
+
+	return t->wait.lock && is_futex_wait(op) && uaddr - t->wait.lock < span;
+}
+
+static __always_inline __u32 current_process_threads(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, signal, nr_threads);
+}
+
+/* Whether the thread still owns a lock of its held set, as far as the C
+ * library tells: pthread_cond_wait releases and retakes its mutex inside
+ * (glibc records an owner in every mutex, musl in some). */
+static __always_inline bool still_owned(struct thread_locks *t,
+					struct held_lock *held)
+{
+	__u32 owner;
+
+	if (held->kind != LOCK_KIND_MUTEX)
+		return true;
+	owner = lock_owner(held->lock, held->kind, t->libc) & OWNER_TID_MASK;
+	return owner == t->ns_tid || (!owner && t->libc == LIBC_MUSL);
+}
+
+/* The first MAX_RECORDED_HELD locks the thread holds and still owns, into a
+ * blocked record (a wait outside the lock functions). */
+static __always_inline void copy_owned_set(struct thread_locks *t,
+					   struct blocked_thread *b)
+{
+	__u32 nheld = t->nheld, count = 0;
+
+	for (int i = 0; i < MAX_RECORDED_HELD; i++) {
+		if (i >= nheld)
+			break;
+		if (!still_owned(t, &t->held[i]))
+			continue;
+		b->held_locks[count & (MAX_RECORDED_HELD - 1)] =
+			t->held[i].lock;
+		b->held_gens[count & (MAX_RECORDED_HELD - 1)] = t->held[i].gen;
+		b->held_modes[count & (MAX_RECORDED_HELD - 1)] =
+			t->held[i].mode;
+		count++;
+	}
+	b->held_count = count;
+}
+
+/* A thread of a process with lock state starts an endless futex wait that no
+ * lock function explains (a condition variable, a join, a barrier): recorded
+ * with its user stack, so that user space can tell when every thread of the
+ * process waits. */
+static __always_inline int other_wait_started(void *ctx, struct thread_locks *t,
+					      __u64 uaddr)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct blocked_key key = { .tid = (__u32)pid_tgid };
+	gadget_pid pid = pid_tgid >> 32;
+	struct scratch_buffers *s;
+	struct blocked_thread *b;
+	long bytes;
+
+	if (!bpf_map_lookup_elem(&lock_processes, &pid) ||
+	    current_is_filtered_out())
+		return 0;
+	s = bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
+	if (!s)
+		return 0;
+	b = &s->blocked;
+	__builtin_memset(b, 0, sizeof(*b));
+	b->mntns_id = gadget_get_current_mntns_id();
+	b->process_start = current_process_start();
+	b->lock = uaddr;
+	b->since = bpf_ktime_get_boot_ns();
+	b->observed = b->since;
+	b->pid = pid;
+	b->session_id = current_session_id();
+	b->kind = LOCK_KIND_FUTEX;
+	b->how = ACQUIRE_BLOCKING;
+	b->process_threads = current_process_threads();
+	bpf_get_current_comm(b->comm, sizeof(b->comm));
+	if (t)
+		copy_owned_set(t, b);
+	bytes = bpf_get_stack(ctx, b->wait_frames, sizeof(b->wait_frames),
+			      BPF_F_USER_STACK);
+	b->wait_frame_count = bytes > 0 ? bytes / sizeof(__u64) : 0;
+	if (bpf_map_update_elem(&blocked_threads, &key, b, BPF_ANY)) {
+		count_stat(STAT_BLOCKED_FULL);
+		return 0;
+	}
+	bpf_map_update_elem(&futex_waiters, &key.tid, &uaddr, BPF_ANY);
+	return 0;
+}
+
+/* A thread starts a futex wait: inside the lock it is acquiring (it is
+ * blocked on the lock: user space builds the wait-for graph), or elsewhere. */
+static __always_inline int futex_wait_started(void *ctx, __u64 uaddr, __u64 op,
+					      __u64 timeout)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct blocked_key key = { .tid = (__u32)pid_tgid };
@@ -1655,9 +1801,11 @@ static __always_inline int futex_wait_started(__u64 uaddr, __u64 op)
 	struct scratch_buffers *s;
 
 	t = thread_state(key.tid, NULL);
-	if (!t || !t->wait.lock || !is_futex_wait(op) ||
-	    uaddr - t->wait.lock >= LOCK_OBJECT_SPAN)
+	if (!t || !waits_for_lock(t, uaddr, op)) {
+		if (is_endless_plain_wait(op, timeout))
+			return other_wait_started(ctx, t, uaddr);
 		return 0;
+	}
 	s = bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
 	if (!s)
 		return 0;
@@ -1682,6 +1830,7 @@ static __always_inline int futex_wait_started(__u64 uaddr, __u64 op)
 	b->mode = t->wait.mode;
 	b->kind = t->wait.kind;
 	b->how = t->wait.how;
+	b->process_threads = current_process_threads();
 	bpf_get_current_comm(b->comm, sizeof(b->comm));
 	/* a blocking lock is pushed at entry: it is waited for, not held */
 	b->held_count = copy_held_set(
@@ -1700,11 +1849,19 @@ static __always_inline int futex_wait_ended(void *ctx)
 	struct blocked_key key = { .tid = (__u32)pid_tgid };
 	struct resumed_thread *event;
 	struct thread_locks *t;
+	__u64 *uaddr, waited;
 
 	t = thread_state(key.tid, NULL);
-	if (!t || !t->wait.waiting)
-		return 0;
-	t->wait.waiting = 0;
+	if (t && t->wait.waiting) {
+		t->wait.waiting = 0;
+		waited = t->wait.lock;
+	} else {
+		uaddr = bpf_map_lookup_elem(&futex_waiters, &key.tid);
+		if (!uaddr)
+			return 0;
+		waited = *uaddr;
+		bpf_map_delete_elem(&futex_waiters, &key.tid);
+	}
 	if (!bpf_map_delete_elem(&blocked_threads, &key))
 		return 0; /* never fetched: nobody needs to know */
 	event = gadget_reserve_buf(&resumed_threads, sizeof(*event));
@@ -1712,7 +1869,7 @@ static __always_inline int futex_wait_ended(void *ctx)
 		return 0;
 	event->pid = pid_tgid >> 32;
 	event->tid = key.tid;
-	event->lock = t->wait.lock;
+	event->lock = waited;
 	gadget_submit_buf(ctx, &resumed_threads, event, sizeof(*event));
 	return 0;
 }
@@ -1804,15 +1961,24 @@ static __always_inline int thread_exited(void *ctx)
 	__u32 pid = pid_tgid >> 32;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct dead_pid *event;
+	__u32 *generations;
 
 	report_locks_left(ctx, tid, task);
 	release_thread(tid);
 	bpf_map_delete_elem(&blocked_threads, &tid);
+	bpf_map_delete_elem(&futex_waiters, &tid);
 
 	/* signal->live drops to 0 when the last thread of the group exits */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
-	bpf_for_each_map_elem(&lock_generations, forget_process_lock, &pid, 0);
+	generations = bpf_map_lookup_elem(&lock_processes, &pid);
+	if (generations) {
+		/* the walk costs ~100 us: only processes that destroyed a lock */
+		if (*generations)
+			bpf_for_each_map_elem(&lock_generations,
+					      forget_process_lock, &pid, 0);
+		bpf_map_delete_elem(&lock_processes, &pid);
+	}
 	if (current_is_filtered_out())
 		return 0;
 
@@ -2134,7 +2300,8 @@ int BPF_KPROBE(trace_uprobe_spin_destroy, void *spinlock)
 SEC("tracepoint/syscalls/sys_enter_futex")
 int trace_futex_wait_start(struct syscall_trace_enter *ctx)
 {
-	return futex_wait_started(ctx->args[0], ctx->args[1]);
+	return futex_wait_started(ctx, ctx->args[0], ctx->args[1],
+				  ctx->args[3]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_futex")

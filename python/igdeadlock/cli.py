@@ -90,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--timeout", type=_positive, metavar="SECONDS",
                        help="stop after SECONDS, terminating COMMAND")
     trace.add_argument("--stop-on-deadlock", action="store_true",
-                       help="end the trace (terminating COMMAND) as soon as threads are deadlocked")
+                       help="end the trace (terminating COMMAND) as soon as threads are deadlocked, or every "
+                            "thread of a process has hung (see --hang-time)")
+    trace.add_argument("--hang-time", type=_positive, default=10.0, metavar="SECONDS",
+                       help="report all-threads-blocked when every thread of a process has waited this long "
+                            "in futex waits: locks, condition variables, joins (default: 10)")
     trace.add_argument("--analysis-time", type=_positive, default=120.0, metavar="SECONDS",
                        help="at most this long to examine what is left of the lock-order graphs once "
                             "COMMAND ended; anything not examined is named in the report (default: 120)")
@@ -116,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--container", metavar="NAME",
                        help="ig daemons: trace only the container(s) of this name (IG's filter, in the kernel)")
     watch.add_argument("--duration", type=_positive, metavar="SECONDS", help="stop after SECONDS")
+    watch.add_argument("--hang-time", type=_positive, default=10.0, metavar="SECONDS",
+                       help="report all-threads-blocked when every thread of a process has waited this long "
+                            "in futex waits: locks, condition variables, joins (default: 10)")
     watch.add_argument("--analysis-time", type=_positive, default=120.0, metavar="SECONDS",
                        help="at the end, at most this long to examine what is left of each target's "
                             "lock-order graphs; anything not examined is named in the report (default: 120)")
@@ -230,6 +237,7 @@ def run_trace(args: argparse.Namespace) -> int:
         command_stdout=command_stdout,
         stop_on_deadlock=args.stop_on_deadlock,
         analysis_seconds=args.analysis_time,
+        hang_seconds=args.hang_time,
     )
     try:
         outcome = trace_command(options, _say)
@@ -334,7 +342,8 @@ def run_watch(args: argparse.Namespace) -> int:
         for daemon in private:
             daemon.stop()
         return EXIT_INTERRUPTED if interrupted else EXIT_ERROR
-    watch = Watch(specs, args.image, args.attach, _say, analysis_seconds=args.analysis_time)
+    watch = Watch(specs, args.image, args.attach, _say, analysis_seconds=args.analysis_time,
+                  hang_seconds=args.hang_time)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     next_status = time.monotonic() + args.status_interval
     watch.start()

@@ -22,6 +22,7 @@ class LockKind(IntEnum):
     MUTEX = 0
     RWLOCK = 1
     SPINLOCK = 2
+    FUTEX = 3  # no lock: a futex wait outside the lock functions (blocked records only)
 
 
 class Acquire(IntEnum):
@@ -68,7 +69,7 @@ class Stat(IntEnum):
 
 LOCK_MODE_NAMES: Dict[int, str] = {LockMode.EXCLUSIVE: "write", LockMode.SHARED: "read"}
 LOCK_KIND_NAMES: Dict[int, str] = {LockKind.MUTEX: "mutex", LockKind.RWLOCK: "rwlock",
-                                   LockKind.SPINLOCK: "spinlock"}
+                                   LockKind.SPINLOCK: "spinlock", LockKind.FUTEX: "futex"}
 ACQUIRE_NAMES: Dict[int, str] = {Acquire.BLOCKING: "blocking", Acquire.TRY: "try", Acquire.TIMED: "timed"}
 LIBC_NAMES: Dict[int, str] = {Libc.GLIBC: "glibc", Libc.MUSL: "musl"}
 # how reports and stats name the counters

@@ -95,7 +95,8 @@ class Counter(NamedTuple):
 
 
 class BlockedThread(NamedTuple):
-    """Thread ``tid`` is blocked in a futex wait for ``lock`` (seen at a fetch)."""
+    """Thread ``tid`` is blocked in a futex wait for ``lock`` (seen at a fetch),
+    or, kind LockKind.FUTEX, in an endless futex wait outside the lock functions."""
 
     pid: int
     tid: int
@@ -113,6 +114,10 @@ class BlockedThread(NamedTuple):
     observed: int  # boot time (ns) of the wait that made the record
     owner_tid: int  # glibc's owner of the lock, 0 if unknown
     held: Tuple[Tuple[int, int, int], ...]  # (lock, gen, mode) triples, as HeldLock
+    process_threads: int = 0  # threads its process had when the wait began
+    # kind LockKind.FUTEX (a wait outside the lock functions: lock is the futex
+    # word): the return addresses of its user stack, innermost first
+    wait_frames: Tuple[int, ...] = ()
 
 
 class ProcessEvent(NamedTuple):

@@ -8,26 +8,30 @@ import os
 import queue
 import threading
 import time
+import weakref
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.analysis.lockorder import Cycle
 from igdeadlock.analysis.misuse import LockMisuse
-from igdeadlock.analysis.waitfor import Deadlock
+from igdeadlock.analysis.waitfor import Deadlock, Hang
 from igdeadlock.gadget import MAP_ITERATORS, PAUSE_NEW_PROCESSES_PARAM, TREE_PID_PARAM
 from igdeadlock.host import attach as attach_mod
+from igdeadlock.host.keeper import MappedFileKeeper
 from igdeadlock.host.locklib import LockLibraryFinder, ProcessLibrary
-from igdeadlock.host.procfs import mount_namespace_of, process_start_ns, running_pids
+from igdeadlock.host.procfs import code_locations, mount_namespace_of, process_start_ns, running_pids
+from igdeadlock.host.stackscan import scan_stack
 from igdeadlock.host.symbolize import Symbolizer
 from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.proto import api_pb2
 from igdeadlock.ig.service import Address, GadgetRun, GadgetService, WireError
-from igdeadlock.records import Frame, ProcessEvent, ProcessExit
+from igdeadlock.records import BlockedThread, Frame, MappedFile, ProcessEvent, ProcessExit
 from igdeadlock.report.model import (
     FindingView,
     build_deadlock_findings,
     build_findings,
+    build_hang_findings,
     build_misuse_findings,
     link_related,
 )
@@ -126,6 +130,9 @@ class GadgetSession:
             self.params[TREE_PID_PARAM] = str(tree_pid)
         self.tree_pid = tree_pid
         self.collector = collector
+        # the files its stacks go through, kept open in case their processes and
+        # containers are gone by the report (a local daemon's: they are on this host)
+        self.keeper = keeper_of(collector) if service.address.scheme == "unix" else None
         self.decoder = decoder if decoder is not None else StreamDecoder(lazy_edges=True)
         self.decoder.new_stream()
         self.on_findings = on_findings
@@ -224,6 +231,8 @@ class GadgetSession:
             for output in self.decoder.feed(event):
                 if type(output) in (ProcessEvent, ProcessExit):
                     self._follow(output)
+                elif self.keeper is not None and type(output) in MappedFileKeeper.RECORDS:
+                    self.keeper.note(output)
                 found = self.collector.consume(output)
                 if found and self.on_findings is not None:
                     self.on_findings(found)
@@ -277,12 +286,26 @@ class GadgetSession:
         self.stop()
 
 
+_keepers: "weakref.WeakKeyDictionary[Collector, MappedFileKeeper]" = weakref.WeakKeyDictionary()
+
+
+def keeper_of(collector: Collector) -> MappedFileKeeper:
+    """The files a target's stacks go through, kept open: one keeper for all its
+    runs (a reconnection's records name the same files), closed with the collector."""
+    keeper = _keepers.get(collector)
+    if keeper is None:
+        keeper = _keepers[collector] = MappedFileKeeper()
+        weakref.finalize(collector, keeper.close)
+    return keeper
+
+
 def collector_findings(collector: Collector, now_boot_ns: Optional[int] = None,
-                       only: Optional[Sequence[object]] = None) -> List[FindingView]:
+                       only: Optional[Sequence[object]] = None, local: bool = False) -> List[FindingView]:
     """A target's findings, symbolized and placed (all of them, or ``only`` these
     cycles and deadlocks); ``now_boot_ns`` (the traced host's boot clock) gives
-    blocked threads their waiting time."""
-    symbolizer = Symbolizer(collector.files)
+    blocked threads their waiting time. ``local``: the target traces this host,
+    whose /proc can name what the gadget left as bare addresses."""
+    symbolizer = Symbolizer(collector.files, keeper=_keepers.get(collector))
     cache: Dict[int, Optional[List[Frame]]] = {}
 
     def stack_of(site: int) -> Optional[List[Frame]]:
@@ -291,15 +314,49 @@ def collector_findings(collector: Collector, now_boot_ns: Optional[int] = None,
             cache[site] = symbolizer.resolve(stack) if stack is not None else None
         return cache[site]
 
+    def wait_stack_of(wait: BlockedThread) -> Optional[List[Frame]]:
+        if local:
+            learn_wait_stack(collector, wait)
+        addresses = collector.wait_stacks.get((wait.pid, wait.tid), wait.wait_frames)
+        return symbolizer.resolve(collector.raw_stack(wait.pid, addresses)) if addresses else None
+
     deadlocks = [d for d in (only if only is not None else collector.waits.deadlocks.values())
                  if isinstance(d, Deadlock)]
+    hangs = [h for h in (only if only is not None else collector.waits.hangs.values()) if isinstance(h, Hang)]
     cycles = [c for c in (only if only is not None else collector.store.all_findings()) if isinstance(c, Cycle)]
     misuses = [m for m in (only if only is not None else collector.misuses.all_findings())
                if isinstance(m, LockMisuse)]
     views = link_related(build_deadlock_findings(deadlocks, stack_of, now_boot_ns) +
+                         build_hang_findings(hangs, stack_of, wait_stack_of, now_boot_ns) +
                          build_findings(cycles, stack_of) + build_misuse_findings(misuses, stack_of))
-    keys = [d.key for d in deadlocks] + [c.key for c in cycles] + [m.key for m in misuses]
+    keys = ([d.key for d in deadlocks] + [h.key for h in hangs] + [c.key for c in cycles] +
+            [m.key for m in misuses])
     return [_place(collector, view, key) for view, key in zip(views, keys)]
+
+
+def learn_wait_stack(collector: Collector, wait: BlockedThread) -> None:
+    """Where a thread of this host waits, while it does: its stack read from
+    /proc where the gadget's walk ended in a C library, its addresses named."""
+    key = (wait.pid, wait.tid)
+    if key not in collector.wait_stacks and len(wait.wait_frames) < 2:
+        scanned = scan_stack(wait.pid, wait.tid)
+        if scanned:
+            collector.wait_stacks[key] = tuple(scanned)
+    learn_code_locations(collector, wait.pid, collector.wait_stacks.get(key, wait.wait_frames))
+
+
+def learn_code_locations(collector: Collector, pid: int, addresses: Sequence[int]) -> None:
+    """Name code addresses of a process on this host that no stack of the gadget
+    named, from its /proc/PID/maps while it runs: the files under ids of their
+    own (below 0), the addresses in ``collector.resolved`` as the gadget's are."""
+    bare = [a for a in addresses if (pid, a) not in collector.resolved]
+    ids = {(m.path, m.inode): file_id for file_id, m in collector.files.items() if file_id < 0}
+    for address, (path, offset, inode, device) in code_locations(pid, bare).items():
+        file_id = ids.get((path, inode))
+        if file_id is None:
+            file_id = ids[(path, inode)] = -1 - len(ids)
+            collector.files[file_id] = MappedFile(file_id, inode, device, path)
+        collector.resolved[(pid, address)] = (file_id, offset)
 
 
 def _place(collector: Collector, view: FindingView, key: tuple) -> FindingView:

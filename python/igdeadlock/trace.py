@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from igdeadlock import DEFAULT_IMAGE
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.analysis.coverage import ProcessCoverage
-from igdeadlock.analysis.waitfor import Deadlock
+from igdeadlock.analysis.waitfor import DEFAULT_HANG_SECONDS, Deadlock, Hang
 from igdeadlock.host.command import CommandLauncher, check_command, terminate
 from igdeadlock.host.locklib import CommandError
 from igdeadlock.host.procfs import process_alive
@@ -24,6 +24,7 @@ from igdeadlock.session import (
     TraceError,
     collector_findings,
     gadget_params,
+    learn_wait_stack,
     local_daemon_answers,
 )
 
@@ -45,6 +46,7 @@ class TraceOptions:
     command_stdout: Optional[int] = None  # file descriptor for the command's stdout
     stop_on_deadlock: bool = False  # end the trace once threads are deadlocked
     analysis_seconds: float = DEFAULT_ANALYSIS_SECONDS  # bound on the analysis after COMMAND ends
+    hang_seconds: float = DEFAULT_HANG_SECONDS  # every thread waiting this long: all-threads-blocked
 
 
 @dataclass
@@ -104,18 +106,27 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         except WireError as exc:
             raise TraceError(str(exc)) from exc
 
-        deadlocked: List[Deadlock] = []
-
-        def on_deadlock(deadlock: Deadlock) -> None:
-            deadlocked.append(deadlock)
-            threads = ", ".join(str(t) for t in deadlock.threads)
-            say(f"igdeadlock: deadlock: threads {threads} of pid {deadlock.process.pid} "
-                f"({deadlock.comm}) are blocked in a lock cycle")
-
+        deadlocked: List[object] = []
         local = address.scheme == "unix"
+
+        def on_deadlock(found: object) -> None:
+            deadlocked.append(found)
+            if isinstance(found, Hang):
+                if local:  # while the process still runs: where its threads wait
+                    for wait in found.waits:
+                        learn_wait_stack(collector, wait)
+                say(f"igdeadlock: hang: all {len(found.threads)} threads of pid {found.process.pid} "
+                    f"({found.comm}) have waited {found.waited:.0f} s or more")
+                return
+            assert isinstance(found, Deadlock)
+            threads = ", ".join(str(t) for t in found.threads)
+            say(f"igdeadlock: deadlock: threads {threads} of pid {found.process.pid} "
+                f"({found.comm}) are blocked in a lock cycle")
+
         # the gadget selects COMMAND's process tree in the kernel: no filter here
         collector = Collector(on_deadlock=on_deadlock, target=str(address),
-                              node=socket.gethostname() if local else "", alive=process_alive if local else None)
+                              node=socket.gethostname() if local else "", alive=process_alive if local else None,
+                              hang_seconds=options.hang_seconds)
         launcher = CommandLauncher(options.command, stdout=options.command_stdout)
         ended_by = "exit"
         started = False
@@ -147,5 +158,5 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         status = launcher.process.returncode if started else None
         stats["command_exit_status"] = status
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if address.scheme == "unix" else None
-        return TraceOutcome(collector_findings(collector, now), stats, status, ended_by, list(collector.warnings),
-                            str(address), collector.processes())
+        return TraceOutcome(collector_findings(collector, now, local=local), stats, status, ended_by,
+                            list(collector.warnings), str(address), collector.processes())

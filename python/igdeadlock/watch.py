@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.analysis.coverage import ProcessCoverage
+from igdeadlock.analysis.waitfor import DEFAULT_HANG_SECONDS
 from igdeadlock.host.procfs import process_alive
 from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.service import Address, GadgetService, TlsConfig
@@ -50,7 +51,8 @@ class TargetRunner(threading.Thread):
     """Keeps one target's gadget running until stopped, reconnecting with backoff."""
 
     def __init__(self, spec: TargetSpec, image: str, attach: str, stop: threading.Event,
-                 found: "queue.Queue[FindingView]", say: Callable[[str], None]) -> None:
+                 found: "queue.Queue[FindingView]", say: Callable[[str], None],
+                 hang_seconds: float = DEFAULT_HANG_SECONDS) -> None:
         super().__init__(name=f"target {spec.label}", daemon=True)
         self.spec = spec
         self.image = image
@@ -59,7 +61,7 @@ class TargetRunner(threading.Thread):
         self.found = found
         self.say = say
         self.collector = Collector(target=spec.label, node=spec.node, alive=process_alive if spec.local else None,
-                                   containers_only=spec.params.get(HOST_PARAM) == "false")
+                                   containers_only=spec.params.get(HOST_PARAM) == "false", hang_seconds=hang_seconds)
         self.decoder = StreamDecoder(lazy_edges=True)
         self.status = TargetState()
         self._lock = threading.Lock()
@@ -117,7 +119,7 @@ class TargetRunner(threading.Thread):
         they are symbolized now, while their processes most likely still run."""
         if self._pending and self.collector.ticks.get("files", 0) > self._pending_since:
             new, self._pending = self._pending, []
-            for view in collector_findings(self.collector, now_boot_ns=None, only=new):
+            for view in collector_findings(self.collector, now_boot_ns=None, only=new, local=self.spec.local):
                 self.found.put(view)
 
     def describe(self) -> Dict[str, object]:
@@ -144,9 +146,11 @@ class Watch:
     runners: List[TargetRunner] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     analysis_seconds: float = 120.0  # bound on each target's last analysis, at the end
+    hang_seconds: float = DEFAULT_HANG_SECONDS  # every thread waiting this long: all-threads-blocked
 
     def start(self) -> None:
-        self.runners = [TargetRunner(spec, self.image, self.attach, self.stop_event, self.found, self.say)
+        self.runners = [TargetRunner(spec, self.image, self.attach, self.stop_event, self.found, self.say,
+                                     self.hang_seconds)
                         for spec in self.specs]
         for runner in self.runners:
             runner.start()
@@ -164,7 +168,8 @@ class Watch:
         connected = sum(1 for t in targets if t["state"] == CONNECTED)
         processes = sum(len(r.collector.store.graphs) for r in self.runners)
         edges = sum(r.collector.store.stats.edges_seen for r in self.runners)
-        findings = sum(len(r.collector.store.findings) + len(r.collector.waits.deadlocks) for r in self.runners)
+        findings = sum(len(r.collector.store.findings) + len(r.collector.waits.deadlocks) + len(r.collector.waits.hangs)
+                       for r in self.runners)
         lost = sum(_events_lost(r) for r in self.runners)
         untraced = sum(r.collector.coverage.counts()[1] for r in self.runners)
         line = (f"igdeadlock: {connected}/{len(targets)} targets connected, {processes} processes, "
@@ -180,7 +185,7 @@ class Watch:
         stats: Dict[str, object] = {}
         for runner in self.runners:
             runner.collector.store.finish(self.analysis_seconds)
-            findings.extend(collector_findings(runner.collector))
+            findings.extend(collector_findings(runner.collector, local=runner.spec.local))
             processes.extend(runner.collector.processes())
             _add_stats(stats, runner.collector.stats(runner.decoder.counts()))
         stats["targets_lost"] = sum(1 for r in self.runners if r.status.state == LOST)

@@ -210,8 +210,9 @@ def test_watch_status_says_why_a_target_is_not_connected(tmp_path):
 
 
 def test_full_edge_map_is_counted(ig_daemon, program):
-    count = 10_000  # the edge map holds 8,192 new edges between two fetches
-    report, stderr = trace_json(ig_daemon, [program("manylocks"), str(count)], "--fetch-interval", "5000")
+    count = 140_000  # the edge map holds 131,072 new edges between two fetches
+    report, stderr = trace_json(ig_daemon, [program("manylocks"), str(count)], "--fetch-interval", "60000",
+                                timeout=300)
     stats = report["stats"]
     lost = stats["events_lost"]["edge_map_full"]
     assert lost > 0 and stats["edges_seen"] < count

@@ -45,3 +45,40 @@ def test_sarif_points_at_source_lines_as_file_uris():
     (result,) = sarif_document(Report([finding()], {}))["runs"][0]["results"]
     location = result["locations"][0]["physicalLocation"]
     assert location == {"artifactLocation": {"uri": "file:///src/app.c"}, "region": {"startLine": 11}}
+
+
+def hang_finding():
+    from igdeadlock.report.model import WaitView
+
+    libc = Frame(0x91166, "/lib/libc.so.6", "__futex_abstimed_wait_common", 0xc6, None, None)
+    waits = (
+        WaitView(21, "app", (0, 0), (0xC008, 0), 0, 0, 12.5, 0,
+                 [libc, Frame(0x1200, "/bin/app", "consumer", 0x30, "/src/app.c", 40)], kind=3, held=(A,)),
+        WaitView(22, "app", (0, 0), A, 21, 0, 12.0, 21,
+                 [Frame(0x1300, "/bin/app", "producer", 0x10, "/src/app.c", 50)], kind=0),
+    )
+    return FindingView("all-threads-blocked", None, 7, 5, "app", 1, ((0xC008, 0), A), (3, 0), (21, 22), (),
+                       waits=waits, id="ab-7")
+
+
+def test_a_hang_in_every_format():
+    from igdeadlock.report.json import finding_to_json
+    from igdeadlock.report.text import render_finding
+
+    f = hang_finding()
+    text = render_finding(f)
+    assert "every thread of the process waits" in text
+    assert "Thread 21 (app) waits for 12.5s on a futex at 0xc008" in text and "It holds: M0 (0xa000)" in text
+    assert "Thread 22 (app) waits for 12.0s on mutex M0 (0xa000), held by thread 21" in text
+    assert "SUMMARY: igdeadlock: all-threads-blocked app.c:40 in consumer" in text  # not the C library
+    out = finding_to_json(f)
+    assert [(b["tid"], b["wait_kind"], b["held"], b["held_by"]) for b in out["blocked"]] == [
+        (21, "futex", ["0xa000"], 0), (22, "mutex", [], 21)]
+    (result,) = sarif_document(Report([f], {}))["runs"][0]["results"]
+    assert result["ruleId"] == "all-threads-blocked" and result["level"] == "error"
+    assert result["locations"][0]["physicalLocation"]["region"] == {"startLine": 40}
+    assert "thread 21 on futex (0xc008)" in result["message"]["text"]
+    dot = render_dot(Report([f], {}))
+    assert "waits for" in dot and "held by" in dot and "thread 22" in dot
+    assert "held by" in render_mermaid(Report([f], {}))
+    assert "<svg" in render_html(Report([f], {}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from builders import PID, R, W, blocked
 
-from igdeadlock.analysis.waitfor import WaitForTracker, find_wait_cycles
+from igdeadlock.analysis.waitfor import Hang, WaitForTracker, find_wait_cycles
 
 
 def test_two_threads_waiting_for_each_other_form_a_wait_cycle():
@@ -67,3 +67,73 @@ def test_a_deadlock_lasts_until_its_process_exits():
     tracker.process_exited(PID, 1, exited=3_000_000_010)
     (view,) = build_deadlock_findings(tracker.deadlocks.values(), lambda site: None, now_boot_ns=99_000_000_000)
     assert [w.blocked_for for w in view.waits] == [3.0, 3.0]  # not 99 s: it ended with its process
+
+
+FUTEX = 3  # LockKind.FUTEX: a wait outside the lock functions
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def hang_tracker(seconds: float = 5.0):
+    clock = Clock()
+    return WaitForTracker(hang_seconds=seconds, clock=clock), clock
+
+
+def test_every_thread_waiting_long_enough_is_a_hang():
+    tracker, clock = hang_tracker()
+    tracker.thread_blocked(blocked(1, 0xC0, [], kind=FUTEX, threads=3))
+    tracker.thread_blocked(blocked(2, 0xC0, [], kind=FUTEX, threads=3))
+    tracker.thread_blocked(blocked(3, 0xA, [], owner=9, threads=3))  # a lock held by a thread long gone
+    clock.now += 4.9
+    assert tracker.tick() == []  # not long enough yet
+    clock.now += 0.2
+    (hang,) = tracker.tick()
+    assert isinstance(hang, Hang) and hang.threads == (1, 2, 3)
+    assert tracker.tick() == []  # reported once
+
+
+def test_a_thread_not_waiting_or_waiting_with_a_deadline_means_no_hang():
+    tracker, clock = hang_tracker()
+    tracker.thread_blocked(blocked(1, 0xC0, [], kind=FUTEX, threads=3))
+    tracker.thread_blocked(blocked(2, 0xC0, [], kind=FUTEX, threads=3))
+    clock.now += 60
+    assert tracker.tick() == []  # the third thread runs
+    tracker.thread_blocked(blocked(3, 0xA, [], how=2, threads=3))
+    clock.now += 60
+    assert tracker.tick() == []  # its wait ends by itself
+
+
+def test_the_most_recent_wait_tells_how_many_threads_there_are():
+    """Threads exited since an older record: the newest count holds."""
+    tracker, clock = hang_tracker()
+    tracker.thread_blocked(blocked(1, 0xC0, [], kind=FUTEX, threads=5, observed=20))
+    tracker.thread_blocked(blocked(2, 0xC0, [], kind=FUTEX, threads=2, observed=30))
+    clock.now += 10
+    assert [h.threads for h in tracker.tick()] == [(1, 2)]
+
+
+def test_time_waited_before_the_record_came_counts():
+    tracker, clock = hang_tracker()
+    long_ago = blocked(1, 0xC0, [], kind=FUTEX, threads=1)._replace(since=0, observed=6_000_000_000)
+    tracker.thread_blocked(long_ago)
+    (hang,) = tracker.tick()
+    assert hang.waited >= 5
+
+
+def test_a_lock_cycle_is_reported_as_the_deadlock_not_as_a_hang():
+    tracker, clock = hang_tracker(seconds=0)
+    tracker.thread_blocked(blocked(1, 0xB, [(0xA, W)], threads=2))
+    tracker.thread_blocked(blocked(2, 0xA, [(0xB, W)], threads=2))
+    assert tracker.tick() == []
+    (deadlock,) = tracker.tick()
+    assert not isinstance(deadlock, Hang)
+
+
+def test_futex_waits_are_no_lock_waits():
+    assert find_wait_cycles([blocked(1, 0xA, [(0xB, W)], kind=FUTEX), blocked(2, 0xB, [(0xA, W)])]) == []

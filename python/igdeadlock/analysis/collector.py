@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 from igdeadlock.analysis.coverage import CoverageTable, ProcessCoverage
 from igdeadlock.analysis.lockorder import MAX_CYCLE_LENGTH, LockGraphStore
 from igdeadlock.analysis.misuse import MisuseTracker
-from igdeadlock.analysis.waitfor import Deadlock, WaitForTracker
+from igdeadlock.analysis.waitfor import DEFAULT_HANG_SECONDS, Deadlock, WaitForTracker
 from igdeadlock.gadget import BLOCKED, COUNTER_MEANINGS, COUNTER_NAMES, EDGES
 from igdeadlock.records import (
     BlockedThread,
@@ -45,9 +45,9 @@ class Collector:
                  on_deadlock: Optional[Callable[[Deadlock], None]] = None,
                  target: str = "", node: str = "",
                  alive: Optional[Callable[[int, int], Optional[bool]]] = None,
-                 containers_only: bool = False) -> None:
+                 containers_only: bool = False, hang_seconds: float = DEFAULT_HANG_SECONDS) -> None:
         self.store = LockGraphStore(keep_session)
-        self.waits = WaitForTracker(keep_session)
+        self.waits = WaitForTracker(keep_session, hang_seconds)
         self.misuses = MisuseTracker()
         self.on_deadlock = on_deadlock
         self.target = target
@@ -56,6 +56,9 @@ class Collector:
         # (pid, address) -> (file_id, offset): where a code address was resolved
         self.resolved: Dict[Tuple[int, int], Tuple[int, int]] = {}
         self.files: Dict[int, MappedFile] = {}
+        # (pid, tid) -> a waiting thread's return addresses, read on its host where the
+        # gadget's frame-pointer walk ended early (inside a C library)
+        self.wait_stacks: Dict[Tuple[int, int], Tuple[int, ...]] = {}
         self.meta: Dict[Tuple[int, int], ProcessMeta] = {}
         self.seen: Dict[tuple, Tuple[float, float]] = {}  # finding key -> (first, last) detection time
         self.counters: Dict[str, int] = {name: 0 for name in COUNTER_NAMES.values()}
@@ -76,7 +79,7 @@ class Collector:
         """A new gadget run on the same target (a reconnection): its site numbers
         start over, and what it knew about blocked threads is gone."""
         self._run += 1
-        self.waits = WaitForTracker(self.waits.keep_session)
+        self.waits = WaitForTracker(self.waits.keep_session, self.waits.hang_seconds)
         self.ticks = {}
 
     def _site(self, site: int) -> int:
@@ -160,6 +163,12 @@ class Collector:
         frames = tuple(frame if frame[0] else self.resolved.get((stack.pid, address), frame)
                        for frame, address in zip(stack.frames, stack.addresses))
         return stack._replace(frames=frames + stack.frames[len(frames):])
+
+    def raw_stack(self, pid: int, addresses: Sequence[int]) -> StackTrace:
+        """A stack of bare return addresses (a futex wait's), each named as
+        another stack of the process named it; (0, address) where none did."""
+        frames = tuple(self.resolved.get((pid, address), (0, address)) for address in addresses)
+        return StackTrace(0, pid, frames, tuple(addresses))
 
     def reap(self) -> int:
         """Forget processes that are gone although no exit event said so (one was

@@ -1,13 +1,17 @@
-"""Actual deadlocks: who waits for whom, right now.
+"""Actual deadlocks and hangs: who waits for whom, right now.
 
 Threads the gadget saw blocked in a futex wait inside a lock they acquire, with
 the locks they hold: per process, a wait-for graph (thread -> thread holding
 the lock it waits for). A cycle still there at the next fetch is a deadlock.
+Threads in endless futex waits outside the lock functions (condition
+variables, joins, barriers) count too for the other hang: every thread of a
+process waiting, for long, with no lock cycle among them.
 Pure: no I/O, no gRPC.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
@@ -15,11 +19,14 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tup
 import networkx as nx
 
 from igdeadlock.analysis.lockorder import MAX_CYCLE_LENGTH, TIMED, LockId, ProcessKey, _conflicts
+from igdeadlock.gadget import LockKind
 from igdeadlock.records import BlockedThread
 
 MAX_WAIT_CYCLES = 2000  # wait-for cycles examined per process
+DEFAULT_HANG_SECONDS = 10.0  # every thread waiting this long: all-threads-blocked
 
 ACTUAL_DEADLOCK = "actual-deadlock"
+ALL_THREADS_BLOCKED = "all-threads-blocked"
 
 
 @dataclass(frozen=True)
@@ -60,47 +67,98 @@ class Deadlock:
         return (self.process, frozenset((s.tid, s.waits_for) for s in self.steps))
 
 
+@dataclass(frozen=True)
+class Hang:
+    """Every thread of a process waits, each for at least ``hang_seconds``: on
+    locks (no cycle among them), condition variables, joins, barriers."""
+
+    process: ProcessKey
+    comm: str
+    mntns_id: int
+    waits: Tuple[BlockedThread, ...]  # one per thread, by thread id
+    waited: float  # seconds the most recent of the waits had lasted when it was found
+    ended: int = 0  # boot time (ns) its process exited, 0 while it runs
+
+    @property
+    def threads(self) -> Tuple[int, ...]:
+        return tuple(b.tid for b in self.waits)
+
+    @property
+    def locks(self) -> Tuple[LockId, ...]:
+        return tuple((b.lock, b.gen) for b in self.waits)
+
+    @property
+    def key(self) -> Tuple[str, ProcessKey, FrozenSet[Tuple[int, int]]]:
+        return (ALL_THREADS_BLOCKED, self.process, frozenset((b.tid, b.lock) for b in self.waits))
+
+
 class WaitForTracker:
-    """Blocked threads and their wait-for graph; reports cycles that persist.
+    """Blocked threads and their wait-for graph; reports cycles that persist,
+    and processes whose every thread has waited ``hang_seconds`` or more.
 
     A thread is blocked from the fetch that reports it until a ``resumed``
     event (or its process's exit). A cycle must be seen at two consecutive
     fetches before it is reported: contention that resolves never is.
+    ``clock`` (seconds, monotonic) times the waits after their records came.
     """
 
-    def __init__(self, keep_session: Optional[Callable[[int], bool]] = None) -> None:
+    def __init__(self, keep_session: Optional[Callable[[int], bool]] = None,
+                 hang_seconds: float = DEFAULT_HANG_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.blocked: Dict[int, BlockedThread] = {}
         self.deadlocks: Dict[Tuple, Deadlock] = {}
+        self.hangs: Dict[Tuple, Hang] = {}
         self._candidates: Set[Tuple] = set()
+        self._arrived: Dict[int, float] = {}  # tid -> clock() when its record came
         self.keep_session = keep_session
+        self.hang_seconds = hang_seconds
+        self.clock = clock
 
     def thread_blocked(self, record: BlockedThread) -> None:
         if self.keep_session is None or self.keep_session(record.session_id):
             self.blocked[record.tid] = record
+            self._arrived[record.tid] = self.clock()
 
     def thread_resumed(self, tid: int) -> None:
         self.blocked.pop(tid, None)
+        self._arrived.pop(tid, None)
 
     def process_exited(self, pid: int, start: int = 0, exited: int = 0) -> None:
         """The process is gone: its threads wait no more, and its deadlocks
         lasted until ``exited`` (boot-clock ns, 0 if unknown)."""
         for tid in [t for t, b in self.blocked.items() if b.pid == pid]:
             del self.blocked[tid]
+            self._arrived.pop(tid, None)
         if exited:
             for key, deadlock in self.deadlocks.items():
                 if deadlock.process == (pid, start) and not deadlock.ended:
                     self.deadlocks[key] = replace(deadlock, ended=exited)
+            for key, hang in self.hangs.items():
+                if hang.process == (pid, start) and not hang.ended:
+                    self.hangs[key] = replace(hang, ended=exited)
 
-    def tick(self) -> List[Deadlock]:
-        """After each fetch of blocked threads: newly confirmed deadlocks."""
+    def tick(self) -> List[object]:
+        """After each fetch of blocked threads: newly confirmed deadlocks, then
+        new hangs of processes without one."""
         current = {d.key: d for d in find_wait_cycles(self.blocked.values())}
-        new = []
+        new: List[object] = []
         for key, deadlock in sorted(current.items(), key=lambda kv: repr(kv[0])):
             if key in self._candidates and key not in self.deadlocks:
                 self.deadlocks[key] = deadlock
                 new.append(deadlock)
         self._candidates = set(current)
+        in_cycles = {d.process for d in current.values()}
+        for hang in find_hangs(self.blocked.values(), self._waited, self.hang_seconds):
+            # a lock cycle explains its hang: the deadlock is the finding
+            if hang.process not in in_cycles and hang.key not in self.hangs:
+                self.hangs[hang.key] = hang
+                new.append(hang)
         return new
+
+    def _waited(self, b: BlockedThread) -> float:
+        """Seconds thread ``b`` has waited: before its record came, and since."""
+        before = max(0, b.observed - b.since) / 1e9
+        return before + self.clock() - self._arrived.get(b.tid, self.clock())
 
 
 def find_wait_cycles(blocked: Iterable[BlockedThread]) -> List[Deadlock]:
@@ -113,8 +171,8 @@ def find_wait_cycles(blocked: Iterable[BlockedThread]) -> List[Deadlock]:
         graph = nx.DiGraph()
         waiting = {b.tid: b for b in threads}
         for b in threads:
-            if b.how == TIMED:
-                continue  # a wait with a deadline ends by itself
+            if b.how == TIMED or b.kind == LockKind.FUTEX:
+                continue  # a wait with a deadline ends by itself; a futex wait waits for no lock
             target = (b.lock, b.gen)
             for holder in threads:
                 holds = {(lock, gen): mode for lock, gen, mode in holder.held}
@@ -134,3 +192,27 @@ def find_wait_cycles(blocked: Iterable[BlockedThread]) -> List[Deadlock]:
             first = waiting[ring[0]]
             found.append(Deadlock(process, first.comm, first.mntns_id, tuple(steps)))
     return found
+
+
+def find_hangs(blocked: Iterable[BlockedThread], waited: Callable[[BlockedThread], float],
+               hang_seconds: float) -> List[Hang]:
+    """Processes whose every thread is in an endless wait, each for
+    ``hang_seconds`` or more. How many threads a process has comes from its
+    most recent wait record: a thread created after it would have to be
+    running, and then its creator's record, made after, would count it."""
+    by_process: Dict[ProcessKey, List[BlockedThread]] = {}
+    for b in blocked:
+        by_process.setdefault(ProcessKey(b.pid, b.process_start), []).append(b)
+    hangs = []
+    for process, threads in sorted(by_process.items()):
+        if any(b.how == TIMED for b in threads):
+            continue  # one wait has a deadline: the process goes on by itself
+        latest = max(threads, key=lambda b: b.observed)
+        if not latest.process_threads or len(threads) < latest.process_threads:
+            continue
+        shortest = min(waited(b) for b in threads)
+        if shortest < hang_seconds:
+            continue
+        waits = tuple(sorted(threads, key=lambda b: b.tid))
+        hangs.append(Hang(process, waits[0].comm, waits[0].mntns_id, waits, shortest))
+    return hangs

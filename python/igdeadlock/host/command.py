@@ -34,11 +34,14 @@ def terminate(process: subprocess.Popen, grace: float = 2.0) -> None:
 
 # The process COMMAND runs in waits, before exec, until tracing is ready: its
 # pid is known first (the gadget follows its process tree) and its first
-# instruction is traced. It gives up when igdeadlock goes away (the pipe closes).
+# instruction is traced. It gives up when igdeadlock goes away (the pipe closes),
+# and COMMAND ends with igdeadlock however that ends (even killed): it never
+# runs on untraced (PR_SET_PDEATHSIG, kept across exec).
 _LAUNCHER = """
-import os, sys
-go, command = int(sys.argv[1]), sys.argv[2:]
-if os.read(go, 1) != b"g":
+import ctypes, os, signal, sys
+go, parent, command = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+if os.getppid() != parent or os.read(go, 1) != b"g":
     os._exit(125)
 os.close(go)
 try:
@@ -56,7 +59,7 @@ class CommandLauncher:
         read_end, self._go = os.pipe()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(read_end), *command],
+                [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(read_end), str(os.getpid()), *command],
                 pass_fds=(read_end,), start_new_session=True, stdout=stdout)
         finally:
             os.close(read_end)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 _CLOCK_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
@@ -41,3 +41,30 @@ def mount_namespace_of(pid: int) -> int:
 def running_pids() -> List[int]:
     """Every process on this host (its /proc)."""
     return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+
+
+def code_locations(pid: int, addresses: Iterable[int]) -> Dict[int, Tuple[str, int, int, int]]:
+    """Where each code address of a running process is: address -> (path as the
+    process sees it, offset in that file, inode, device). Addresses outside any
+    file-backed mapping, and all of them once the process is gone, are left out."""
+    wanted = sorted(set(addresses))
+    if not wanted:
+        return {}
+    try:
+        with open(f"/proc/{pid}/maps") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return {}
+    found: Dict[int, Tuple[str, int, int, int]] = {}
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[4] == "0" or not fields[5].startswith("/"):
+            continue
+        start, _, end = fields[0].partition("-")
+        low, high, offset = int(start, 16), int(end, 16), int(fields[2], 16)
+        major, _, minor = fields[3].partition(":")
+        device = os.makedev(int(major, 16), int(minor, 16))
+        for address in wanted:
+            if low <= address < high:
+                found[address] = (fields[5], address - low + offset, int(fields[4]), device)
+    return found

@@ -2,9 +2,11 @@
 
 The gadget resolves every frame to the file it points into and the offset in
 that file while the process still runs, so frames can be symbolized after the
-process is gone. Names come from the ELF symbol tables; source lines come from
-binutils' addr2line when the file has DWARF line information. A stripped file's
-names and lines come from its separate debug file (see debuginfo.py).
+process is gone (files that are then out of reach, such as a removed
+container's, are kept open meanwhile: keeper.py). Names come from the ELF
+symbol tables; source lines come from binutils' addr2line when the file has
+DWARF line information. A stripped file's names and lines come from its
+separate debug file (see debuginfo.py).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from igdeadlock.host.debuginfo import DebugFiles
 from igdeadlock.host.elf import ElfError, ElfFile
+from igdeadlock.host.keeper import MappedFileKeeper
 from igdeadlock.records import Frame, MappedFile, StackTrace
 
 
@@ -36,8 +39,9 @@ class Symbolizer:
     """Resolves frames of one run; caches ELF files and source lookups."""
 
     def __init__(self, files: Mapping[int, MappedFile], use_addr2line: bool = True,
-                 debug_files: Optional[DebugFiles] = None) -> None:
+                 debug_files: Optional[DebugFiles] = None, keeper: Optional[MappedFileKeeper] = None) -> None:
         self.files = files
+        self.keeper = keeper  # files of processes that may be gone, opened while they ran
         self.debug_files = debug_files if debug_files is not None else DebugFiles()
         self._elves: Dict[Tuple[str, int], Optional[Tuple[str, ElfFile]]] = {}
         # binary path -> (ELF with its symbols, file with its line information or None)
@@ -51,11 +55,10 @@ class Symbolizer:
             return self._elves[key]
         result = None
         if mapped.path:
-            # the file as the process saw it (its mount namespace), then as we see it
-            for candidate in (f"/proc/{pid}/root{mapped.path}", mapped.path):
+            for candidate, check in self._candidates(mapped, pid):
                 try:
                     st = os.stat(candidate)
-                    if mapped.inode and st.st_ino != mapped.inode:
+                    if check and mapped.inode and st.st_ino != mapped.inode:
                         continue
                     result = (candidate, ElfFile.open(candidate))
                     break
@@ -63,6 +66,16 @@ class Symbolizer:
                     continue
         self._elves[key] = result
         return result
+
+    def _candidates(self, mapped: MappedFile, pid: int) -> Iterator[Tuple[str, bool]]:
+        """Paths that may open the file, and whether its inode is to be checked:
+        the file as the process saw it (its mount namespace), as we see it, and as
+        kept open while the session ran (checked when it was opened)."""
+        yield f"/proc/{pid}/root{mapped.path}", True
+        yield mapped.path, True
+        kept = self.keeper.path(mapped.file_id) if self.keeper is not None else None
+        if kept is not None:
+            yield kept, False
 
     def resolve(self, stack: StackTrace) -> List[Frame]:
         # Every frame is a return address: it points just after the call, so

@@ -111,9 +111,30 @@ def _with_held(record: Any, **options: Any) -> RecordSchema:
     )
 
 
+def _blocked_schema() -> RecordSchema:
+    """Blocked threads: the fields before the held-lock set, the set, then how
+    many threads the process had and the wait's own stack."""
+    names = BlockedThread._fields[:BlockedThread._fields.index("held")]
+    count = len(names)
+
+    def make(v: Sequence[Any]) -> BlockedThread:
+        threads, frame_count, frames = v[count + 4:]
+        kept = []
+        for address in frames[:frame_count]:
+            if address < MIN_CODE_ADDRESS:
+                break  # unwinding junk: the stack ends here
+            kept.append(address)
+        return BlockedThread._make((*v[:count], _held(*v[count:count + 4]), threads, tuple(kept)))
+
+    return RecordSchema(
+        tuple((name, TEXT if name == "comm" else INT) for name in names) + _HELD_FIELDS +
+        (("process_threads", INT), ("wait_frame_count", INT), ("wait_frames", INTS)),
+        make, per_process=True)
+
+
 RECORD_SCHEMAS: Dict[str, RecordSchema] = {
     "edges": _with_held(LockEdge, batch_keys=EDGE_KEY_FIELDS),
-    "blocked": _with_held(BlockedThread),
+    "blocked": _blocked_schema(),
     "misuse": RecordSchema(
         tuple((name, TEXT if name == "comm" else INT) for name in MisuseEvent._fields), MisuseEvent._make,
         per_process=True),

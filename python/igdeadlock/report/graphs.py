@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import List
+from typing import List, Tuple
 
-from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK
+from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED
 from igdeadlock.gadget import LOCK_MODE_NAMES
-from igdeadlock.report.model import FindingView, RenderOptions, Report, lock_label, where
+from igdeadlock.report.model import FindingView, RenderOptions, Report, hex_address, lock_label, where
+
+# one graph edge: (from node, to node, label); nodes are locks (lock, gen) or thread ids
+Arrow = Tuple[object, object, str]
 
 
 def _edge_label(f: FindingView, index: int) -> str:
@@ -17,6 +20,41 @@ def _edge_label(f: FindingView, index: int) -> str:
     mode = f" {LOCK_MODE_NAMES.get(e.to_mode)}" if f.lock_kinds and f.lock_kinds[0] == 1 else ""
     verb = "waits" if f.kind == ACTUAL_DEADLOCK else "takes"
     return f"thread {e.tid} {verb}{mode}{where_from}"
+
+
+def _hang_arrows(f: FindingView) -> List[Arrow]:
+    """A hang as a graph: each thread waits for an object; each lock it holds is held by it."""
+    arrows: List[Arrow] = []
+    for w in f.waits:
+        arrows.append((w.tid, w.waits_for, "waits for"))
+        arrows.extend((lock, w.tid, "held by") for lock in w.held)
+    return arrows
+
+
+def _node_label(f: FindingView, node: object) -> str:
+    if isinstance(node, int):
+        return f"thread {node}"
+    lock = node if isinstance(node, tuple) else (0, 0)
+    return lock_label(f, lock) if lock in f.locks else hex_address(lock[0])
+
+
+def _node_id(prefix: str, node: object) -> str:
+    if isinstance(node, int):
+        return f"{prefix}_t{node}"
+    lock = node if isinstance(node, tuple) else (0, 0)
+    return f"{prefix}_{lock[0]:x}_{lock[1]}"
+
+
+def _arrows(f: FindingView) -> Tuple[List[object], List[Arrow]]:
+    """Nodes and arrows of a finding's graph."""
+    if f.kind == ALL_THREADS_BLOCKED:
+        arrows = _hang_arrows(f)
+    else:
+        arrows = [(e.from_lock, e.to_lock, _edge_label(f, i)) for i, e in enumerate(f.edges)]
+    nodes: List[object] = list(f.locks)
+    for a, b, _ in arrows:
+        nodes += [n for n in (a, b) if n not in nodes]
+    return nodes, arrows
 
 
 def _interesting(report: Report, show_suppressed: bool) -> List[FindingView]:
@@ -31,12 +69,14 @@ def render_dot(report: Report, show_suppressed: bool = True) -> str:
             title += f" {where(f)}"
         lines.append(f"  subgraph cluster_{n} {{")
         lines.append(f"    label={json.dumps(title)};")
-        lines.append(f"    color={'red' if f.kind == ACTUAL_DEADLOCK else 'orange' if not f.suppressed else 'gray'};")
-        for lock in f.locks:
-            lines.append(f"    f{n}_{lock[0]:x}_{lock[1]} [label={json.dumps(lock_label(f, lock))}];")
-        for i, e in enumerate(f.edges):
-            lines.append(f"    f{n}_{e.from_lock[0]:x}_{e.from_lock[1]} -> f{n}_{e.to_lock[0]:x}_{e.to_lock[1]} "
-                         f"[label={json.dumps(_edge_label(f, i))}];")
+        actual = f.kind in (ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED)
+        lines.append(f"    color={'red' if actual else 'orange' if not f.suppressed else 'gray'};")
+        nodes, arrows = _arrows(f)
+        for node in nodes:
+            shape = ", shape=ellipse" if isinstance(node, int) else ""
+            lines.append(f"    {_node_id(f'f{n}', node)} [label={json.dumps(_node_label(f, node))}{shape}];")
+        for a, b, label in arrows:
+            lines.append(f"    {_node_id(f'f{n}', a)} -> {_node_id(f'f{n}', b)} [label={json.dumps(label)}];")
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -48,11 +88,12 @@ def _mermaid_text(text: str) -> str:
 
 def mermaid_graph(f: FindingView, prefix: str = "m") -> List[str]:
     lines = ["flowchart LR"]
-    for lock in f.locks:
-        lines.append(f'  {prefix}_{lock[0]:x}_{lock[1]}["{_mermaid_text(lock_label(f, lock))}"]')
-    for i, e in enumerate(f.edges):
-        lines.append(f'  {prefix}_{e.from_lock[0]:x}_{e.from_lock[1]} -->|"{_mermaid_text(_edge_label(f, i))}"| '
-                     f'{prefix}_{e.to_lock[0]:x}_{e.to_lock[1]}')
+    nodes, arrows = _arrows(f)
+    for node in nodes:
+        open_, close = ("((", "))") if isinstance(node, int) else ("[", "]")
+        lines.append(f'  {_node_id(prefix, node)}{open_}"{_mermaid_text(_node_label(f, node))}"{close}')
+    for a, b, label in arrows:
+        lines.append(f'  {_node_id(prefix, a)} -->|"{_mermaid_text(label)}"| {_node_id(prefix, b)}')
     return lines
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional
 
-from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK
+from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED
 from igdeadlock.gadget import ACQUIRE_NAMES, LOCK_KIND_NAMES, LOCK_MODE_NAMES
 from igdeadlock.records import Frame
 from igdeadlock.report.model import ClusterFinding, FindingView, RenderOptions, Report, hex_address, signature
@@ -57,7 +57,7 @@ def finding_to_json(f: FindingView) -> Dict[str, object]:
         ],
         "related": f.related,
     }
-    if f.kind == ACTUAL_DEADLOCK:
+    if f.kind in (ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED):
         out["blocked"] = [
             {
                 "tid": w.tid,
@@ -68,6 +68,8 @@ def finding_to_json(f: FindingView) -> Dict[str, object]:
                 "held_by": w.held_by,
                 "owner_tid": w.owner_tid or None,
                 "blocked_for_seconds": None if w.blocked_for is None else round(w.blocked_for, 3),
+                "wait_kind": LOCK_KIND_NAMES.get(w.kind, str(w.kind)),  # "futex": no lock, a futex word
+                "held": [hex_address(lock) for lock, _ in w.held],
                 "stack": _frames_json(w.stack),
             }
             for w in f.waits

@@ -14,8 +14,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION, Cycle, LockId, ProcessKey
 from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_OWNER, LockMisuse
-from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, Deadlock
-from igdeadlock.records import Frame
+from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED, Deadlock, Hang
+from igdeadlock.records import BlockedThread, Frame
 
 StackLookup = Callable[[int], Optional[List[Frame]]]
 USER_SUPPRESSED = "user"  # FindingView.suppressed of findings a suppression rule or a baseline hides
@@ -57,6 +57,8 @@ class WaitView:
     blocked_for: Optional[float]  # seconds, when known
     owner_tid: int
     stack: Optional[List[Frame]]  # where it waits
+    kind: int = 0  # LockKind of what it waits for (FUTEX: a futex word, no lock)
+    held: Tuple[LockId, ...] = ()  # every lock it holds (all-threads-blocked)
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,14 @@ class Report:
 
 
 def _site(frames: Optional[List[Frame]]) -> str:
-    """The code location of a stack, the same in every process running that binary."""
+    """The code location of a stack, the same in every process running that code:
+    by function where it is known (a file's path depends on the mount namespace
+    that first mapped it), else by file name and offset."""
     if not frames:
         return "?"
     frame = frames[0]
+    if frame.function:
+        return f"{frame.function}+0x{frame.function_offset:x}"
     return f"{os.path.basename(frame.file or '')}+0x{frame.address:x}" if frame.file else f"0x{frame.address:x}"
 
 
@@ -161,14 +167,15 @@ def cluster_findings(findings: Sequence[FindingView]) -> List[ClusterFinding]:
                                            c.representative.suppressed or "", c.signature))
 
 
-_SEVERITY = {ACTUAL_DEADLOCK: 0, RELOCK_HELD: 1, POTENTIAL_DEADLOCK: 1, EXIT_HOLDING_LOCK: 2,
+_SEVERITY = {ACTUAL_DEADLOCK: 0, ALL_THREADS_BLOCKED: 0, RELOCK_HELD: 1, POTENTIAL_DEADLOCK: 1, EXIT_HOLDING_LOCK: 2,
              UNLOCK_NOT_OWNER: 2, SINGLE_THREAD_INVERSION: 3}
 
 
 def finding_id(kind: str, process: ProcessKey, locks: Iterable[LockId]) -> str:
     """Stable id of a finding: the same cycle in the same process gets the same id."""
     text = f"{kind}:{process.pid}:{process.start}:" + ",".join(f"{a:x}.{g}" for a, g in sorted(locks))
-    prefix = {ACTUAL_DEADLOCK: "ad", POTENTIAL_DEADLOCK: "pd", SINGLE_THREAD_INVERSION: "st", RELOCK_HELD: "rh",
+    prefix = {ACTUAL_DEADLOCK: "ad", ALL_THREADS_BLOCKED: "ab", POTENTIAL_DEADLOCK: "pd",
+              SINGLE_THREAD_INVERSION: "st", RELOCK_HELD: "rh",
               UNLOCK_NOT_OWNER: "un", EXIT_HOLDING_LOCK: "eh"}.get(kind, "f")
     return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
@@ -213,6 +220,47 @@ def build_deadlock_findings(deadlocks: Iterable[Deadlock], stack_of: StackLookup
             edges=edges,
             waits=waits,
             id=finding_id(ACTUAL_DEADLOCK, deadlock.process, deadlock.locks),
+        ))
+    return findings
+
+
+def build_hang_findings(hangs: Iterable[Hang], stack_of: StackLookup,
+                        wait_stack_of: Callable[[BlockedThread], Optional[List[Frame]]],
+                        now_boot_ns: Optional[int]) -> List[FindingView]:
+    """Each thread of a hung process: what it waits for (a lock, or a futex
+    word), who holds that lock, the locks it holds, and where it waits."""
+    findings = []
+    for hang in hangs:
+        until = hang.ended or now_boot_ns
+        waits = tuple(
+            WaitView(
+                tid=b.tid,
+                comm=b.comm,
+                holds=(b.held[0][0], b.held[0][1]) if b.held else (0, 0),
+                waits_for=(b.lock, b.gen),
+                held_by=b.owner_tid,
+                mode=b.mode,
+                blocked_for=max(0.0, (until - b.since) / 1e9) if until and b.since else None,
+                owner_tid=b.owner_tid,
+                stack=stack_of(b.site) if b.site else wait_stack_of(b),
+                kind=b.kind,
+                held=tuple((lock, gen) for lock, gen, _ in b.held),
+            )
+            for b in hang.waits
+        )
+        findings.append(FindingView(
+            kind=ALL_THREADS_BLOCKED,
+            suppressed=None,
+            pid=hang.process.pid,
+            process_start=hang.process.start,
+            comm=hang.comm,
+            mntns_id=hang.mntns_id,
+            locks=hang.locks,
+            lock_kinds=tuple(b.kind for b in hang.waits),
+            threads=hang.threads,
+            edges=(),
+            waits=waits,
+            id=finding_id(ALL_THREADS_BLOCKED, hang.process, hang.locks),
         ))
     return findings
 

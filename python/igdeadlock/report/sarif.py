@@ -10,7 +10,8 @@ from typing import Dict, List, Optional
 from igdeadlock import __version__
 from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION
 from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_OWNER
-from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK
+from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED
+from igdeadlock.gadget import LockKind
 from igdeadlock.records import Frame
 from igdeadlock.report.model import (
     FindingView,
@@ -37,6 +38,8 @@ _RULES = {
     RELOCK_HELD: ("A thread requests a lock it already holds: it hangs, or fails with EDEADLK.", "error"),
     UNLOCK_NOT_OWNER: ("A thread unlocks a lock that another thread holds.", "error"),
     EXIT_HOLDING_LOCK: ("A thread exited holding a lock: the next thread to wait for it waits forever.", "error"),
+    ALL_THREADS_BLOCKED: ("Every thread of the process waits (locks, condition variables, joins) and no "
+                          "timeout ends any of the waits: the process hangs.", "error"),
 }
 
 
@@ -47,6 +50,10 @@ def _message(f: FindingView) -> str:
         text = f"{_RULES[f.kind][0]} Lock: {names[f.locks[0]]} ({hex_address(f.locks[0][0])}); " \
                f"threads {', '.join(map(str, f.threads))}; pid {f.pid} ({f.comm}){place}."
         return text
+    if f.kind == ALL_THREADS_BLOCKED:
+        waits = "; ".join(f"thread {w.tid} on {'futex' if w.kind == LockKind.FUTEX else names[w.waits_for]} "
+                          f"({hex_address(w.waits_for[0])})" for w in f.waits)
+        return f"{_RULES[f.kind][0]} Waits: {waits}; pid {f.pid} ({f.comm}){place}."
     ring = " => ".join(f"{names[lock]} ({hex_address(lock[0])})" for lock in f.locks) + f" => {names[f.locks[0]]}"
     text = f"{_RULES.get(f.kind, (f.kind,))[0]} Cycle: {ring}; threads {', '.join(map(str, f.threads))}; " \
            f"pid {f.pid} ({f.comm}){place}."
@@ -113,6 +120,11 @@ def sarif_document(report: Report) -> Dict[str, object]:
                 if held is not None else None
             if location is not None:
                 related.append(location)
+        for w in f.waits if f.kind == ALL_THREADS_BLOCKED else ():
+            waiting = _first_located(w.stack)
+            location = _sarif_location(waiting, f"thread {w.tid} waits here") if waiting is not None else None
+            if location is not None:
+                (locations if not locations else related).append(location)
         for index, location in enumerate(related):
             location["id"] = index  # type: ignore[index]
         result: Dict[str, object] = {

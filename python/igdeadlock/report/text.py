@@ -9,8 +9,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION, LockId
 from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_OWNER
-from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK
-from igdeadlock.gadget import LOCK_MODE_NAMES
+from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED
+from igdeadlock.gadget import LOCK_MODE_NAMES, LockKind
 from igdeadlock.records import Frame
 from igdeadlock.report.model import _SEVERITY, FindingView, RenderOptions, Report, hex_address, where, where_occurrence
 
@@ -21,6 +21,7 @@ _TITLES = {
     RELOCK_HELD: "a thread requests a lock it already holds (it hangs, or fails with EDEADLK)",
     UNLOCK_NOT_OWNER: "a thread unlocks a lock that another thread holds",
     EXIT_HOLDING_LOCK: "a thread exited holding a lock (the next thread to wait for it waits forever)",
+    ALL_THREADS_BLOCKED: "deadlock: every thread of the process waits, and nothing will wake it",
 }
 _SUPPRESSION_REASONS = {
     "gate-lock": "every thread holds a common gate lock, so the critical sections cannot interleave",
@@ -85,6 +86,35 @@ def render_deadlock(f: FindingView) -> str:
                                          f"{f.related}.")
 
 
+def render_hang(f: FindingView) -> str:
+    """all-threads-blocked: what each thread waits for, what it holds, where."""
+    names: Dict[LockId, str] = {}
+    for w in f.waits:
+        locks = w.held if w.kind == LockKind.FUTEX else (*w.held, w.waits_for)  # a futex word is no lock
+        for lock in locks:
+            if lock[0] and lock not in names:
+                names[lock] = f"M{len(names)}"
+    title = _TITLES[ALL_THREADS_BLOCKED]
+    lines = ["=" * 18, f"WARNING: igdeadlock: {title} (pid={f.pid}, {f.comm}) [{f.id}]", *_suppressed_line(f)]
+    longest = max((w.blocked_for for w in f.waits if w.blocked_for is not None), default=None)
+    waited = f", the longest for {longest:.1f}s" if longest is not None else ""
+    lines.append(f"  All {len(f.waits)} thread(s) are in futex waits that no timeout ends{waited}.")
+    stacks = _Stacks()
+    for w in f.waits:
+        if w.kind == LockKind.FUTEX:
+            what = f"a futex at {hex_address(w.waits_for[0])} (a condition variable, a join, a barrier...)"
+        else:
+            holder = f", held by thread {w.held_by}" if w.held_by else ""
+            what = f"{_lock_word(w.kind).lower()} {names[w.waits_for]} ({hex_address(w.waits_for[0])}){holder}"
+        since = f" for {w.blocked_for:.1f}s" if w.blocked_for is not None else ""
+        lines.append("")
+        lines.append(f"  Thread {w.tid} ({w.comm}) waits{since} on {what}, at:")
+        lines.extend(stacks.lines(w.stack))
+        if w.held:
+            lines.append("  It holds: " + ", ".join(f"{names[h]} ({hex_address(h[0])})" for h in w.held))
+    return _finish(lines, f, ALL_THREADS_BLOCKED, "")
+
+
 def render_misuse(f: FindingView) -> str:
     """relock-held, unlock-not-owner, exit-holding-lock: one lock, one thread."""
     (e,) = f.edges
@@ -114,6 +144,8 @@ def render_misuse(f: FindingView) -> str:
 def render_finding(f: FindingView) -> str:
     if f.kind == ACTUAL_DEADLOCK:
         return render_deadlock(f)
+    if f.kind == ALL_THREADS_BLOCKED:
+        return render_hang(f)
     if f.kind in (RELOCK_HELD, UNLOCK_NOT_OWNER, EXIT_HOLDING_LOCK):
         return render_misuse(f)
     names: Dict[LockId, str] = {lock: f"M{i}" for i, lock in enumerate(f.locks)}
@@ -159,12 +191,18 @@ def _finish(lines: List[str], f: FindingView, title: str, related_note: str) -> 
     return "\n".join(lines) + "\n"
 
 
+# C libraries: a wait's summary names the program's code that called into them
+_LIBRARY_PREFIXES = ("libc.", "libc-", "libpthread", "ld-musl", "ld-linux", "libstdc++")
+
+
 def _summary_site(f: FindingView) -> str:
-    for e in f.edges:
-        for frame in e.to_stack or e.from_stack or []:
-            if frame.function:
-                where = f" {frame.source}" if frame.source else f" {os.path.basename(frame.file or '')}"
-                return f"{where} in {frame.function}"
+    stacks = [e.to_stack or e.from_stack or [] for e in f.edges] + [w.stack or [] for w in f.waits]
+    for frames in stacks:
+        named = [frame for frame in frames if frame.function]
+        own = [frame for frame in named if not os.path.basename(frame.file or "").startswith(_LIBRARY_PREFIXES)]
+        for frame in (own or named)[:1]:
+            where = f" {frame.source}" if frame.source else f" {os.path.basename(frame.file or '')}"
+            return f"{where} in {frame.function}"
     return ""
 
 
@@ -191,7 +229,7 @@ def render_text(report: Report, show_suppressed: bool = False) -> str:
         parts.append("targets: " + "; ".join(f"{t['address']} {t['state']}" + (f" ({t['error']})" if t.get('error')
                                                                                else "")
                                               for t in report.targets) + "\n")
-    actual = sum(1 for f in findings if f.kind == ACTUAL_DEADLOCK)
+    actual = sum(1 for f in findings if f.kind in (ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED))
     potential = sum(1 for f in findings if f.kind == POTENTIAL_DEADLOCK and not f.suppressed)
     single = sum(1 for f in findings if f.kind == SINGLE_THREAD_INVERSION and not f.suppressed)
     suppressed = sum(1 for f in findings if f.suppressed)
