@@ -82,3 +82,13 @@ def test_a_hang_in_every_format():
     assert "waits for" in dot and "held by" in dot and "thread 22" in dot
     assert "held by" in render_mermaid(Report([f], {}))
     assert "<svg" in render_html(Report([f], {}))
+
+
+def test_hangs_are_told_apart_by_where_their_threads_wait():
+    from dataclasses import replace
+
+    f = hang_finding()
+    moved = replace(f, waits=(replace(f.waits[0], stack=[Frame(0x1400, "/bin/app", "elsewhere", 0x8, None, None)]),
+                              f.waits[1]))
+    assert signature(f) != signature(moved)
+    assert signature(f) == signature(replace(f, pid=99, waits=tuple(replace(w, tid=w.tid + 100) for w in f.waits)))

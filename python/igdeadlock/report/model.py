@@ -127,6 +127,18 @@ class Report:
         return cluster_findings(self.findings)
 
 
+# C libraries: where a thread waits is named by the program's code that called them
+LIBRARY_PREFIXES = ("libc.", "libc-", "libpthread", "ld-musl", "ld-linux", "libstdc++")
+
+
+def own_code(frames: List[Frame]) -> List[Frame]:
+    """The frames from the first one outside the C libraries (all, if none is)."""
+    for index, frame in enumerate(frames):
+        if frame.function and not os.path.basename(frame.file or "").startswith(LIBRARY_PREFIXES):
+            return frames[index:]
+    return frames
+
+
 def _site(frames: Optional[List[Frame]]) -> str:
     """The code location of a stack, the same in every process running that code:
     by function where it is known (a file's path depends on the mount namespace
@@ -143,6 +155,8 @@ def signature(f: FindingView) -> str:
     """Same code, same signature: the acquisition sites of the cycle, whatever the
     addresses, pids and the lock the cycle happens to start at."""
     parts = [f"{_site(e.from_stack)}>{_site(e.to_stack)}:{e.to_mode}" for e in f.edges]
+    if not f.edges:  # a hang: where each thread waits, in its own code
+        parts = sorted(f"{w.kind}@{_site(own_code(w.stack or []))}" for w in f.waits)
     rotations = [parts[i:] + parts[:i] for i in range(len(parts))] or [[]]
     # the user's own suppression does not change what the finding is
     suppressed = f.suppressed if f.suppressed != USER_SUPPRESSED else ""

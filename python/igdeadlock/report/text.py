@@ -12,7 +12,16 @@ from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NO
 from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED
 from igdeadlock.gadget import LOCK_MODE_NAMES, LockKind
 from igdeadlock.records import Frame
-from igdeadlock.report.model import _SEVERITY, FindingView, RenderOptions, Report, hex_address, where, where_occurrence
+from igdeadlock.report.model import (
+    _SEVERITY,
+    FindingView,
+    RenderOptions,
+    Report,
+    hex_address,
+    own_code,
+    where,
+    where_occurrence,
+)
 
 _TITLES = {
     ACTUAL_DEADLOCK: "deadlock: threads are blocked in a lock cycle right now",
@@ -191,18 +200,13 @@ def _finish(lines: List[str], f: FindingView, title: str, related_note: str) -> 
     return "\n".join(lines) + "\n"
 
 
-# C libraries: a wait's summary names the program's code that called into them
-_LIBRARY_PREFIXES = ("libc.", "libc-", "libpthread", "ld-musl", "ld-linux", "libstdc++")
-
-
 def _summary_site(f: FindingView) -> str:
     stacks = [e.to_stack or e.from_stack or [] for e in f.edges] + [w.stack or [] for w in f.waits]
     for frames in stacks:
-        named = [frame for frame in frames if frame.function]
-        own = [frame for frame in named if not os.path.basename(frame.file or "").startswith(_LIBRARY_PREFIXES)]
-        for frame in (own or named)[:1]:
-            where = f" {frame.source}" if frame.source else f" {os.path.basename(frame.file or '')}"
-            return f"{where} in {frame.function}"
+        for frame in own_code(frames):
+            if frame.function:
+                where = f" {frame.source}" if frame.source else f" {os.path.basename(frame.file or '')}"
+                return f"{where} in {frame.function}"
     return ""
 
 
