@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import IGDEADLOCK, IMAGE, REPO, Lines, compile_program, run_cli
+from helpers import IGDEADLOCK, IMAGE, REPO, Lines, compile_program, program_facts, run_cli
 
 IMAGES = {"glibc": ("igdeadlock-test/glibc:latest", "gcc"), "musl": ("igdeadlock-test/musl:latest", "musl-gcc")}
 
@@ -148,3 +148,46 @@ def test_containers_of_one_image_in_their_own_pid_namespaces(container_daemon, l
     assert set(hang["threads"]) == set(in_namespace) - {deadlocked}
     assert all(tid != in_namespace[tid] for tid in hang["threads"])
     assert {b["held_by"] for b in hang["blocked"]} == set(hang["threads"])
+
+
+def test_stacks_of_a_removed_container_are_symbolized(container_daemon, tmp_path):
+    """A program in a container misuses a lock and exits at once, and the container
+    is removed before the report: the finding's stacks are still symbolized (its
+    files were opened while the session ran, and kept)."""
+    image, _ = IMAGES["glibc"]
+    churn, misuse = compile_program("churn"), compile_program("misuse")
+    report = tmp_path / "report.json"
+    with open(report, "w") as out:
+        watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", container_daemon, "--image", IMAGE,
+                                  "--duration", "300", "--status-interval", "0.5", "--format", "json"],
+                                 stdout=out, stderr=subprocess.PIPE, text=True)
+    lines = Lines(watch.stderr)
+    started = []
+    try:
+        lines.wait_for(lambda line: "1/1 targets connected" in line)
+        # the program is gone before its library could be probed: a first container
+        # of the image gets the image's C library probed (a finding from it says so)
+        started.append(start_container(image, churn))
+        churn_pid = container_pid(started[-1])
+        lines.wait_for(lambda line: f"(pid={churn_pid}," in line)
+        started.append(start_container(image, misuse, "unlock-other"))
+        subprocess.run(["docker", "wait", started[-1]], check=True, capture_output=True)
+        logs = subprocess.run(["docker", "logs", started[-1]], check=True, capture_output=True, text=True).stdout
+        (mutex,) = program_facts(logs)["L"]
+        lines.wait_for(lambda line: " unlocks " in line and f"({mutex:#x})" in line)
+        remove_container(started.pop())
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=120) == 0, lines.text()
+    finally:
+        watch.kill()
+        for name in started:
+            remove_container(name)
+    (misused,) = [f for f in json.loads(report.read_text())["findings"]
+                  if f["kind"] == "unlock-not-owner" and f["mutexes"] == [f"{mutex:#x}"]]
+    frames = [frame for edge in misused["edges"] for stack in (edge["from_stack"], edge["to_stack"])
+              for frame in stack or []]
+    ours = [frame for frame in frames if frame["file"] == "/program"]
+    assert ours, frames
+    # neither the container nor its process is there to open /program through
+    assert any(frame["function"] == "main" and (frame["source_file"] or "").endswith("misuse.c")
+               for frame in ours), ours
