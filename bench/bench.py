@@ -19,10 +19,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from igdeadlock import DEFAULT_IMAGE
 from igdeadlock.analysis.collector import Collector
@@ -167,7 +168,6 @@ def gadget(image: str) -> Iterator[Tuple[Dict[str, int], bytes, Dict[str, int]]]
                 ids = session.program_ids or attach.find_programs(LOCK_PROGRAMS.values(), before, timeout=30)
                 stop = {"flag": False}
                 # keep the event stream drained while the workloads run
-                import threading
 
                 def drain() -> None:
                     while not stop["flag"]:
@@ -181,6 +181,40 @@ def gadget(image: str) -> Iterator[Tuple[Dict[str, int], bytes, Dict[str, int]]]
                 finally:
                     stop["flag"] = True
                     drainer.join()
+
+
+def sibling_program(program_id: int, name_prefix: str) -> int:
+    """The program of the same gadget run (sharing maps with ``program_id``) whose
+    name starts so (the kernel keeps 15 characters of a name)."""
+    programs = Bpf().programs()
+    group = next(g for g in attach._share_maps(programs) if any(p.id == program_id for p in g))
+    return next(p.id for p in group if p.name.startswith(name_prefix[:15]))
+
+
+def exit_cost(exit_program: int, processes: int = 3000, threads: int = 5000) -> Dict[str, float]:
+    """BPF time per task exit while the gadget runs (sched_process_exit): short
+    processes (/bin/true) and threads created and joined."""
+    bpf = Bpf()
+
+    def timed(work: Callable[[], None]) -> float:
+        before = bpf.program(exit_program)
+        work()
+        after = bpf.program(exit_program)
+        assert before is not None and after is not None
+        count = after.run_count - before.run_count
+        return (after.run_time_ns - before.run_time_ns) / count / 1000 if count else 0.0
+
+    def spawn() -> None:
+        for _ in range(processes):
+            subprocess.run(["/bin/true"], check=True)
+
+    def create_and_join() -> None:
+        for _ in range(threads):
+            thread = threading.Thread(target=lambda: None)
+            thread.start()
+            thread.join()
+
+    return {"process_exit_us": timed(spawn), "thread_exit_us": timed(create_and_join)}
 
 
 def bystander(binary: Path, workload: Workload, image: str) -> Dict[str, float]:
@@ -232,18 +266,21 @@ def main() -> int:
             for w in workloads:
                 run_workload(binary, w)  # learn the edges, and let the daemon settle: steady state
                 results[w.name]["igdeadlock"] = measure(binary, w, programs).__dict__
+            exits = exit_cost(sibling_program(programs["lock"], "trace_sched_process_exit"))
     results_bystander = bystander(binary, workloads[0], args.image)
     info_path = BUILD / "gadgetinfo.pb"
     info_path.write_bytes(info)
     analysis = json.loads(subprocess.run([sys.executable, str(HERE / "analysis.py"), str(info_path)],
                                          capture_output=True, text=True, check=True, cwd=HERE).stdout)
     print(render(results, analysis, args.iterations, memory))
+    print(f"\nBPF time per task exit (sched_process_exit) while the gadget runs: "
+          f"{exits['process_exit_us']:.2f} us per process (/bin/true), {exits['thread_exit_us']:.2f} us per thread")
     print(f"\nA bystander ({workloads[0].name}, outside the traced tree): "
           f"{results_bystander['alone']:.0f} ns per pair alone, {results_bystander['beside_trace']:.0f} ns "
           f"while `igdeadlock trace -- sleep 600` runs")
     if args.json:
         Path(args.json).write_text(json.dumps({"workloads": results, "analysis": analysis, "maps": memory,
-                                               "bystander": results_bystander}, indent=2))
+                                               "bystander": results_bystander, "exits": exits}, indent=2))
     return 0
 
 

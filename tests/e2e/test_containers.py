@@ -100,7 +100,7 @@ def namespace_tids(pid: int) -> dict:
 
 
 @pytest.mark.parametrize("libc", sorted(IMAGES))
-def test_containers_of_one_image_in_their_own_pid_namespaces(container_daemon, libc):
+def test_containers_of_one_image_in_their_own_pid_namespaces(container_daemon, libc, tmp_path):
     """Containers of one image share one C library file (under an overlay device
     each): it is probed once, so nothing fires twice (no false relock-held), and
     lock owners, which the C library records as the container numbers threads,
@@ -109,9 +109,10 @@ def test_containers_of_one_image_in_their_own_pid_namespaces(container_daemon, l
     image, compiler = IMAGES[libc]
     churn, misuse = compile_program("churn", compiler=compiler), compile_program("misuse", compiler=compiler)
     deadlock = compile_program("deadlock", compiler=compiler)
+    out = tmp_path / "report.json"
     watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", container_daemon, "--image", IMAGE,
-                              "--duration", "300", "--status-interval", "0.5", "--format", "json"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              "--duration", "300", "--status-interval", "0.5", "--format", "json", "-o", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = Lines(watch.stderr)
     started = []
     try:
@@ -122,22 +123,27 @@ def test_containers_of_one_image_in_their_own_pid_namespaces(container_daemon, l
         lines.wait_for(lambda line: f"(pid={churn_pid}," in line)
         # musl records the owner of error-checking and recursive mutexes only
         started.append(start_container(image, misuse, "unlock-other", *(["errorcheck"] if libc == "musl" else [])))
-        lines.wait_for(lambda line: "unlocks a lock that another thread holds" in line)
+        subprocess.run(["docker", "wait", started[-1]], check=True, capture_output=True)
+        logs = subprocess.run(["docker", "logs", started[-1]], check=True, capture_output=True, text=True).stdout
+        misused_lock = hex(program_facts(logs)["L"][0])
+        lines.wait_for(lambda line: f"unlocks mutex M0 ({misused_lock})" in line)
         started.append(start_container(image, deadlock, "abba"))
         deadlocked = container_pid(started[-1])
         lines.wait_for(lambda line: "blocked in a lock cycle" in line and f"(pid={deadlocked}," in line)
         in_namespace = namespace_tids(deadlocked)
         watch.send_signal(signal.SIGINT)
-        stdout, _ = watch.communicate(timeout=120)
+        watch.wait(120)
     finally:
-        watch.kill()
+        if watch.poll() is None:
+            watch.kill()
         for name in started:
             remove_container(name)
     assert watch.returncode == 0
-    findings = json.loads(stdout)["findings"]
+    findings = json.loads(out.read_text())["findings"]
     # (IG here learns of a container by polling the runtime: a container whose
-    # records all came in its first second is not named; pids tell them apart)
-    ours = [f for f in findings if f["comm"] == "program"]
+    # records all came in its first second is not named; pids and addresses tell
+    # ours apart from anything else running on the host)
+    ours = [f for f in findings if f["pid"] in (churn_pid, deadlocked) or misused_lock in f["mutexes"]]
     assert sorted(f["kind"] for f in ours) == [
         "actual-deadlock", "potential-deadlock", "potential-deadlock", "unlock-not-owner"], ours
     assert {f["pid"] for f in ours if f["kind"] == "potential-deadlock"} == {churn_pid, deadlocked}
