@@ -1286,18 +1286,19 @@ static __always_inline __u32 lock_owner(__u64 lock, __u8 kind, __u8 libc)
 }
 
 /* The thread (as the kernel numbers it) that a lock owner recorded by the C
- * library of thread `t`'s process is: owners are recorded as the process sees
- * its threads. 0 if none or not a thread we know in a pid namespace. */
-static __always_inline gadget_tid owner_thread(struct thread_locks *t,
-					       __u32 owner)
+ * library of process `pid` is: owners are recorded as the process sees its
+ * threads. `tid` and `ns_tid` name the asking thread both ways. 0 if none or
+ * not a thread we know in a pid namespace. */
+static __always_inline gadget_tid owner_thread(gadget_pid pid, gadget_tid tid,
+					       __u32 ns_tid, __u32 owner)
 {
-	struct ns_thread_key key = { t->pid, owner };
-	gadget_tid *tid;
+	struct ns_thread_key key = { pid, owner };
+	gadget_tid *found;
 
-	if (!owner || t->ns_tid == t->owner)
+	if (!owner || ns_tid == tid)
 		return owner; /* no pid namespace of its own */
-	tid = bpf_map_lookup_elem(&ns_threads, &key);
-	return tid ? *tid : 0;
+	found = bpf_map_lookup_elem(&ns_threads, &key);
+	return found ? *found : 0;
 }
 
 struct misuse_event {
@@ -1560,6 +1561,26 @@ static __always_inline void released_by_other(gadget_tid owner, __u64 lock)
 		drop_held(t, i);
 }
 
+/* An unlock of a lock the current thread does not hold: if the C library
+ * records another thread as its owner, that is a misuse (unlock-not-owner),
+ * and the owner holds it no more. Threads that never took a lock we saw have
+ * no state, and are checked all the same. */
+static __always_inline void unlocked_unheld(void *ctx, __u64 lock, __u8 kind,
+					    __u8 libc, __u32 ns_tid)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 owner = lock_owner(lock, kind, libc) & OWNER_TID_MASK;
+
+	if (!owner || owner == ns_tid)
+		return;
+	owner = owner_thread(pid_tgid >> 32, (__u32)pid_tgid, ns_tid, owner);
+	send_misuse(ctx, MISUSE_UNLOCK_NOT_OWNER, lock,
+		    lock_generation(pid_tgid >> 32, lock), kind,
+		    LOCK_MODE_EXCLUSIVE, LOCK_MODE_EXCLUSIVE,
+		    capture_site(ctx, true), 0, owner);
+	released_by_other(owner, lock);
+}
+
 /* Entry of an unlock function. A lock it does not know was taken before
  * tracing started, or by another thread (a misuse), or it is
  * pthread_spin_init, which shares pthread_spin_unlock's code. */
@@ -1569,27 +1590,19 @@ static __always_inline int lock_released(struct pt_regs *ctx, __u64 lock,
 	gadget_tid tid = current_tid();
 	struct thread_locks *t;
 	struct held_lock *held;
-	__u32 owner;
 	int i;
 
 	t = thread_state(tid, NULL);
-	if (!t)
+	if (!t) {
+		if (!current_is_filtered_out())
+			unlocked_unheld(ctx, lock, kind, probed_libc(ctx),
+					current_ns_tid());
 		return 0;
+	}
 	t->wait.lock = 0;
 	i = find_held(t, lock);
 	if (i < 0) {
-		/* the C library's owner record tells whether another thread holds it */
-		owner = lock_owner(lock, kind, t->libc) & OWNER_TID_MASK;
-		if (owner && owner != t->ns_tid) {
-			owner = owner_thread(t, owner);
-			send_misuse(
-				ctx, MISUSE_UNLOCK_NOT_OWNER, lock,
-				lock_generation(
-					bpf_get_current_pid_tgid() >> 32, lock),
-				kind, LOCK_MODE_EXCLUSIVE, LOCK_MODE_EXCLUSIVE,
-				capture_site(ctx, true), 0, owner);
-			released_by_other(owner, lock);
-		}
+		unlocked_unheld(ctx, lock, kind, t->libc, t->ns_tid);
 		return 0;
 	}
 	held = &t->held[held_index(i)];
@@ -1823,9 +1836,10 @@ static __always_inline int futex_wait_started(void *ctx, __u64 uaddr, __u64 op,
 	b->observed = bpf_ktime_get_boot_ns();
 	b->pid = pid_tgid >> 32;
 	b->gen = t->wait.gen;
-	b->owner_tid = owner_thread(t, lock_owner(t->wait.lock, t->wait.kind,
-						  t->libc) &
-					       OWNER_TID_MASK);
+	b->owner_tid =
+		owner_thread(t->pid, t->owner, t->ns_tid,
+			     lock_owner(t->wait.lock, t->wait.kind, t->libc) &
+				     OWNER_TID_MASK);
 	b->session_id = current_session_id();
 	b->mode = t->wait.mode;
 	b->kind = t->wait.kind;

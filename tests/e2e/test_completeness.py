@@ -3,11 +3,14 @@ gadget sees as it happens, spinlocks, one process counted once."""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
 import time
 
 import pytest
 
-from helpers import program_facts, trace_json
+from helpers import IGDEADLOCK, IMAGE, Lines, program_facts, trace_json
 
 
 def lost(report: dict) -> dict:
@@ -67,8 +70,10 @@ def test_allowed_reentry_is_no_finding(ig_daemon, program, mode):
     assert report["findings"] == []
 
 
-def test_unlocking_a_lock_another_thread_holds(ig_daemon, program):
-    report, stderr = trace_json(ig_daemon, [program("misuse"), "unlock-other"])
+@pytest.mark.parametrize("mode", ["unlock-other", "unlock-fresh"])
+def test_unlocking_a_lock_another_thread_holds(ig_daemon, program, mode):
+    """Also by a thread whose first lock operation that is (it has no lock state)."""
+    report, stderr = trace_json(ig_daemon, [program("misuse"), mode])
     facts = program_facts(stderr)
     (finding,) = report["findings"]  # and no exit-holding-lock for the thread it was taken from
     assert finding["kind"] == "unlock-not-owner"
@@ -169,3 +174,28 @@ def test_four_threads_cycling_sixteen_thousand_mutexes_lose_nothing(ig_daemon, p
     (finding,) = report["findings"]
     assert {int(m, 16) for m in finding["mutexes"]} == {facts["X"][0], facts["Y"][0]}
     assert sorted(finding["threads"]) == sorted(facts["xy"] + facts["yx"])
+
+
+def test_the_same_churn_under_watch_loses_nothing(ig_daemon, program, tmp_path):
+    """watch, default fetch interval: the burst of 65,532 edges arrives whole."""
+    out = tmp_path / "report.json"
+    watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", ig_daemon, "--image", IMAGE, "--duration", "600",
+                              "--status-interval", "0.5", "--format", "json", "-o", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = Lines(watch.stderr)
+    try:
+        lines.wait_for(lambda line: "1/1 targets connected" in line)
+        churn = subprocess.Popen([str(program("pairs")), "16384", "4", "3"], stdout=subprocess.PIPE, text=True)
+        stdout, _ = churn.communicate(timeout=300)
+        facts = program_facts(stdout)
+        lines.wait_for(lambda line: f"(pid={churn.pid}," in line, timeout=300)
+        watch.send_signal(signal.SIGINT)
+        watch.wait(300)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    report = json.loads(out.read_text())
+    assert lost(report) == {}
+    (finding,) = [f for f in report["findings"] if f["pid"] == churn.pid]
+    assert {int(m, 16) for m in finding["mutexes"]} == {facts["X"][0], facts["Y"][0]}
+    assert report["stats"]["edges_seen"] >= 4 * 16383 + 2

@@ -5,6 +5,8 @@
  *   "recursive":     the thread locks a recursive mutex it holds: allowed
  *   "read-twice":    the thread read-locks a rwlock it holds for reading: allowed
  *   "unlock-other":  one thread locks a mutex, another unlocks it
+ *   "unlock-fresh":  the main thread locks a mutex, a new thread whose first
+ *                    lock operation that is unlocks it
  *   "exit-holding":  a thread exits holding a mutex; the process goes on
  *   "self-deadlock": the thread locks a normal mutex it holds: it hangs
  * argv[2] "errorcheck" makes the mutex an error-checking one (musl records
@@ -25,6 +27,14 @@ static void *exit_holding(void *arg)
 	say_thread("t");
 	pthread_mutex_lock(&mutex);
 	return NULL; /* still holding it */
+}
+
+static void *unlock_it(void *arg)
+{
+	(void)arg;
+	say_thread("t");
+	pthread_mutex_unlock(&mutex); /* the main thread holds it */
+	return NULL;
 }
 
 static void *lock_it(void *arg)
@@ -82,6 +92,10 @@ int main(int argc, char **argv)
 		say_thread("t");
 		pthread_mutex_unlock(&mutex); /* the other thread holds it */
 		pthread_barrier_wait(&handed_over);
+		pthread_join(thread, NULL);
+	} else if (strcmp(mode, "unlock-fresh") == 0) {
+		pthread_mutex_lock(&mutex);
+		pthread_create(&thread, NULL, unlock_it, NULL);
 		pthread_join(thread, NULL);
 	} else if (strcmp(mode, "self-deadlock") == 0) {
 		say_thread("t");
