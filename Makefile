@@ -23,7 +23,7 @@ IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget"
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test demo bench diagrams containers lint proto clean
+.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test demo bench setup-bench diagrams containers lint proto clean
 
 help:
 	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
@@ -83,7 +83,11 @@ demo: setup gadget
 	gcc -g -O0 -fno-omit-frame-pointer -pthread -o $(BUILD)/examples/lock_inversion examples/lock_inversion.c
 	$(VENV)/bin/igdeadlock trace -- $(BUILD)/examples/lock_inversion
 
-bench: setup gadget
+# the servers the benchmark loads (MariaDB, sysbench; memcached comes with the test group)
+setup-bench: setup
+	@tools/setup-packages.sh bench
+
+bench: setup-bench gadget
 	cd bench && ../$(VENV)/bin/python bench.py --json ../$(BUILD)/bench/results.json
 
 # A Docker engine (started when it does not answer) and the images the tests run

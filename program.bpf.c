@@ -1251,6 +1251,62 @@ static __always_inline void push_held(struct thread_locks *t, __u64 lock,
 /* signal_struct.flags: the whole process is exiting */
 #define SIGNAL_GROUP_EXIT 0x00000004
 
+/* Take held[i] out of the thread's held set (its last level of recursion). */
+static __always_inline void drop_held(struct thread_locks *t, int i)
+{
+	struct held_lock *held = &t->held[held_index(i)];
+	__u32 last;
+
+	t->held_hash ^= held_lock_hash(held->lock, held->gen, held->mode);
+	/* keep the set dense: move the last lock into the freed place */
+	last = t->nheld - 1;
+	if (last != i)
+		*held = t->held[held_index(last)];
+	t->nheld = last;
+}
+
+/*
+ * Whether the thread let go of a held lock without a probe seeing it: a glibc
+ * mutex, whose unlock takes no probe (one probe hit per lock/unlock pair, not
+ * two), records its owner's thread id while locked and 0 once unlocked. Other
+ * locks leave by their unlock probe (rwlocks keep no owner for readers, musl's
+ * normal mutexes none at all, spinlocks none).
+ */
+static __always_inline bool released_unseen(struct thread_locks *t,
+					    struct held_lock *held)
+{
+	__u32 owner = 0;
+
+	if (held->kind != LOCK_KIND_MUTEX || t->libc != LIBC_GLIBC)
+		return false;
+	bpf_probe_read_user(&owner, sizeof(owner),
+			    (void *)(held->lock + GLIBC_MUTEX_OWNER_OFFSET));
+	return (owner & OWNER_TID_MASK) != t->ns_tid;
+}
+
+/* Bring the held set up to date before it is used (a request, a wait, an
+ * exit): drop the locks released unseen, except `waited`, a blocking lock
+ * pushed at entry and not taken yet. From the top down: drop_held moves the
+ * last entry, already checked, into the freed place. */
+static __always_inline void forget_released(struct thread_locks *t,
+					    __u64 waited)
+{
+	__u32 nheld = t->nheld;
+	struct held_lock *held;
+
+	if (t->libc != LIBC_GLIBC)
+		return;
+	for (int k = 0; k < MAX_HELD_LOCKS; k++) {
+		int i = (int)nheld - 1 - k;
+
+		if (i < 0)
+			break;
+		held = &t->held[held_index(i)];
+		if (held->lock != waited && released_unseen(t, held))
+			drop_held(t, i);
+	}
+}
+
 /* The owner musl records in a lock: only recursive and error-checking
  * mutexes keep one (a normal mutex holds a busy flag, an rwlock a count). */
 static __always_inline __u32 musl_lock_owner(__u64 lock, __u8 kind)
@@ -1470,6 +1526,7 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 		return 0;
 	if (t->libc == LIBC_MUSL && nested_lock_call(ctx, t, lock))
 		return 0;
+	forget_released(t, 0);
 
 	check_cache_epoch(t);
 	cached = cached_dependency(t, lock, mode, how);
@@ -1526,20 +1583,6 @@ static __always_inline int lock_returned(struct pt_regs *ctx)
 	push_held(t, t->pending.lock, t->pending.gen, t->pending.site,
 		  t->pending.mode, t->pending.kind);
 	return 0;
-}
-
-/* Take held[i] out of the thread's held set (its last level of recursion). */
-static __always_inline void drop_held(struct thread_locks *t, int i)
-{
-	struct held_lock *held = &t->held[held_index(i)];
-	__u32 last;
-
-	t->held_hash ^= held_lock_hash(held->lock, held->gen, held->mode);
-	/* keep the set dense: move the last lock into the freed place */
-	last = t->nheld - 1;
-	if (last != i)
-		*held = t->held[held_index(last)];
-	t->nheld = last;
 }
 
 /* Another thread unlocked a lock `owner` holds: it holds it no more. */
@@ -1847,6 +1890,7 @@ static __always_inline int futex_wait_started(void *ctx, __u64 uaddr, __u64 op,
 	b->process_threads = current_process_threads();
 	bpf_get_current_comm(b->comm, sizeof(b->comm));
 	/* a blocking lock is pushed at entry: it is waited for, not held */
+	forget_released(t, t->wait.lock);
 	b->held_count = copy_held_set(
 		t, b->held_locks, b->held_gens, b->held_modes,
 		t->wait.how == ACQUIRE_BLOCKING ? t->wait.lock : 0);
@@ -1957,6 +2001,7 @@ static __always_inline void report_locks_left(void *ctx, gadget_tid tid,
 	    BPF_CORE_READ(task, signal, flags) & SIGNAL_GROUP_EXIT ||
 	    BPF_CORE_READ(task, signal, group_exec_task))
 		return;
+	forget_released(t, 0);
 	nheld = t->nheld;
 	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
 		if (i >= nheld)
@@ -2146,7 +2191,9 @@ int BPF_KRETPROBE(trace_uretprobe_mutex_clocklock)
 	return lock_returned(ctx);
 }
 
-SEC("uprobe/libc:pthread_mutex_unlock")
+/* Placed by the client, on musl (its normal mutexes record no owner) and,
+ * when asked to check unlocks, on glibc too; ig places it nowhere. */
+SEC("uprobe/gadget_program_disabled")
 int BPF_KPROBE(trace_uprobe_mutex_unlock, void *mutex)
 {
 	return lock_released(ctx, (__u64)mutex, LOCK_KIND_MUTEX);

@@ -42,6 +42,36 @@ def ingest_rate(info: api_pb2.GadgetInfo, records: int, pods: int = 0) -> Dict[s
     return {"records": records, "seconds": elapsed, "records_per_second": records / elapsed}
 
 
+def memory_per_edge(info: api_pb2.GadgetInfo, records: int) -> Dict[str, float]:
+    """Bytes the companion keeps per distinct edge, through the decoder into the
+    graphs as the igdeadlock command ingests them (Python's allocations, tracemalloc),
+    and after an analysis has decoded every edge's evidence."""
+    import tracemalloc
+
+    edges_ds = next(ds for ds in info.dataSources if ds.name == "edges")
+    events = list(synthetic.batches(edges_ds, synthetic.random_edges(records, locks=records // 2, threads=64)))
+    decoder = StreamDecoder(lazy_edges=True)
+    decoder.set_info(info)
+    tracemalloc.start()
+    store = LockGraphStore()
+    base = tracemalloc.get_traced_memory()[0]
+    for event in events:
+        for output in decoder.feed(event):
+            if type(output) is LockEdgeBatch:
+                store.add_edge_batch(output)
+            elif type(output) is LockEdge:
+                store.add_edge(output)
+    del events
+    kept = sum(graph.edge_count for graph in store.graphs.values())
+    ingested = tracemalloc.get_traced_memory()[0] - base
+    for graph in store.graphs.values():
+        for source, target in list(graph.edges):
+            graph.evidence(source, target)
+    decoded = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    return {"edges": kept, "bytes_per_edge": ingested / kept, "bytes_per_edge_decoded": decoded / kept}
+
+
 def _edge(pid: int, tid: int, a: int, b: int) -> LockEdge:
     return LockEdge(pid, tid, "bench", 1, 1, pid, a, 0, 0, 0, 0, b, 0, 0, 0, 0, 0, ((a, 0, 0),))
 
@@ -147,6 +177,7 @@ def main() -> None:
     result = {
         "ingest": ingest_rate(info, args.records),
         "ingest_kubernetes": ingest_rate(info, args.records, pods=20),
+        "memory": memory_per_edge(info, args.records),
         "adversarial": adversarial(),
         "many_processes": many_processes(1000, args.million // 1000, locks_each=300),
         "million": million(args.million, locks=args.million // 5, threads=256),

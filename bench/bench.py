@@ -7,8 +7,12 @@ uncontended or contended) it runs the program
   (c) under the igdeadlock gadget (steady state: its edges are known),
 each after one warm-up run, and reads (median of three runs) the BPF run time of the lock and
 unlock programs from the kernel's
-bpf statistics (kernel.bpf_stats_enabled). Then it runs bench/analysis.py.
-Prints a Markdown table; needs root.
+bpf statistics (kernel.bpf_stats_enabled). Then it loads real servers (bench/servers.py:
+memcached, MariaDB) untraced, under empty programs on every function the gadget
+probes plus pthread_mutex_unlock (the two-probe floor every peer pays) and under
+igdeadlock; times `igdeadlock trace` from start to the command and from the
+command's end to the report; and runs bench/analysis.py.
+Prints Markdown tables; needs root.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -36,6 +42,8 @@ from igdeadlock.session import GadgetSession, gadget_params
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+import servers  # noqa: E402  (this directory's: real servers under load)
+
 from helpers import IGDEADLOCK, Lines  # noqa: E402  (the tests' helpers: running igdeadlock, following its output)
 
 BUILD = HERE.parent / "build" / "bench"
@@ -121,8 +129,9 @@ def measure_once(binary: Path, workload: Workload, programs: Dict[str, int]) -> 
 
 
 @contextmanager
-def floor_programs(empty: Path) -> Iterator[Dict[str, int]]:
-    """The empty programs, loaded with bpftool and attached like the gadget's."""
+def empty_programs(empty: Path, points: List[attach.ProbePoint]) -> Iterator[Dict[str, int]]:
+    """The empty programs, loaded with bpftool and attached at ``points`` (which
+    name them) on the host's glibc, for every process, as the gadget's are."""
     subprocess.run(["rm", "-rf", str(PIN_DIR)], check=True)
     before = attach.program_ids()
     subprocess.run(["bpftool", "prog", "loadall", str(empty), str(PIN_DIR)], check=True)
@@ -130,16 +139,34 @@ def floor_programs(empty: Path) -> Iterator[Dict[str, int]]:
         # the empty programs share no map, so find them by name alone
         loaded = [p for p in Bpf().programs() if p.id not in before]
         ids = {p.name: p.id for p in sorted(loaded, key=lambda p: p.id) if p.name in FLOOR_PROGRAMS.values()}
-        points = [attach.ProbePoint(FLOOR_PROGRAMS["lock"], "libc", "pthread_mutex_lock", False),
-                  attach.ProbePoint(FLOOR_PROGRAMS["unlock"], "libc", "pthread_mutex_unlock", False)]
-        # on the host's glibc (the one this process runs on), for every process
+        # the host's glibc: the one this process runs on
         host_libc = LockLibraryFinder(p.symbol for p in points).for_process(os.getpid()).library
         assert host_libc is not None
         with attach.ProbeSet(points, ids) as probes:
             probes.attach(host_libc)
-            yield {role: ids[name] for role, name in FLOOR_PROGRAMS.items()}
+            yield ids
     finally:
         subprocess.run(["rm", "-rf", str(PIN_DIR)], check=True)
+
+
+@contextmanager
+def floor_programs(empty: Path) -> Iterator[Dict[str, int]]:
+    """Empty programs on pthread_mutex_lock and pthread_mutex_unlock: a lock/unlock pair's floor."""
+    points = [attach.ProbePoint(FLOOR_PROGRAMS["lock"], "libc", "pthread_mutex_lock", False),
+              attach.ProbePoint(FLOOR_PROGRAMS["unlock"], "libc", "pthread_mutex_unlock", False)]
+    with empty_programs(empty, points) as ids:
+        yield {role: ids[name] for role, name in FLOOR_PROGRAMS.items()}
+
+
+def two_probe_points(image: str) -> List[attach.ProbePoint]:
+    """Every function the gadget probes, unlocks included (what every peer probes:
+    two probe hits per lock/unlock pair), each with an empty program."""
+    with PrivateDaemon(find_ig()) as daemon:
+        with GadgetService(daemon.start()) as service:
+            info = service.gadget_info(image, gadget_params(1000, image), extra_info=True)
+    listing = info.extraInfo.data["ebpf.programs"].content
+    return [replace(p, program=FLOOR_PROGRAMS["lock"], flavors=None)
+            for p in attach.probe_points(listing, unlock_checks=True)]
 
 
 def map_memory(program_ids: List[int]) -> Dict[str, int]:
@@ -217,6 +244,52 @@ def exit_cost(exit_program: int, processes: int = 3000, threads: int = 5000) -> 
     return {"process_exit_us": timed(spawn), "thread_exit_us": timed(create_and_join)}
 
 
+def real_servers(image: str, empty: Path, seconds: int) -> Dict[str, Dict[str, object]]:
+    """memcached and MariaDB under load: untraced, with empty programs on every
+    function the gadget probes plus pthread_mutex_unlock (the two-probe floor),
+    and under igdeadlock (watch-like: every process of the host)."""
+    points = two_probe_points(image)
+    results: Dict[str, Dict[str, object]] = {}
+    with tempfile.TemporaryDirectory(prefix="igdeadlock-bench-") as workdir:
+        for start in (lambda: servers.memcached(seconds), lambda: servers.mariadb(Path(workdir), seconds)):
+            with start() as server:
+                server.load()  # warm up: caches, connections, the server's own
+                row: Dict[str, object] = {"workload": server.workload, "untraced": server.load()}
+                with empty_programs(empty, points):
+                    row["floor"] = server.load()
+                with gadget(image):
+                    row["igdeadlock"] = server.load()
+                results[server.name] = row
+    return results
+
+
+def start_and_stop(image: str, runs: int = 3) -> Dict[str, float]:
+    """`igdeadlock trace -- date +%s.%N`: seconds from the start of igdeadlock to
+    the command's first output, and from there to igdeadlock's exit (the report
+    written), with a daemon already running and with a private one (medians)."""
+
+    def once(extra: List[str]) -> Tuple[float, float]:
+        with tempfile.NamedTemporaryFile(suffix=".json") as report:
+            started = time.time()
+            out = subprocess.run([*IGDEADLOCK, "trace", "--image", image, "--format", "json", "-o", report.name,
+                                  *extra, "--", "date", "+%s.%N"], capture_output=True, text=True, timeout=120)
+            ended = time.time()
+        if out.returncode != 0:
+            raise RuntimeError(f"igdeadlock trace failed: {out.stderr[-2000:]}")
+        ran = float(out.stdout.split()[-1])
+        return ran - started, ended - ran
+
+    def median(values: List[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    with PrivateDaemon(find_ig()) as daemon:
+        address = daemon.start()
+        running = [once(["--remote", address]) for _ in range(runs)]
+    private = [once([]) for _ in range(runs)]
+    return {"running_start_s": median([r[0] for r in running]), "running_stop_s": median([r[1] for r in running]),
+            "private_start_s": median([p[0] for p in private]), "private_stop_s": median([p[1] for p in private])}
+
+
 def bystander(binary: Path, workload: Workload, image: str) -> Dict[str, float]:
     """A lock loop outside a traced command's tree, alone and while `igdeadlock trace
     -- sleep` runs: probes placed per process leave it alone (wall ns per pair)."""
@@ -240,6 +313,7 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=100_000)
     parser.add_argument("--image", default=DEFAULT_IMAGE)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--server-seconds", type=int, default=10, help="length of each server load run")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("make bench needs root (eBPF)", file=sys.stderr)
@@ -268,6 +342,9 @@ def main() -> int:
                 results[w.name]["igdeadlock"] = measure(binary, w, programs).__dict__
             exits = exit_cost(sibling_program(programs["lock"], "trace_sched_process_exit"))
     results_bystander = bystander(binary, workloads[0], args.image)
+    with bpf_stats():
+        results_servers = real_servers(args.image, empty, args.server_seconds)
+    timing = start_and_stop(args.image)
     info_path = BUILD / "gadgetinfo.pb"
     info_path.write_bytes(info)
     analysis = json.loads(subprocess.run([sys.executable, str(HERE / "analysis.py"), str(info_path)],
@@ -275,13 +352,33 @@ def main() -> int:
     print(render(results, analysis, args.iterations, memory))
     print(f"\nBPF time per task exit (sched_process_exit) while the gadget runs: "
           f"{exits['process_exit_us']:.2f} us per process (/bin/true), {exits['thread_exit_us']:.2f} us per thread")
+    print("\n" + render_servers(results_servers))
+    print(f"\n`igdeadlock trace -- date` (median of 3): with a running daemon {timing['running_start_s']:.2f} s "
+          f"to the command's start, {timing['running_stop_s']:.2f} s from its end to the report; with a private "
+          f"daemon {timing['private_start_s']:.2f} s and {timing['private_stop_s']:.2f} s")
     print(f"\nA bystander ({workloads[0].name}, outside the traced tree): "
           f"{results_bystander['alone']:.0f} ns per pair alone, {results_bystander['beside_trace']:.0f} ns "
           f"while `igdeadlock trace -- sleep 600` runs")
     if args.json:
         Path(args.json).write_text(json.dumps({"workloads": results, "analysis": analysis, "maps": memory,
-                                               "bystander": results_bystander, "exits": exits}, indent=2))
+                                               "bystander": results_bystander, "exits": exits,
+                                               "servers": results_servers, "start_stop": timing}, indent=2))
     return 0
+
+
+def render_servers(results: Dict[str, Dict[str, object]]) -> str:
+    lines = [
+        "Real servers (throughput the load generator reports; floor: empty programs on every function the "
+        "gadget probes, and on pthread_mutex_unlock)",
+        "",
+        "| server | load | untraced | two-probe floor | igdeadlock | igdeadlock ÷ untraced | igdeadlock ÷ floor |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        untraced, floor, ours = float(r["untraced"]), float(r["floor"]), float(r["igdeadlock"])  # type: ignore
+        lines.append(f"| {name} | {r['workload']} | {untraced:,.0f} | {floor:,.0f} | {ours:,.0f} | "
+                     f"{ours / untraced:.2f} | {ours / floor:.2f} |")
+    return "\n".join(lines)
 
 
 def render(results: Dict[str, Dict[str, Dict[str, float]]], analysis: Dict[str, Dict[str, float]],

@@ -61,6 +61,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     gadget.add_argument("--attach", choices=("auto", "client", "ig"), default="auto",
                         help="who attaches the uprobes: ig, this client (needed on kernels without kprobes; "
                              "local daemons only), or auto (default)")
+    gadget.add_argument("--unlock-checks", action="store_true",
+                        help="also probe pthread_mutex_unlock in glibc, to report unlocks of a mutex another "
+                             "thread holds (unlock-not-owner); costs a second probe hit per lock/unlock pair. "
+                             "Without it glibc mutexes are known released from the owner glibc records in them "
+                             "(musl's unlocks are always probed). Only where this client attaches the probes")
     gadget.add_argument("--ig", metavar="PATH", help="ig binary for a private daemon (default: ig on PATH)")
     gadget.add_argument("--daemon-log", metavar="FILE", help="keep a private daemon's log in FILE")
     tls = parser.add_argument_group("TLS to remote daemons")
@@ -238,6 +243,7 @@ def run_trace(args: argparse.Namespace) -> int:
         stop_on_deadlock=args.stop_on_deadlock,
         analysis_seconds=args.analysis_time,
         hang_seconds=args.hang_time,
+        unlock_checks=args.unlock_checks,
     )
     try:
         outcome = trace_command(options, _say)
@@ -343,7 +349,7 @@ def run_watch(args: argparse.Namespace) -> int:
             daemon.stop()
         return EXIT_INTERRUPTED if interrupted else EXIT_ERROR
     watch = Watch(specs, args.image, args.attach, _say, analysis_seconds=args.analysis_time,
-                  hang_seconds=args.hang_time)
+                  hang_seconds=args.hang_time, unlock_checks=args.unlock_checks)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     next_status = time.monotonic() + args.status_interval
     watch.start()

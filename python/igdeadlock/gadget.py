@@ -6,7 +6,7 @@ them against program.bpf.c.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Dict
+from typing import Dict, FrozenSet, Tuple
 
 
 class LockMode(IntEnum):
@@ -99,6 +99,17 @@ COUNTER_MEANINGS: Dict[int, str] = {
 COOKIE_LIBC_MASK = 0xFF
 COOKIE_SIZE_SHIFT = 32
 COOKIE_SIZE_MAX = 0xFFFF_FFFF
+
+
+# Programs ig leaves alone (their section is DISABLED_SECTION) that the client
+# places where they are needed: program -> the lock function it goes on, and the
+# C libraries that need it. pthread_mutex_unlock: glibc records the owner in
+# every mutex, so the gadget knows it released from there (one probe hit per
+# lock/unlock pair); musl's normal mutexes record none. Checking unlocks (an
+# unlock of a lock another thread holds) needs it everywhere.
+CLIENT_PLACED_PROGRAMS: Dict[str, Tuple[str, FrozenSet[str]]] = {
+    "trace_uprobe_mutex_unlock": ("pthread_mutex_unlock", frozenset({"musl"})),
+}
 
 
 def attach_cookie(libc: str, function_size: int) -> int:

@@ -122,8 +122,9 @@ class GadgetSession:
                  attach: str = "auto", say: Callable[[str], None] = lambda message: None,
                  decoder: Optional[StreamDecoder] = None,
                  on_findings: Optional[Callable[[List[object]], None]] = None,
-                 tree_pid: Optional[int] = None) -> None:
+                 tree_pid: Optional[int] = None, unlock_checks: bool = False) -> None:
         self.service = service
+        self.unlock_checks = unlock_checks  # probe every mutex unlock (see CLIENT_PLACED_PROGRAMS)
         self.image = image
         self.params = dict(params)
         if tree_pid is not None:
@@ -156,7 +157,7 @@ class GadgetSession:
         client_attach = self.attach_mode == "client" or (
             self.attach_mode == "auto" and not attach_mod.kernel_has_kprobes())
         listing = info.extraInfo.data["ebpf.programs"].content if "ebpf.programs" in info.extraInfo.data else b""
-        points = attach_mod.probe_points(listing) if client_attach else []
+        points = attach_mod.probe_points(listing, self.unlock_checks) if client_attach else []
         taken = attach_mod.lock_taken_programs(listing) if client_attach else set()
         before = attach_mod.program_ids() if client_attach else set()
         if client_attach and self.tree_pid is not None:
@@ -166,6 +167,9 @@ class GadgetSession:
         self.pump = _EventPump(self.run)
         self._wait_until_live(timeout)
         if not client_attach:
+            if self.unlock_checks:
+                self.say("igdeadlock: --unlock-checks has no effect where ig attaches the probes: ig does not "
+                         "place the glibc unlock probe (use --attach client on the daemon's host)")
             return
         try:
             address = self.service.address

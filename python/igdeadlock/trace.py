@@ -47,6 +47,7 @@ class TraceOptions:
     stop_on_deadlock: bool = False  # end the trace once threads are deadlocked
     analysis_seconds: float = DEFAULT_ANALYSIS_SECONDS  # bound on the analysis after COMMAND ends
     hang_seconds: float = DEFAULT_HANG_SECONDS  # every thread waiting this long: all-threads-blocked
+    unlock_checks: bool = False  # probe every mutex unlock: unlocks of another thread's lock are seen
 
 
 @dataclass
@@ -132,7 +133,7 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         started = False
         try:
             with GadgetSession(service, options.image, params, collector, options.attach, say,
-                               tree_pid=launcher.pid) as session:
+                               tree_pid=launcher.pid, unlock_checks=options.unlock_checks) as session:
                 try:
                     session.start()
                     launcher.release()

@@ -52,8 +52,9 @@ class TargetRunner(threading.Thread):
 
     def __init__(self, spec: TargetSpec, image: str, attach: str, stop: threading.Event,
                  found: "queue.Queue[FindingView]", say: Callable[[str], None],
-                 hang_seconds: float = DEFAULT_HANG_SECONDS) -> None:
+                 hang_seconds: float = DEFAULT_HANG_SECONDS, unlock_checks: bool = False) -> None:
         super().__init__(name=f"target {spec.label}", daemon=True)
+        self.unlock_checks = unlock_checks
         self.spec = spec
         self.image = image
         self.attach = attach if spec.local else "ig"
@@ -80,7 +81,8 @@ class TargetRunner(threading.Thread):
                         self.collector.begin_run()
                         self._pending_since = 0
                     session = GadgetSession(service, self.image, self.spec.params, self.collector, self.attach,
-                                            self.say, decoder=self.decoder, on_findings=self._report)
+                                            self.say, decoder=self.decoder, on_findings=self._report,
+                                            unlock_checks=self.unlock_checks)
                     session.start()
                     self._set(CONNECTED, None)
                     self.status.connects += 1
@@ -147,10 +149,11 @@ class Watch:
     stop_event: threading.Event = field(default_factory=threading.Event)
     analysis_seconds: float = 120.0  # bound on each target's last analysis, at the end
     hang_seconds: float = DEFAULT_HANG_SECONDS  # every thread waiting this long: all-threads-blocked
+    unlock_checks: bool = False  # probe every mutex unlock (local targets)
 
     def start(self) -> None:
         self.runners = [TargetRunner(spec, self.image, self.attach, self.stop_event, self.found, self.say,
-                                     self.hang_seconds)
+                                     self.hang_seconds, self.unlock_checks)
                         for spec in self.specs]
         for runner in self.runners:
             runner.start()

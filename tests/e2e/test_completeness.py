@@ -72,14 +72,24 @@ def test_allowed_reentry_is_no_finding(ig_daemon, program, mode):
 
 @pytest.mark.parametrize("mode", ["unlock-other", "unlock-fresh"])
 def test_unlocking_a_lock_another_thread_holds(ig_daemon, program, mode):
-    """Also by a thread whose first lock operation that is (it has no lock state)."""
-    report, stderr = trace_json(ig_daemon, [program("misuse"), mode])
+    """With --unlock-checks (glibc's unlocks probed), also by a thread whose
+    first lock operation that is (it has no lock state)."""
+    report, stderr = trace_json(ig_daemon, [program("misuse"), mode], "--unlock-checks")
     facts = program_facts(stderr)
     (finding,) = report["findings"]  # and no exit-holding-lock for the thread it was taken from
     assert finding["kind"] == "unlock-not-owner"
     assert finding["mutexes"] == [hex(facts["L"][0])]
     unlocker, holder = finding["threads"]
     assert unlocker == facts["t"][0] and holder != unlocker
+
+
+@pytest.mark.parametrize("mode", ["unlock-other", "unlock-fresh"])
+def test_a_lock_another_thread_unlocked_unseen_is_not_held(ig_daemon, program, mode):
+    """Without unlock probes on glibc, the thread that took the lock learns from
+    the owner glibc records that it holds it no more: no exit-holding-lock,
+    nothing to report."""
+    report, _ = trace_json(ig_daemon, [program("misuse"), mode])
+    assert report["findings"] == []
 
 
 def test_a_thread_that_exits_holding_a_lock(ig_daemon, program):

@@ -111,7 +111,9 @@ def test_containers_of_one_image_in_their_own_pid_namespaces(container_daemon, l
     deadlock = compile_program("deadlock", compiler=compiler)
     out = tmp_path / "report.json"
     watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", container_daemon, "--image", IMAGE,
-                              "--duration", "300", "--status-interval", "0.5", "--format", "json", "-o", str(out)],
+                              "--duration", "300", "--status-interval", "0.5", "--format", "json", "-o", str(out),
+                              # musl's unlocks are always probed; glibc's on request
+                              *([] if libc == "musl" else ["--unlock-checks"])],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = Lines(watch.stderr)
     started = []
@@ -165,7 +167,8 @@ def test_stacks_of_a_removed_container_are_symbolized(container_daemon, tmp_path
     report = tmp_path / "report.json"
     with open(report, "w") as out:
         watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", container_daemon, "--image", IMAGE,
-                                  "--duration", "300", "--status-interval", "0.5", "--format", "json"],
+                                  "--duration", "300", "--status-interval", "0.5", "--format", "json",
+                                  "--unlock-checks"],
                                  stdout=out, stderr=subprocess.PIPE, text=True)
     lines = Lines(watch.stderr)
     started = []
@@ -194,7 +197,8 @@ def test_stacks_of_a_removed_container_are_symbolized(container_daemon, tmp_path
     frames = [frame for edge in misused["edges"] for stack in (edge["from_stack"], edge["to_stack"])
               for frame in stack or []]
     ours = [frame for frame in frames if frame["file"] == "/program"]
-    assert ours, (misused, result["stats"])
+    if not ours:  # say what came instead, in full
+        pytest.fail(json.dumps({"edges": misused["edges"], "lost": result["stats"]["events_lost"]}))
     # neither the container nor its process is there to open /program through
     assert any(frame["function"] == "main" and (frame["source_file"] or "").endswith("misuse.c")
                for frame in ours), ours

@@ -21,6 +21,19 @@ def test_probe_points_from_ig_program_listing():
     ]
 
 
+def test_the_mutex_unlock_probe_goes_on_musl_only_unless_unlocks_are_checked():
+    """ig leaves it alone (its section is disabled); the client places it where a
+    mutex's unlock cannot be known from its owner field, or everywhere on request."""
+    listing = json.dumps([
+        {"Section": "uprobe/gadget_program_disabled", "Source": "trace_uprobe_mutex_unlock:\n"},
+        {"Section": "uprobe/gadget_program_disabled", "Source": "trace_uprobe_spin_lock_taken:\n"},
+    ]).encode()
+    assert probe_points(listing) == [
+        ProbePoint("trace_uprobe_mutex_unlock", "libc", "pthread_mutex_unlock", False, frozenset({"musl"}))]
+    assert probe_points(listing, unlock_checks=True) == [
+        ProbePoint("trace_uprobe_mutex_unlock", "libc", "pthread_mutex_unlock", False, None)]
+
+
 def test_programs_of_one_run_are_grouped_through_shared_maps_in_any_order():
     # destroy shares a map only with lock, which shares one with unlock; another run is apart
     run = [ProgramInfo(30, "destroy", (7,), 0, 0), ProgramInfo(20, "unlock", (1,), 0, 0),

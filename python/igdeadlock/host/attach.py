@@ -25,9 +25,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from igdeadlock.gadget import attach_cookie
+from igdeadlock.gadget import CLIENT_PLACED_PROGRAMS, attach_cookie
 from igdeadlock.host.bpf import Bpf, BpfError, ProgramInfo, machine, syscall
 from igdeadlock.host.locklib import PROCESS_GONE, REASON_NONE, FileId, LockLibrary, LockLibraryFinder, ProcessLibrary
 
@@ -55,6 +55,7 @@ class ProbePoint:
     library: str
     symbol: str
     retprobe: bool
+    flavors: Optional[FrozenSet[str]] = None  # only on these C libraries (None: on all)
 
     @classmethod
     def from_section(cls, program: str, section: str) -> Optional["ProbePoint"]:
@@ -67,11 +68,20 @@ class ProbePoint:
         return cls(program, library, symbol, kind == "uretprobe")
 
 
-def probe_points(programs_json: bytes) -> List[ProbePoint]:
+# A program for the place where a function has just taken its lock, when the
+# function's entry takes no uprobe: the entry program's name with this suffix,
+# in a section ig leaves alone (as are CLIENT_PLACED_PROGRAMS).
+TAKEN_SUFFIX = "_taken"
+DISABLED_SECTION = "uprobe/gadget_program_disabled"
+
+
+def probe_points(programs_json: bytes, unlock_checks: bool = False) -> List[ProbePoint]:
     """Probe points from IG's ``ebpf.programs`` extra information.
 
     Each entry has the program's section and its listing, whose first line is
-    the program's name followed by a colon.
+    the program's name followed by a colon. Programs ig leaves alone that the
+    client places (CLIENT_PLACED_PROGRAMS) go on the C libraries that need
+    them, or with ``unlock_checks`` on every one.
     """
     points = []
     for entry in json.loads(programs_json or b"[]"):
@@ -79,16 +89,12 @@ def probe_points(programs_json: bytes) -> List[ProbePoint]:
         source = entry.get("Source", "").lstrip()
         name = source.split(":", 1)[0].strip() if source else ""
         point = ProbePoint.from_section(name, section) if name else None
+        if point is None and section == DISABLED_SECTION and name in CLIENT_PLACED_PROGRAMS:
+            symbol, flavors = CLIENT_PLACED_PROGRAMS[name]
+            point = ProbePoint(name, "libc", symbol, False, None if unlock_checks else flavors)
         if point is not None:
             points.append(point)
     return points
-
-
-# A program for the place where a function has just taken its lock, when the
-# function's entry takes no uprobe: the entry program's name with this suffix,
-# in a section ig leaves alone.
-TAKEN_SUFFIX = "_taken"
-DISABLED_SECTION = "uprobe/gadget_program_disabled"
 
 
 def lock_taken_programs(programs_json: bytes) -> Set[str]:
@@ -331,6 +337,8 @@ class ProbeSet:
             self._pmu_type = _uprobe_pmu_type()
         links: List[int] = []
         for point in self.points:
+            if point.flavors is not None and library.flavor not in point.flavors:
+                continue
             offset = library.offsets.get(point.symbol)
             program = point.program
             taken = library.taken.get(point.symbol)
