@@ -1065,15 +1065,43 @@ struct {
 } edges SEC(".maps");
 
 /* Record one edge per held lock into the requested one. */
+struct edge_walk {
+	struct thread_locks *t;
+	struct lock_edge *edge;
+	struct lock_edge_key key;
+};
+
+/* One edge of record_edges, from held[i] (a bpf_loop callback: the verifier
+ * checks it once, not once per held lock). */
+static long record_edge_from(__u64 i, void *ctx)
+{
+	struct edge_walk *walk = ctx;
+	struct thread_locks *t = walk->t;
+	struct lock_edge *edge = walk->edge;
+	struct lock_edge_key key = walk->key;
+	struct held_lock *held;
+
+	if (i >= t->nheld)
+		return 1;
+	held = &t->held[held_index(i)];
+	key.from_lock = held->lock;
+	edge->from_gen = held->gen;
+	edge->from_site = held->site;
+	edge->from_mode = held->mode;
+	edge->from_kind = held->kind;
+	if (bpf_map_update_elem(&edges, &key, edge, BPF_ANY))
+		count_stat(STAT_EDGES_FULL);
+	return 0;
+}
+
 static __always_inline void record_edges(struct thread_locks *t, __u64 lock,
 					 __u32 gen, __u8 mode, __u8 kind,
 					 __u8 how, __u64 site)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct lock_edge_key key = {};
+	struct edge_walk walk = {};
 	struct lock_edge *edge;
 	struct scratch_buffers *s;
-	__u32 nheld = t->nheld;
 
 	s = bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
 	if (!s)
@@ -1090,23 +1118,15 @@ static __always_inline void record_edges(struct thread_locks *t, __u64 lock,
 	edge->held_count = copy_held_set(t, edge->held_locks, edge->held_gens,
 					 edge->held_modes, 0);
 
-	key.to_lock = lock;
-	key.context = t->held_hash;
-	key.pid = pid_tgid >> 32;
-	key.tid = (__u32)pid_tgid;
-	key.to_mode = mode;
-	key.to_how = how;
-	for (int i = 0; i < MAX_HELD_LOCKS; i++) {
-		if (i >= nheld)
-			break;
-		key.from_lock = t->held[i].lock;
-		edge->from_gen = t->held[i].gen;
-		edge->from_site = t->held[i].site;
-		edge->from_mode = t->held[i].mode;
-		edge->from_kind = t->held[i].kind;
-		if (bpf_map_update_elem(&edges, &key, edge, BPF_ANY))
-			count_stat(STAT_EDGES_FULL);
-	}
+	walk.t = t;
+	walk.edge = edge;
+	walk.key.to_lock = lock;
+	walk.key.context = t->held_hash;
+	walk.key.pid = pid_tgid >> 32;
+	walk.key.tid = (__u32)pid_tgid;
+	walk.key.to_mode = mode;
+	walk.key.to_how = how;
+	bpf_loop(MAX_HELD_LOCKS, record_edge_from, &walk, 0);
 }
 
 /* Drop the cached dependencies if some lock was destroyed since they were
@@ -1284,6 +1304,29 @@ static __always_inline bool released_unseen(struct thread_locks *t,
 	return (owner & OWNER_TID_MASK) != t->ns_tid;
 }
 
+struct release_walk {
+	struct thread_locks *t;
+	__u64 waited;
+	__u32 top;
+};
+
+/* One step of forget_released (a bpf_loop callback: the verifier checks it
+ * once, not once per held lock). */
+static long forget_if_released(__u64 k, void *ctx)
+{
+	struct release_walk *walk = ctx;
+	struct thread_locks *t = walk->t;
+	int i = (int)walk->top - 1 - (int)k;
+	struct held_lock *held;
+
+	if (i < 0 || i >= t->nheld)
+		return 1;
+	held = &t->held[held_index(i)];
+	if (held->lock != walk->waited && released_unseen(t, held))
+		drop_held(t, i);
+	return 0;
+}
+
 /* Bring the held set up to date before it is used (a request, a wait, an
  * exit): drop the locks released unseen, except `waited`, a blocking lock
  * pushed at entry and not taken yet. From the top down: drop_held moves the
@@ -1291,20 +1334,11 @@ static __always_inline bool released_unseen(struct thread_locks *t,
 static __always_inline void forget_released(struct thread_locks *t,
 					    __u64 waited)
 {
-	__u32 nheld = t->nheld;
-	struct held_lock *held;
+	struct release_walk walk = { t, waited, t->nheld };
 
-	if (t->libc != LIBC_GLIBC)
+	if (t->libc != LIBC_GLIBC || !walk.top)
 		return;
-	for (int k = 0; k < MAX_HELD_LOCKS; k++) {
-		int i = (int)nheld - 1 - k;
-
-		if (i < 0)
-			break;
-		held = &t->held[held_index(i)];
-		if (held->lock != waited && released_unseen(t, held))
-			drop_held(t, i);
-	}
+	bpf_loop(MAX_HELD_LOCKS, forget_if_released, &walk, 0);
 }
 
 /* The owner musl records in a lock: only recursive and error-checking
@@ -1777,26 +1811,44 @@ static __always_inline bool still_owned(struct thread_locks *t,
 	return owner == t->ns_tid || (!owner && t->libc == LIBC_MUSL);
 }
 
+struct owned_walk {
+	struct thread_locks *t;
+	struct blocked_thread *b;
+	__u32 count;
+};
+
+/* One step of copy_owned_set (a bpf_loop callback: a loop that carries a
+ * count costs the verifier a state per value). */
+static long copy_if_owned(__u64 i, void *ctx)
+{
+	struct owned_walk *walk = ctx;
+	struct thread_locks *t = walk->t;
+	struct blocked_thread *b = walk->b;
+	struct held_lock *held;
+	__u32 at = walk->count;
+
+	if (i >= t->nheld || at >= MAX_RECORDED_HELD)
+		return 1;
+	held = &t->held[held_index(i)];
+	if (!still_owned(t, held))
+		return 0;
+	at &= MAX_RECORDED_HELD - 1;
+	b->held_locks[at] = held->lock;
+	b->held_gens[at] = held->gen;
+	b->held_modes[at] = held->mode;
+	walk->count++;
+	return 0;
+}
+
 /* The first MAX_RECORDED_HELD locks the thread holds and still owns, into a
  * blocked record (a wait outside the lock functions). */
 static __always_inline void copy_owned_set(struct thread_locks *t,
 					   struct blocked_thread *b)
 {
-	__u32 nheld = t->nheld, count = 0;
+	struct owned_walk walk = { t, b, 0 };
 
-	for (int i = 0; i < MAX_RECORDED_HELD; i++) {
-		if (i >= nheld)
-			break;
-		if (!still_owned(t, &t->held[i]))
-			continue;
-		b->held_locks[count & (MAX_RECORDED_HELD - 1)] =
-			t->held[i].lock;
-		b->held_gens[count & (MAX_RECORDED_HELD - 1)] = t->held[i].gen;
-		b->held_modes[count & (MAX_RECORDED_HELD - 1)] =
-			t->held[i].mode;
-		count++;
-	}
-	b->held_count = count;
+	bpf_loop(MAX_HELD_LOCKS, copy_if_owned, &walk, 0);
+	b->held_count = walk.count;
 }
 
 /* A thread of a process with lock state starts an endless futex wait that no
