@@ -148,6 +148,7 @@ class GadgetSession:
         self._unprobeable_said = 0
         interval = self.params.get("operator.oci.ebpf.map-fetch-interval", "1000ms")
         self.interval = float(interval[:-2]) / 1000.0 if interval.endswith("ms") else 1.0
+        self.complete = False  # a final fetch took in everything that happened until it began
 
     def start(self, timeout: float = 60.0) -> None:
         try:
@@ -256,6 +257,7 @@ class GadgetSession:
             if time.monotonic() > deadline:
                 return
             self.pump_events(0.05)
+        self.complete = True
 
     def _detach(self) -> None:
         self.libraries = None  # nothing more gets probed
@@ -263,9 +265,13 @@ class GadgetSession:
             self.probes.detach()
 
     def stop(self) -> None:
-        """Detach, stop the gadget and take in what it still sends."""
+        """Detach, stop the gadget and take in what it still sends (unless a
+        final fetch already took in everything: then the stream is just closed)."""
         self._detach()
         if self.run is None or self.pump is None:
+            return
+        if self.complete:
+            self.run.cancel()  # the daemon stops the gadget when its stream goes
             return
         self.run.stop()
         deadline = time.monotonic() + 5.0

@@ -129,8 +129,9 @@ class ProcessGraph:
 
     Ingest only stores edges (one dictionary entry each); the adjacency that
     the searches walk is extended with the new edges when analysis starts.
-    The evidence of an edge is one LockEdge, a pending ``(decode, raw)`` pair
-    that makes it (see :class:`igdeadlock.decode.LockEdgeBatch`), or
+    The evidence of an edge is one LockEdge, the pending ``raw`` bytes that
+    ``self.decode`` makes it from (see :class:`igdeadlock.records.LockEdgeBatch`),
+    a pending ``(decode, raw)`` pair when another decoder made it, or
     ``{identity: LockEdge}`` once the edge was seen in several ways.
     :meth:`to_networkx` gives a networkx view.
     """
@@ -138,6 +139,9 @@ class ProcessGraph:
     def __init__(self, key: ProcessKey) -> None:
         self.key = key
         self.edges: Dict[Tuple[LockId, LockId], object] = {}  # (source, target) -> evidence
+        # one tuple per lock, shared by its edges (a lock is in several): memory per edge
+        self.lock_ids: Dict[LockId, LockId] = {}
+        self.decode: Optional[Callable[[bytes], LockEdge]] = None  # of pending bytes evidence
         self.succ: Dict[LockId, List[LockId]] = {}  # source -> targets, for the edges indexed so far
         self._indexed = 0  # the first _indexed edges are in succ (edges are never removed)
         self._more: List[Tuple[LockId, LockId]] = []  # known edges that got new evidence
@@ -193,7 +197,10 @@ class ProcessGraph:
         return True
 
     def _decoded(self, edge: Tuple[LockId, LockId], evidence: object) -> LockEdge:
-        if type(evidence) is tuple:  # pending: decode it once, keep the record
+        if type(evidence) is bytes:  # pending: decode it once, keep the record
+            assert self.decode is not None
+            evidence = self.edges[edge] = self.decode(evidence)
+        elif type(evidence) is tuple:  # pending, from another decoder
             decode, raw = evidence  # type: ignore[misc]
             evidence = self.edges[edge] = decode(raw)
         return evidence  # type: ignore[return-value]
@@ -651,6 +658,8 @@ class LockGraphStore:
         pid = start = -1
         graph: Optional[ProcessGraph] = None
         edges: Dict[Tuple[LockId, LockId], object] = {}
+        lock_ids: Dict[LockId, LockId] = {}
+        own_decoder = False  # the graph's pending evidence is decoded with this batch's decoder
         in_batch: Dict[Tuple[int, int], ProcessGraph] = {}  # the graphs of this batch's processes
         seen = 0
         for (record_pid, record_start, session, from_lock, from_gen, to_lock, to_gen), raw in zip(batch.keys,
@@ -664,15 +673,22 @@ class LockGraphStore:
                 if graph is None:
                     graph = in_batch[(pid, start)] = self._graph(pid, start)
                     self._dirty.add(graph.key)
+                    if graph.decode is None:
+                        graph.decode = decode
                 edges = graph.edges
+                lock_ids = graph.lock_ids
+                own_decoder = graph.decode is decode
             source = (from_lock, from_gen)
             target = (to_lock, to_gen)
             if source == target:
                 continue
+            source = lock_ids.setdefault(source, source)
+            target = lock_ids.setdefault(target, target)
             edge = (source, target)
             known = edges.get(edge)
             if known is None:
-                edges[edge] = (decode, raw)  # pending: decoded if analysis ever needs it
+                # pending: decoded if analysis ever needs it
+                edges[edge] = raw if own_decoder else (decode, raw)
             else:
                 graph.add_evidence(edge, known, decode(raw))  # type: ignore[union-attr]
         self.stats.edges_seen += seen
