@@ -1285,6 +1285,14 @@ static __always_inline void drop_held(struct thread_locks *t, int i)
 	t->nheld = last;
 }
 
+/* Whether the C library tells the thread's hold of a lock of this kind: a
+ * glibc mutex records its owner's thread id while locked and 0 otherwise, so
+ * neither its unlock nor the return of a try or timed lock needs a probe. */
+static __always_inline bool owner_tracked(struct thread_locks *t, __u8 kind)
+{
+	return kind == LOCK_KIND_MUTEX && t->libc == LIBC_GLIBC;
+}
+
 /*
  * Whether the thread let go of a held lock without a probe seeing it: a glibc
  * mutex, whose unlock takes no probe (one probe hit per lock/unlock pair, not
@@ -1297,7 +1305,7 @@ static __always_inline bool released_unseen(struct thread_locks *t,
 {
 	__u32 owner = 0;
 
-	if (held->kind != LOCK_KIND_MUTEX || t->libc != LIBC_GLIBC)
+	if (!owner_tracked(t, held->kind))
 		return false;
 	bpf_probe_read_user(&owner, sizeof(owner),
 			    (void *)(held->lock + GLIBC_MUTEX_OWNER_OFFSET));
@@ -1531,7 +1539,7 @@ static __always_inline int lock_reacquired(struct pt_regs *ctx,
 	}
 	if (how != ACQUIRE_TRY)
 		note_wait(t, lock, held->gen, held->site, mode, kind, how);
-	if (how == ACQUIRE_BLOCKING) {
+	if (how == ACQUIRE_BLOCKING || owner_tracked(t, kind)) {
 		held->depth++;
 		return 0;
 	}
@@ -1577,11 +1585,15 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	}
 	if (how != ACQUIRE_TRY)
 		note_wait(t, lock, gen, site, mode, kind, how);
-	if (how == ACQUIRE_BLOCKING) {
+	/* a glibc mutex is held from here whatever the outcome: a try or timed
+	 * acquisition that fails leaves the owner field to another thread, and
+	 * forget_released drops the lock at the thread's next step */
+	if (how == ACQUIRE_BLOCKING || owner_tracked(t, kind)) {
 		push_held(t, lock, gen, site, mode, kind);
 		return 0;
 	}
-	/* try and timed acquisitions hold the lock only if they succeed */
+	/* elsewhere try and timed acquisitions hold the lock only if they succeed
+	 * (their return probe tells) */
 	t->pending.lock = lock;
 	t->pending.sp = PT_REGS_SP(ctx);
 	t->pending.gen = gen;
@@ -1904,6 +1916,7 @@ static __always_inline int futex_wait_started(void *ctx, __u64 uaddr, __u64 op,
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct blocked_key key = { .tid = (__u32)pid_tgid };
+	__u64 waited = 0;
 	struct thread_locks *t;
 	struct blocked_thread *b;
 	struct scratch_buffers *s;
@@ -1941,11 +1954,13 @@ static __always_inline int futex_wait_started(void *ctx, __u64 uaddr, __u64 op,
 	b->how = t->wait.how;
 	b->process_threads = current_process_threads();
 	bpf_get_current_comm(b->comm, sizeof(b->comm));
-	/* a blocking lock is pushed at entry: it is waited for, not held */
-	forget_released(t, t->wait.lock);
-	b->held_count = copy_held_set(
-		t, b->held_locks, b->held_gens, b->held_modes,
-		t->wait.how == ACQUIRE_BLOCKING ? t->wait.lock : 0);
+	/* a blocking lock (and any glibc mutex) is pushed at entry: it is waited
+	 * for, not held */
+	if (t->wait.how == ACQUIRE_BLOCKING || owner_tracked(t, t->wait.kind))
+		waited = t->wait.lock;
+	forget_released(t, waited);
+	b->held_count = copy_held_set(t, b->held_locks, b->held_gens,
+				      b->held_modes, waited);
 	if (bpf_map_update_elem(&blocked_threads, &key, b, BPF_ANY))
 		count_stat(STAT_BLOCKED_FULL);
 	return 0;
@@ -2211,7 +2226,8 @@ int BPF_KPROBE(trace_uprobe_mutex_trylock, void *mutex)
 			      LOCK_KIND_MUTEX, ACQUIRE_TRY);
 }
 
-SEC("uretprobe/libc:pthread_mutex_trylock")
+/* Placed by the client on musl only (see owner_tracked); ig places it nowhere. */
+SEC("uprobe/gadget_program_disabled")
 int BPF_KRETPROBE(trace_uretprobe_mutex_trylock)
 {
 	return lock_returned(ctx);
@@ -2224,7 +2240,8 @@ int BPF_KPROBE(trace_uprobe_mutex_timedlock, void *mutex)
 			      LOCK_KIND_MUTEX, ACQUIRE_TIMED);
 }
 
-SEC("uretprobe/libc:pthread_mutex_timedlock")
+/* Placed by the client on musl only (see owner_tracked); ig places it nowhere. */
+SEC("uprobe/gadget_program_disabled")
 int BPF_KRETPROBE(trace_uretprobe_mutex_timedlock)
 {
 	return lock_returned(ctx);
@@ -2237,7 +2254,8 @@ int BPF_KPROBE(trace_uprobe_mutex_clocklock, void *mutex)
 			      LOCK_KIND_MUTEX, ACQUIRE_TIMED);
 }
 
-SEC("uretprobe/libc:pthread_mutex_clocklock")
+/* Placed by the client on musl only (see owner_tracked); ig places it nowhere. */
+SEC("uprobe/gadget_program_disabled")
 int BPF_KRETPROBE(trace_uretprobe_mutex_clocklock)
 {
 	return lock_returned(ctx);

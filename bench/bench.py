@@ -431,6 +431,9 @@ def render(results: Dict[str, Dict[str, Dict[str, float]]], analysis: Dict[str, 
         f"| {many['edges']:,} edges in {many['processes']:,} processes, analysed to the end | ingest "
         f"{many['ingest_seconds']:.2f} s, analysis {many['analysis_seconds']:.2f} s "
         f"({many['findings']} findings), peak RSS {many['peak_rss_mib']:.0f} MiB |",
+        f"| memory the companion keeps per distinct edge ({analysis['memory']['edges']:,} edges, tracemalloc) | "
+        f"{analysis['memory']['bytes_per_edge']:.0f} bytes as ingested, "
+        f"{analysis['memory']['bytes_per_edge_decoded']:.0f} once every edge's evidence is decoded |",
         f"| {million['edges']:,} random edges, one process (one giant component) | ingest "
         f"{million['ingest_seconds']:.2f} s, first analysis {million['analysis_seconds']:.2f} s (step budget; "
         f"{million['edges_left_for_next_analysis']:,} edges left for later ones), peak RSS "

@@ -102,13 +102,19 @@ COOKIE_SIZE_MAX = 0xFFFF_FFFF
 
 
 # Programs ig leaves alone (their section is DISABLED_SECTION) that the client
-# places where they are needed: program -> the lock function it goes on, and the
-# C libraries that need it. pthread_mutex_unlock: glibc records the owner in
-# every mutex, so the gadget knows it released from there (one probe hit per
-# lock/unlock pair); musl's normal mutexes record none. Checking unlocks (an
-# unlock of a lock another thread holds) needs it everywhere.
-CLIENT_PLACED_PROGRAMS: Dict[str, Tuple[str, FrozenSet[str]]] = {
-    "trace_uprobe_mutex_unlock": ("pthread_mutex_unlock", frozenset({"musl"})),
+# places where they are needed: program -> (the lock function it goes on, on its
+# return or not, the C libraries that need it). glibc records the owner in every
+# mutex, so the gadget knows from there when a mutex was released or a try or
+# timed lock failed (one probe hit per lock/unlock pair); musl's normal mutexes
+# record none. Checking unlocks (an unlock of a lock another thread holds) needs
+# the unlock probe everywhere.
+MUSL_ONLY = frozenset({"musl"})
+UNLOCK_PROGRAM = "trace_uprobe_mutex_unlock"
+CLIENT_PLACED_PROGRAMS: Dict[str, Tuple[str, bool, FrozenSet[str]]] = {
+    UNLOCK_PROGRAM: ("pthread_mutex_unlock", False, MUSL_ONLY),
+    "trace_uretprobe_mutex_trylock": ("pthread_mutex_trylock", True, MUSL_ONLY),
+    "trace_uretprobe_mutex_timedlock": ("pthread_mutex_timedlock", True, MUSL_ONLY),
+    "trace_uretprobe_mutex_clocklock": ("pthread_mutex_clocklock", True, MUSL_ONLY),
 }
 
 

@@ -21,17 +21,22 @@ def test_probe_points_from_ig_program_listing():
     ]
 
 
-def test_the_mutex_unlock_probe_goes_on_musl_only_unless_unlocks_are_checked():
-    """ig leaves it alone (its section is disabled); the client places it where a
-    mutex's unlock cannot be known from its owner field, or everywhere on request."""
+def test_mutex_unlock_and_try_return_probes_go_on_musl_only_unless_unlocks_are_checked():
+    """ig leaves them alone (their section is disabled); the client places them
+    where a mutex's release or a failed try cannot be known from its owner field,
+    and the unlock probe everywhere on request."""
     listing = json.dumps([
         {"Section": "uprobe/gadget_program_disabled", "Source": "trace_uprobe_mutex_unlock:\n"},
+        {"Section": "uprobe/gadget_program_disabled", "Source": "trace_uretprobe_mutex_trylock:\n"},
         {"Section": "uprobe/gadget_program_disabled", "Source": "trace_uprobe_spin_lock_taken:\n"},
     ]).encode()
+    musl = frozenset({"musl"})
     assert probe_points(listing) == [
-        ProbePoint("trace_uprobe_mutex_unlock", "libc", "pthread_mutex_unlock", False, frozenset({"musl"}))]
+        ProbePoint("trace_uprobe_mutex_unlock", "libc", "pthread_mutex_unlock", False, musl),
+        ProbePoint("trace_uretprobe_mutex_trylock", "libc", "pthread_mutex_trylock", True, musl)]
     assert probe_points(listing, unlock_checks=True) == [
-        ProbePoint("trace_uprobe_mutex_unlock", "libc", "pthread_mutex_unlock", False, None)]
+        ProbePoint("trace_uprobe_mutex_unlock", "libc", "pthread_mutex_unlock", False, None),
+        ProbePoint("trace_uretprobe_mutex_trylock", "libc", "pthread_mutex_trylock", True, musl)]
 
 
 def test_programs_of_one_run_are_grouped_through_shared_maps_in_any_order():

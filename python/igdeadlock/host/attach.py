@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from igdeadlock.gadget import CLIENT_PLACED_PROGRAMS, attach_cookie
+from igdeadlock.gadget import CLIENT_PLACED_PROGRAMS, UNLOCK_PROGRAM, attach_cookie
 from igdeadlock.host.bpf import Bpf, BpfError, ProgramInfo, machine, syscall
 from igdeadlock.host.locklib import PROCESS_GONE, REASON_NONE, FileId, LockLibrary, LockLibraryFinder, ProcessLibrary
 
@@ -81,7 +81,7 @@ def probe_points(programs_json: bytes, unlock_checks: bool = False) -> List[Prob
     Each entry has the program's section and its listing, whose first line is
     the program's name followed by a colon. Programs ig leaves alone that the
     client places (CLIENT_PLACED_PROGRAMS) go on the C libraries that need
-    them, or with ``unlock_checks`` on every one.
+    them; with ``unlock_checks`` the unlock probe goes on every one.
     """
     points = []
     for entry in json.loads(programs_json or b"[]"):
@@ -90,8 +90,9 @@ def probe_points(programs_json: bytes, unlock_checks: bool = False) -> List[Prob
         name = source.split(":", 1)[0].strip() if source else ""
         point = ProbePoint.from_section(name, section) if name else None
         if point is None and section == DISABLED_SECTION and name in CLIENT_PLACED_PROGRAMS:
-            symbol, flavors = CLIENT_PLACED_PROGRAMS[name]
-            point = ProbePoint(name, "libc", symbol, False, None if unlock_checks else flavors)
+            symbol, retprobe, flavors = CLIENT_PLACED_PROGRAMS[name]
+            everywhere = unlock_checks and name == UNLOCK_PROGRAM
+            point = ProbePoint(name, "libc", symbol, retprobe, None if everywhere else flavors)
         if point is not None:
             points.append(point)
     return points
