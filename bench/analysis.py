@@ -11,7 +11,7 @@ import argparse
 import json
 import resource
 import time
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 import synthetic
 
@@ -20,6 +20,16 @@ from igdeadlock.cli import tune_garbage_collector
 from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.proto import api_pb2
 from igdeadlock.records import LockEdge, LockEdgeBatch
+
+
+def ingest(decoder: StreamDecoder, store: LockGraphStore, events: Iterable[api_pb2.GadgetEvent]) -> None:
+    """Events through the decoder into the graphs, as the igdeadlock command does."""
+    for event in events:
+        for output in decoder.feed(event):
+            if type(output) is LockEdgeBatch:
+                store.add_edge_batch(output)
+            elif type(output) is LockEdge:
+                store.add_edge(output)
 
 
 def ingest_rate(info: api_pb2.GadgetInfo, records: int, pods: int = 0) -> Dict[str, float]:
@@ -31,12 +41,7 @@ def ingest_rate(info: api_pb2.GadgetInfo, records: int, pods: int = 0) -> Dict[s
     decoder.set_info(info)
     store = LockGraphStore()
     started = time.perf_counter()
-    for event in events:
-        for output in decoder.feed(event):
-            if type(output) is LockEdgeBatch:
-                store.add_edge_batch(output)
-            elif type(output) is LockEdge:
-                store.add_edge(output)
+    ingest(decoder, store, events)
     elapsed = time.perf_counter() - started
     assert decoder.stats.records == records == store.stats.edges_seen, (decoder.stats, store.stats)
     return {"records": records, "seconds": elapsed, "records_per_second": records / elapsed}
@@ -55,12 +60,7 @@ def memory_per_edge(info: api_pb2.GadgetInfo, records: int) -> Dict[str, float]:
     tracemalloc.start()
     store = LockGraphStore()
     base = tracemalloc.get_traced_memory()[0]
-    for event in events:
-        for output in decoder.feed(event):
-            if type(output) is LockEdgeBatch:
-                store.add_edge_batch(output)
-            elif type(output) is LockEdge:
-                store.add_edge(output)
+    ingest(decoder, store, events)
     del events
     kept = sum(graph.edge_count for graph in store.graphs.values())
     ingested = tracemalloc.get_traced_memory()[0] - base
