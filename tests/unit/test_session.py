@@ -61,3 +61,22 @@ def test_frames_after_unwinding_junk_are_dropped():
 
     stack = _stack(9, 5, 4, (7, 0, 0, 8), (0x1100, 0, 0x12, 0x2200), (0x55000100, 0, 0x12, 0x7F000200))
     assert stack.frames == ((7, 0x1100),) and stack.addresses == (0x55000100,)
+
+
+def test_a_reconnected_run_s_misuse_finds_its_stacks():
+    """After a reconnection the gadget numbers sites from 1 again: a misuse's
+    sites are kept apart from the earlier run's like every other record's."""
+    from igdeadlock.gadget import Misuse
+    from igdeadlock.records import MisuseEvent, StackTrace
+
+    collector = Collector()
+    collector.consume(StackTrace(site=7, pid=1, frames=((0, 0x10),)))  # the first run's site 7
+    collector.begin_run()
+    collector.consume(StackTrace(site=7, pid=2, frames=((0, 0x20),)))  # the second run's
+    collector.consume(MisuseEvent(pid=2, tid=2, comm="p", mntns_id=1, process_start=5,
+                                  misuse=int(Misuse.UNLOCK_NOT_OWNER), lock=0x1000, gen=0, kind=0, mode=0,
+                                  held_mode=0, site=7, held_site=7, owner_tid=3))
+    (misuse,) = collector.misuses.all_findings()
+    for site in (misuse.site, misuse.held_site):
+        stack = collector.stack(site)
+        assert stack is not None and stack.pid == 2 and stack.frames == ((0, 0x20),)

@@ -105,6 +105,8 @@ class Collector:
                 output = output._replace(site=self._site(output.site))
             self.waits.thread_blocked(output)
         elif kind is MisuseEvent:
+            if self._run:
+                output = output._replace(site=self._site(output.site), held_site=self._site(output.held_site))
             found = self.misuses.add(output)
             return self._detected([found]) if found is not None else []
         elif kind is ThreadResumed:
