@@ -130,6 +130,21 @@ class Lines:
                 continue
 
 
+def start_watch(daemon: str, report: Path, *extra: str) -> Tuple[subprocess.Popen, Lines]:
+    """`igdeadlock watch --format json -o REPORT` on one daemon, its status line
+    every half second; returns once it is connected: the process and its stderr."""
+    watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", daemon, "--image", IMAGE, "--duration", "600",
+                              "--status-interval", "0.5", "--format", "json", "-o", str(report), *extra],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = Lines(watch.stderr)
+    try:
+        lines.wait_for(lambda line: "1/1 targets connected" in line)
+    except BaseException:
+        watch.kill()
+        raise
+    return watch, lines
+
+
 def finding_of(comm_prefix: str):
     """Matches the first line of a live finding of a process whose name starts so."""
     return lambda line: "(pid=" in line and f", {comm_prefix}" in line

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import IGDEADLOCK, IMAGE, Lines, program_facts, trace_json
+from helpers import program_facts, start_watch, trace_json
 
 
 def lost(report: dict) -> dict:
@@ -189,12 +189,8 @@ def test_four_threads_cycling_sixteen_thousand_mutexes_lose_nothing(ig_daemon, p
 def test_the_same_churn_under_watch_loses_nothing(ig_daemon, program, tmp_path):
     """watch, default fetch interval: the burst of 65,532 edges arrives whole."""
     out = tmp_path / "report.json"
-    watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", ig_daemon, "--image", IMAGE, "--duration", "600",
-                              "--status-interval", "0.5", "--format", "json", "-o", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines = Lines(watch.stderr)
+    watch, lines = start_watch(ig_daemon, out)
     try:
-        lines.wait_for(lambda line: "1/1 targets connected" in line)
         churn = subprocess.Popen([str(program("pairs")), "16384", "4", "3"], stdout=subprocess.PIPE, text=True)
         stdout, _ = churn.communicate(timeout=300)
         facts = program_facts(stdout)

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import IGDEADLOCK, IMAGE, REPO, Lines, compile_program, program_facts, run_cli
+from helpers import IMAGE, REPO, compile_program, program_facts, run_cli, start_watch
 
 IMAGES = {"glibc": ("igdeadlock-test/glibc:latest", "gcc"), "musl": ("igdeadlock-test/musl:latest", "musl-gcc")}
 
@@ -110,15 +110,10 @@ def test_containers_of_one_image_in_their_own_pid_namespaces(container_daemon, l
     churn, misuse = compile_program("churn", compiler=compiler), compile_program("misuse", compiler=compiler)
     deadlock = compile_program("deadlock", compiler=compiler)
     out = tmp_path / "report.json"
-    watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", container_daemon, "--image", IMAGE,
-                              "--duration", "300", "--status-interval", "0.5", "--format", "json", "-o", str(out),
-                              # musl's unlocks are always probed; glibc's on request
-                              *([] if libc == "musl" else ["--unlock-checks"])],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines = Lines(watch.stderr)
+    # musl's unlocks are always probed; glibc's on request
+    watch, lines = start_watch(container_daemon, out, *([] if libc == "musl" else ["--unlock-checks"]))
     started = []
     try:
-        lines.wait_for(lambda line: "1/1 targets connected" in line)
         started.append(start_container(image, churn))
         churn_pid = container_pid(started[-1])
         # a finding from it: its (the image's) C library is probed
@@ -165,15 +160,9 @@ def test_stacks_of_a_removed_container_are_symbolized(container_daemon, tmp_path
     image, _ = IMAGES["glibc"]
     churn, misuse = compile_program("churn"), compile_program("misuse")
     report = tmp_path / "report.json"
-    with open(report, "w") as out:
-        watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", container_daemon, "--image", IMAGE,
-                                  "--duration", "300", "--status-interval", "0.5", "--format", "json",
-                                  "--unlock-checks"],
-                                 stdout=out, stderr=subprocess.PIPE, text=True)
-    lines = Lines(watch.stderr)
+    watch, lines = start_watch(container_daemon, report, "--unlock-checks")
     started = []
     try:
-        lines.wait_for(lambda line: "1/1 targets connected" in line)
         # the program is gone before its library could be probed: a first container
         # of the image gets the image's C library probed (a finding from it says so)
         started.append(start_container(image, churn))

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 
-from helpers import IGDEADLOCK, IMAGE, Lines
+from helpers import start_watch
 
 
 def free_port() -> int:
@@ -39,14 +39,10 @@ def wait_until_serving(port: int, server: subprocess.Popen) -> None:
 def test_memcached_under_load_loses_nothing_in_watch(ig_daemon, tmp_path):
     assert shutil.which("memcached") and shutil.which("memcaslap"), "run `make setup` (tools/packages.txt)"
     out = tmp_path / "report.json"
-    watch = subprocess.Popen([*IGDEADLOCK, "watch", "--remote", ig_daemon, "--image", IMAGE, "--duration", "600",
-                              "--status-interval", "0.5", "--format", "json", "-o", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines = Lines(watch.stderr)
+    watch, _ = start_watch(ig_daemon, out)
     port = free_port()
     server = None
     try:
-        lines.wait_for(lambda line: "1/1 targets connected" in line)
         server = subprocess.Popen(["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(port), "-U", "0",
                                    "-t", "4", "-m", "64"])
         wait_until_serving(port, server)
