@@ -9,7 +9,8 @@
 #                                               package a fresh machine of this
 #                                               kind would need, and fail on conflicts
 #
-# Groups: build (gadget and companion), test (end-to-end tests), bench.
+# Groups: build (gadget and companion), test (end-to-end tests), bench,
+# cluster (the single-node Kubernetes cluster of tools/cluster/).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
