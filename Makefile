@@ -8,6 +8,8 @@
 #   make diagrams    regenerate DEVELOPER.md's program-map diagrams from the built image
 #   make containers  start Docker and build the test images (igdeadlock-test/glibc, /musl)
 #   make lint        ruff, mypy, and clang-format in Inspektor Gadget's style
+#   make cluster     a single-node Kubernetes cluster here, with Inspektor Gadget deployed
+#                    (kubectl: build/cluster/kubeconfig; tools/cluster/); make cluster-down stops it
 #
 # Everything here runs as root: eBPF and `ig daemon` need it.
 
@@ -23,10 +25,10 @@ IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget"
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test demo bench setup-bench diagrams containers lint proto clean
+.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: setup-packages setup-ig setup-python setup-test-tools
 
@@ -95,6 +97,14 @@ bench: setup-bench gadget
 containers:
 	@tools/containers/docker.sh start
 	@tools/containers/build-images.sh
+
+# Kubernetes 1.34 (built from Go modules, cached), containerd, a local registry,
+# and IG deployed with `kubectl gadget deploy`; idempotent (tools/cluster/cluster.sh).
+cluster: setup-packages setup-ig
+	@tools/cluster/cluster.sh ig
+
+cluster-down:
+	@tools/cluster/cluster.sh down
 
 # DEVELOPER.md's diagrams come from the built image, never from hand edits.
 diagrams: gadget

@@ -17,7 +17,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${IGDEADLOCK_CACHE:-/var/cache/igdeadlock}/cluster
 
-version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3; exit }' "$here/go.mod")
+version=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ { print $2; exit }' "$here/go.mod")
 [ -n "$version" ] || { echo "cluster build: no k8s.io/kubernetes requirement in $here/go.mod" >&2; exit 1; }
 stamp=$(cat "$here/go.mod" "$here/go.sum" "$here/build.sh" | sha256sum | cut -c1-12)
 out=$cache/k8s-$version-$stamp
