@@ -109,6 +109,9 @@ enum tracking_stat {
 #define COOKIE_LIBC_MASK 0xff /* bits 0-7: enum libc */
 #define COOKIE_SIZE_SHIFT 32 /* bits 32-63: function size in bytes */
 
+#define EEXIST 17 /* <errno.h>: vmlinux.h has no macros */
+#define CLOCK_MONOTONIC 1 /* <linux/time.h> */
+
 /* An acquisition site id: the CPU that numbered it above a per-CPU count
  * (unique without atomics); 0 means "no stack". */
 #define SITE_CPU_SHIFT 48
@@ -489,9 +492,17 @@ static __always_inline __u32 current_ns_tid(void)
 static __always_inline struct thread_locks *
 claim_slot(void *ctx, gadget_tid tid, __u32 *claimed)
 {
+	gadget_pid pid = bpf_get_current_pid_tgid() >> 32;
 	struct thread_locks *t;
 	__u32 index;
+	long err;
 
+	/* first, so that a thread with a slot always has its process here: an
+	 * exit outside lock_processes has no thread state to forget */
+	err = bpf_map_update_elem(&lock_processes, &pid, &(__u32){ 0 },
+				  BPF_NOEXIST);
+	if (err && err != -EEXIST)
+		return NULL;
 	for (int probe = 0; probe < THREAD_SLOT_PROBES; probe++) {
 		index = (mix64(tid) + probe) & (MAX_THREADS - 1);
 		if (bpf_map_update_elem(&slot_owners, &index, &tid,
@@ -506,9 +517,7 @@ claim_slot(void *ctx, gadget_tid tid, __u32 *claimed)
 			return NULL;
 		}
 		t->owner = tid;
-		t->pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_map_update_elem(&lock_processes, &t->pid, &(__u32){ 0 },
-				    BPF_NOEXIST);
+		t->pid = pid;
 		t->ns_tid = current_ns_tid();
 		if (t->ns_tid != tid) {
 			struct ns_thread_key key = { t->pid, t->ns_tid };
@@ -2034,6 +2043,27 @@ struct process_event {
 GADGET_TRACER_MAP(dead_pids, 1024 * 256);
 GADGET_TRACER_MAP(process_events, 1024 * 256);
 
+/* Waking the ring buffer's reader costs more than everything else an exit
+ * does (the kernel raises an interrupt on this CPU: ~12 us in a VM), and a
+ * busy host ends thousands of processes a second. Exits are therefore
+ * written without a wake-up, and one timer wakes the reader at most
+ * EXIT_WAKEUP_DELAY_NS after the first exit it has not seen. */
+#define EXIT_WAKEUP_DELAY_NS (10 * 1000 * 1000ULL)
+
+struct exit_wakeup {
+	struct bpf_timer timer;
+	__u64 armed; /* the timer is set and has not fired yet */
+	__u64 ready; /* timer initialised and its callback set */
+};
+
+/* 0 -> the timer that wakes the reader of dead_pids */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exit_wakeup);
+} exit_wakeups SEC(".maps");
+
 /* Stop each new process of the traced tree before its first instruction
  * (SIGSTOP), so that user space can probe its C library for it alone and then
  * continue it: uprobes placed per process (bystanders never trap) see a new
@@ -2079,6 +2109,43 @@ static __always_inline void report_locks_left(void *ctx, gadget_tid tid,
 	}
 }
 
+/* Wake dead_pids' reader: an empty record discarded with a forced wake-up
+ * (readers skip discarded records). */
+static int wake_exit_reader(void *map, __u32 *key, struct exit_wakeup *wakeup)
+{
+	void *record;
+
+	wakeup->armed = 0; /* exits from now on set the timer again */
+	if (!bpf_ringbuf_query(&dead_pids, BPF_RB_AVAIL_DATA))
+		return 0;
+	record = bpf_ringbuf_reserve(&dead_pids, sizeof(__u64), 0);
+	if (record)
+		bpf_ringbuf_discard(record, BPF_RB_FORCE_WAKEUP);
+	return 0;
+}
+
+/* Send an exit without waking the reader; make sure a timer will. */
+static __always_inline void submit_exit(void *ctx, struct dead_pid *event)
+{
+	__u32 zero = 0;
+	struct exit_wakeup *wakeup = bpf_map_lookup_elem(&exit_wakeups, &zero);
+
+	if (!wakeup) {
+		gadget_submit_buf(ctx, &dead_pids, event, sizeof(*event));
+		return;
+	}
+	bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
+	if (!wakeup->ready) {
+		/* -EBUSY: another CPU initialised it first */
+		bpf_timer_init(&wakeup->timer, &exit_wakeups, CLOCK_MONOTONIC);
+		bpf_timer_set_callback(&wakeup->timer, wake_exit_reader);
+		wakeup->ready = 1;
+	}
+	/* set it once: setting it again would push the wake-up back */
+	if (!__sync_lock_test_and_set(&wakeup->armed, 1))
+		bpf_timer_start(&wakeup->timer, EXIT_WAKEUP_DELAY_NS, 0);
+}
+
 /* Thread exit: drop its state; last thread of a process: report the pid. */
 static __always_inline int thread_exited(void *ctx)
 {
@@ -2089,15 +2156,18 @@ static __always_inline int thread_exited(void *ctx)
 	struct dead_pid *event;
 	__u32 *generations;
 
-	report_locks_left(ctx, tid, task);
-	release_thread(tid);
-	bpf_map_delete_elem(&blocked_threads, &tid);
-	bpf_map_delete_elem(&futex_waiters, &tid);
+	/* only a process with lock state has threads with state (claim_slot) */
+	generations = bpf_map_lookup_elem(&lock_processes, &pid);
+	if (generations) {
+		report_locks_left(ctx, tid, task);
+		release_thread(tid);
+		bpf_map_delete_elem(&blocked_threads, &tid);
+		bpf_map_delete_elem(&futex_waiters, &tid);
+	}
 
 	/* signal->live drops to 0 when the last thread of the group exits */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
-	generations = bpf_map_lookup_elem(&lock_processes, &pid);
 	if (generations) {
 		/* the walk costs ~100 us: only processes that destroyed a lock */
 		if (*generations)
@@ -2117,7 +2187,7 @@ static __always_inline int thread_exited(void *ctx)
 	event->exited = bpf_ktime_get_boot_ns();
 	event->mntns_id = gadget_get_current_mntns_id();
 	bpf_get_current_comm(event->comm, sizeof(event->comm));
-	gadget_submit_buf(ctx, &dead_pids, event, sizeof(*event));
+	submit_exit(ctx, event);
 	if (tree_pid)
 		bpf_map_delete_elem(&tree_processes, &pid);
 	return 0;
@@ -2443,8 +2513,9 @@ int trace_futex_wait_end(struct syscall_trace_exit *ctx)
 
 /* process and thread exits */
 
-SEC("tracepoint/sched/sched_process_exit")
-int trace_sched_process_exit(void *ctx)
+/* (a BTF tracepoint: classic tracepoint programs may not use timers) */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(trace_sched_process_exit)
 {
 	return thread_exited(ctx);
 }
