@@ -235,7 +235,7 @@ def run_trace(args: argparse.Namespace) -> int:
         remote=args.remote,
         tls=_tls(args),
         timeout=args.timeout,
-        fetch_interval_ms=args.fetch_interval or 250,
+        fetch_interval_ms=args.fetch_interval or TraceOptions.fetch_interval_ms,
         attach=args.attach,
         ig=args.ig,
         daemon_log=args.daemon_log,

@@ -9,6 +9,7 @@ import queue
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -151,22 +152,32 @@ class GadgetSession:
         self.complete = False  # a final fetch took in everything that happened until it began
 
     def start(self, timeout: float = 60.0) -> None:
-        try:
-            info = self.service.gadget_info(self.image, self.params, extra_info=True)
-        except WireError as exc:
-            raise explain_image_error(self.image, exc) from exc
         client_attach = self.attach_mode == "client" or (
             self.attach_mode == "auto" and not attach_mod.kernel_has_kprobes())
-        listing = info.extraInfo.data["ebpf.programs"].content if "ebpf.programs" in info.extraInfo.data else b""
-        points = attach_mod.probe_points(listing, self.unlock_checks) if client_attach else []
-        taken = attach_mod.lock_taken_programs(listing) if client_attach else set()
         before = attach_mod.program_ids() if client_attach else set()
         if client_attach and self.tree_pid is not None:
             # probes go into each process of the tree alone: new processes wait for them
             self.params[PAUSE_NEW_PROCESSES_PARAM] = "true"
-        self.run = self.service.run_gadget(self.image, self.params)
-        self.pump = _EventPump(self.run)
-        self._wait_until_live(timeout)
+        # The program listing (which function each program probes) is asked for
+        # while ig loads the gadget: each takes a while, and neither needs the other.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gadget-info") as pool:
+            asked = pool.submit(self.service.gadget_info, self.image, self.params, True)
+            try:
+                self.run = self.service.run_gadget(self.image, self.params)
+                self.pump = _EventPump(self.run)
+                self._wait_until_live(timeout)
+            except (TraceError, WireError):
+                failed = asked.exception()
+                if isinstance(failed, WireError):  # says best what is wrong with the image
+                    raise explain_image_error(self.image, failed) from failed
+                raise
+            try:
+                info = asked.result()
+            except WireError as exc:
+                raise explain_image_error(self.image, exc) from exc
+        listing = info.extraInfo.data["ebpf.programs"].content if "ebpf.programs" in info.extraInfo.data else b""
+        points = attach_mod.probe_points(listing, self.unlock_checks) if client_attach else []
+        taken = attach_mod.lock_taken_programs(listing) if client_attach else set()
         if not client_attach:
             if self.unlock_checks:
                 self.say("igdeadlock: --unlock-checks has no effect where ig attaches the probes: ig does not "

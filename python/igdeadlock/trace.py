@@ -39,7 +39,7 @@ class TraceOptions:
     remote: Optional[str] = None
     tls: Optional[TlsConfig] = None
     timeout: Optional[float] = None
-    fetch_interval_ms: int = 250
+    fetch_interval_ms: int = 100
     attach: str = "auto"  # auto | client | ig
     ig: Optional[str] = None
     daemon_log: Optional[str] = None
