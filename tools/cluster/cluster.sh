@@ -662,14 +662,33 @@ EOF
 	current=$(kubectl_ -n gadget get daemonset gadget -o jsonpath='{.metadata.annotations.igdeadlock/deployed}' 2>/dev/null || true)
 	if [ "$current" = "$stamp" ]; then
 		say "Inspektor Gadget is deployed ($image)"
-		kubectl_ -n gadget rollout status daemonset/gadget --timeout=5m >/dev/null
 	else
 		say "deploying Inspektor Gadget ($image)"
+		# A DaemonSet of an earlier deploy carries our edit below, which the
+		# deploy's server-side apply would refuse to overwrite: start afresh.
+		kubectl_ -n gadget delete daemonset gadget --ignore-not-found --wait=true >/dev/null
 		kubectl_gadget deploy --image "$image" --image-pull-policy IfNotPresent \
 			--verify-image=false --daemon-config "$state/config/ig-daemon.yaml" \
-			--containerd-socketpath "$containerd_sock" --timeout 5m
+			--containerd-socketpath "$containerd_sock" --wait=false
+		# Root here lacks CAP_SYS_RESOURCE (see start_containerd), so runc cannot
+		# grant it: the gadget container, which asks for it (IG uses it to lift
+		# the memlock limit, which kernels with BPF memory accounting ignore),
+		# would fail with "unable to apply caps: operation not permitted".
+		local caps index
+		caps=$(kubectl_ -n gadget get daemonset gadget \
+			-o jsonpath='{range .spec.template.spec.containers[0].securityContext.capabilities.add[*]}{@}{"\n"}{end}')
+		index=$(grep -nx SYS_RESOURCE <<<"$caps" | cut -d: -f1 || true)
+		local bounding
+		bounding=$(awk '$1 == "CapBnd:" { print $2 }' /proc/self/status)
+		if [ -n "$index" ] && (((0x$bounding >> 24 & 1) == 0)); then
+			kubectl_ -n gadget patch daemonset gadget --type=json -p \
+				"[{\"op\": \"remove\", \"path\": \"/spec/template/spec/containers/0/securityContext/capabilities/add/$((index - 1))\"}]" >/dev/null
+			say "gadget pods: SYS_RESOURCE left out (this machine cannot grant it)"
+		fi
 		kubectl_ -n gadget annotate --overwrite daemonset gadget "igdeadlock/deployed=$stamp" >/dev/null
 	fi
+	say "waiting for the gadget pod"
+	kubectl_ -n gadget rollout status daemonset/gadget --timeout=5m
 	ig_check
 }
 
@@ -684,9 +703,12 @@ ig_check() {
 	local ig=${IG:-$(command -v ig || echo /usr/local/bin/ig)}
 	[ -x "$ig" ] || fail "ig is missing: run make setup-ig"
 	local gadget=$pod_registry/igdeadlock/cluster-check:latest
-	nice -n 19 "$ig" image build --local -t "$gadget" "$here/check-gadget" >/dev/null
-	"$ig" image push --insecure-registries "$pod_registry" "$gadget" >/dev/null
 	local out=$repo/build/cluster/check-gadget.out
+	if ! { nice -n 19 "$ig" image build --local -t "$gadget" "$here/check-gadget" &&
+		"$ig" image push --insecure-registries "$pod_registry" "$gadget"; } >"$out" 2>&1; then
+		cat "$out" >&2
+		fail "could not build and push $gadget"
+	fi
 	(
 		sleep 6
 		for _ in 1 2 3; do
