@@ -102,6 +102,7 @@ enum tracking_stat {
 	STAT_GENERATIONS_FULL = 4, /* a destroy not recorded */
 	STAT_BLOCKED_FULL = 5, /* a blocked thread not recorded */
 	STAT_TREE_FULL = 6, /* a process of the traced tree not tracked */
+	STAT_REQUEST_LOST = 7, /* a lock request not handed over (see 11) */
 };
 
 /* A uprobe's attach cookie: the C library, and the size of the probed
@@ -1614,6 +1615,79 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	return 0;
 }
 
+/*
+ * Every lock request runs lock_requested, a large function. Inlined into each
+ * entry program it was verified once per probed function (15 of them) each
+ * time the gadget loads, which took seconds. The entry programs other than
+ * pthread_mutex_lock's (the most frequent: it keeps the direct path) write
+ * the request down and tail-call one program that holds lock_requested; the
+ * registers, the attach cookie and the stack are still the probed call's.
+ */
+struct lock_request {
+	__u64 lock;
+	gadget_tid tid; /* who asked: the hand-over is checked */
+	__u8 mode;
+	__u8 kind;
+	__u8 how;
+	__u8 __pad;
+};
+
+/* 0 -> the request this CPU's entry program hands over */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lock_request);
+} lock_requests SEC(".maps");
+
+int trace_lock_request(struct pt_regs *ctx);
+
+/* 0 -> trace_lock_request (filled in by the loader) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, int(struct pt_regs *));
+} lock_request_program SEC(".maps") = {
+	.values = { [0] = (void *)&trace_lock_request },
+};
+
+static __always_inline int hand_over_request(struct pt_regs *ctx, __u64 lock,
+					     __u8 mode, __u8 kind, __u8 how)
+{
+	struct lock_request *request =
+		bpf_map_lookup_elem(&lock_requests, &(__u32){ 0 });
+
+	if (!request || !lock)
+		return 0;
+	request->lock = lock;
+	request->tid = current_tid();
+	request->mode = mode;
+	request->kind = kind;
+	request->how = how;
+	bpf_tail_call(ctx, &lock_request_program, 0);
+	count_stat(STAT_REQUEST_LOST); /* the program array was emptied */
+	return 0;
+}
+
+/* The request handed over by this thread's entry program just now. (Another
+ * thread's, if it ran on this CPU in between: then the request is dropped and
+ * counted, never attributed to the wrong thread.) */
+static __always_inline int take_over_request(struct pt_regs *ctx)
+{
+	struct lock_request *request =
+		bpf_map_lookup_elem(&lock_requests, &(__u32){ 0 });
+
+	if (!request)
+		return 0;
+	if (request->tid != current_tid()) {
+		count_stat(STAT_REQUEST_LOST);
+		return 0;
+	}
+	return lock_requested(ctx, request->lock, request->mode, request->kind,
+			      request->how);
+}
+
 /* Return of a try or timed lock function: 0 means acquired. */
 static __always_inline int lock_returned(struct pt_regs *ctx)
 {
@@ -2280,6 +2354,14 @@ GADGET_TRACER(misuse, misuse_events, misuse_event);
  * 15. Probes
  * ------------------------------------------------------------------------ */
 
+/* every lock request but pthread_mutex_lock's (see hand_over_request); ig
+ * places it nowhere, and neither does the client */
+SEC("uprobe/gadget_program_disabled")
+int trace_lock_request(struct pt_regs *ctx)
+{
+	return take_over_request(ctx);
+}
+
 /* pthread mutexes (C11 mtx_* and C++ std::mutex call these) */
 
 SEC("uprobe/libc:pthread_mutex_lock")
@@ -2292,8 +2374,8 @@ int BPF_KPROBE(trace_uprobe_mutex_lock, void *mutex)
 SEC("uprobe/libc:pthread_mutex_trylock")
 int BPF_KPROBE(trace_uprobe_mutex_trylock, void *mutex)
 {
-	return lock_requested(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_MUTEX, ACQUIRE_TRY);
+	return hand_over_request(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
+				 LOCK_KIND_MUTEX, ACQUIRE_TRY);
 }
 
 /* Placed by the client on musl only (see owner_tracked); ig places it nowhere. */
@@ -2306,8 +2388,8 @@ int BPF_KRETPROBE(trace_uretprobe_mutex_trylock)
 SEC("uprobe/libc:pthread_mutex_timedlock")
 int BPF_KPROBE(trace_uprobe_mutex_timedlock, void *mutex)
 {
-	return lock_requested(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_MUTEX, ACQUIRE_TIMED);
+	return hand_over_request(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
+				 LOCK_KIND_MUTEX, ACQUIRE_TIMED);
 }
 
 /* Placed by the client on musl only (see owner_tracked); ig places it nowhere. */
@@ -2320,8 +2402,8 @@ int BPF_KRETPROBE(trace_uretprobe_mutex_timedlock)
 SEC("uprobe/libc:pthread_mutex_clocklock")
 int BPF_KPROBE(trace_uprobe_mutex_clocklock, void *mutex)
 {
-	return lock_requested(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_MUTEX, ACQUIRE_TIMED);
+	return hand_over_request(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
+				 LOCK_KIND_MUTEX, ACQUIRE_TIMED);
 }
 
 /* Placed by the client on musl only (see owner_tracked); ig places it nowhere. */
@@ -2350,22 +2432,22 @@ int BPF_KPROBE(trace_uprobe_mutex_destroy, void *mutex)
 SEC("uprobe/libc:pthread_rwlock_rdlock")
 int BPF_KPROBE(trace_uprobe_rwlock_rdlock, void *rwlock)
 {
-	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
-			      LOCK_KIND_RWLOCK, ACQUIRE_BLOCKING);
+	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
+				 LOCK_KIND_RWLOCK, ACQUIRE_BLOCKING);
 }
 
 SEC("uprobe/libc:pthread_rwlock_wrlock")
 int BPF_KPROBE(trace_uprobe_rwlock_wrlock, void *rwlock)
 {
-	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_RWLOCK, ACQUIRE_BLOCKING);
+	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
+				 LOCK_KIND_RWLOCK, ACQUIRE_BLOCKING);
 }
 
 SEC("uprobe/libc:pthread_rwlock_tryrdlock")
 int BPF_KPROBE(trace_uprobe_rwlock_tryrdlock, void *rwlock)
 {
-	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
-			      LOCK_KIND_RWLOCK, ACQUIRE_TRY);
+	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
+				 LOCK_KIND_RWLOCK, ACQUIRE_TRY);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_tryrdlock")
@@ -2377,8 +2459,8 @@ int BPF_KRETPROBE(trace_uretprobe_rwlock_tryrdlock)
 SEC("uprobe/libc:pthread_rwlock_trywrlock")
 int BPF_KPROBE(trace_uprobe_rwlock_trywrlock, void *rwlock)
 {
-	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_RWLOCK, ACQUIRE_TRY);
+	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
+				 LOCK_KIND_RWLOCK, ACQUIRE_TRY);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_trywrlock")
@@ -2390,8 +2472,8 @@ int BPF_KRETPROBE(trace_uretprobe_rwlock_trywrlock)
 SEC("uprobe/libc:pthread_rwlock_timedrdlock")
 int BPF_KPROBE(trace_uprobe_rwlock_timedrdlock, void *rwlock)
 {
-	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
-			      LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
+				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_timedrdlock")
@@ -2403,8 +2485,8 @@ int BPF_KRETPROBE(trace_uretprobe_rwlock_timedrdlock)
 SEC("uprobe/libc:pthread_rwlock_timedwrlock")
 int BPF_KPROBE(trace_uprobe_rwlock_timedwrlock, void *rwlock)
 {
-	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
+				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_timedwrlock")
@@ -2416,8 +2498,8 @@ int BPF_KRETPROBE(trace_uretprobe_rwlock_timedwrlock)
 SEC("uprobe/libc:pthread_rwlock_clockrdlock")
 int BPF_KPROBE(trace_uprobe_rwlock_clockrdlock, void *rwlock)
 {
-	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
-			      LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
+				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_clockrdlock")
@@ -2429,8 +2511,8 @@ int BPF_KRETPROBE(trace_uretprobe_rwlock_clockrdlock)
 SEC("uprobe/libc:pthread_rwlock_clockwrlock")
 int BPF_KPROBE(trace_uprobe_rwlock_clockwrlock, void *rwlock)
 {
-	return lock_requested(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
+				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_clockwrlock")
@@ -2456,8 +2538,8 @@ int BPF_KPROBE(trace_uprobe_rwlock_destroy, void *rwlock)
 SEC("uprobe/libc:pthread_spin_lock")
 int BPF_KPROBE(trace_uprobe_spin_lock, void *spinlock)
 {
-	return lock_requested(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING);
+	return hand_over_request(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
+				 LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING);
 }
 
 /* x86-64 glibc's pthread_spin_lock starts with a locked instruction, which
@@ -2467,15 +2549,15 @@ int BPF_KPROBE(trace_uprobe_spin_lock, void *spinlock)
 SEC("uprobe/gadget_program_disabled")
 int BPF_KPROBE(trace_uprobe_spin_lock_taken, void *spinlock)
 {
-	return lock_requested(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING);
+	return hand_over_request(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
+				 LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING);
 }
 
 SEC("uprobe/libc:pthread_spin_trylock")
 int BPF_KPROBE(trace_uprobe_spin_trylock, void *spinlock)
 {
-	return lock_requested(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_SPINLOCK, ACQUIRE_TRY);
+	return hand_over_request(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
+				 LOCK_KIND_SPINLOCK, ACQUIRE_TRY);
 }
 
 SEC("uretprobe/libc:pthread_spin_trylock")

@@ -65,6 +65,7 @@ class Stat(IntEnum):
     GENERATIONS_FULL = 4  # a destroy not recorded
     BLOCKED_FULL = 5  # a blocked thread not recorded
     TREE_FULL = 6  # a process of the traced tree not tracked
+    REQUEST_LOST = 7  # a lock request not handed over (another thread's came in between)
 
 
 LOCK_MODE_NAMES: Dict[int, str] = {LockMode.EXCLUSIVE: "write", LockMode.SHARED: "read"}
@@ -81,6 +82,7 @@ COUNTER_NAMES: Dict[int, str] = {
     Stat.GENERATIONS_FULL: "generation_map_full",
     Stat.BLOCKED_FULL: "blocked_map_full",
     Stat.TREE_FULL: "tree_map_full",
+    Stat.REQUEST_LOST: "lock_request_lost",
 }
 
 # What each counter means for a report: "{count} {meaning}"
@@ -92,6 +94,7 @@ COUNTER_MEANINGS: Dict[int, str] = {
     Stat.GENERATIONS_FULL: "destroyed lock(s) not recorded: a reused address may be taken for the old lock",
     Stat.BLOCKED_FULL: "blocked thread(s) not recorded: the blocked-thread map was full",
     Stat.TREE_FULL: "process(es) of the traced tree not followed: the tree map was full",
+    Stat.REQUEST_LOST: "lock request(s) not tracked: the hand-over between the gadget's programs was interrupted",
 }
 
 # A uprobe's attach cookie: bits 0-7 the C library, bits 32-63 the size of the
