@@ -175,7 +175,9 @@ setup_network() {
 	if ! ip link show "$bridge" >/dev/null 2>&1; then
 		ip link add "$bridge" type bridge
 	fi
-	ip addr show dev "$bridge" | grep -q "inet $gateway/" || ip addr add "$gateway/24" dev "$bridge"
+	# (Tests on captured output: with pipefail, `ip ... | grep -q` can fail
+	# when grep exits first.)
+	[[ "$(ip -4 -o addr show dev "$bridge")" == *" $gateway/"* ]] || ip addr add "$gateway/24" dev "$bridge"
 	ip link set "$bridge" up
 	sysctl -q -w net.ipv4.ip_forward=1
 	[ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || sysctl -q -w net.bridge.bridge-nf-call-iptables=1
@@ -312,7 +314,7 @@ import_image() {
 	want=$(tar -xOf "$archive" manifest.json | sed -n 's/.*"Config":"\([0-9a-f]*\)\.json".*/\1/p')
 	have=$(ctr_ images ls name=="$name" 2>/dev/null | awk 'NR == 2 { print $3 }')
 	# The listed digest is the manifest's; the config is checked through it.
-	if [ -n "$have" ] && ctr_ content get "$have" 2>/dev/null | grep -q "sha256:$want"; then
+	if [ -n "$have" ] && [[ "$(ctr_ content get "$have" 2>/dev/null)" == *"sha256:$want"* ]]; then
 		return 0
 	fi
 	ctr_ images import "$archive" >/dev/null
@@ -659,7 +661,7 @@ operator:
 EOF
 	local stamp current
 	stamp=$(cat "$state/config/ig-daemon.yaml" <(echo "$image $containerd_sock") | sha256sum | cut -c1-16)
-	current=$(kubectl_ -n gadget get daemonset gadget -o jsonpath='{.metadata.annotations.igdeadlock/deployed}' 2>/dev/null || true)
+	current=$(kubectl_ -n gadget get daemonset gadget -o jsonpath='{.metadata.annotations.igdeadlock-deployed}' 2>/dev/null || true)
 	if [ "$current" = "$stamp" ]; then
 		say "Inspektor Gadget is deployed ($image)"
 	else
@@ -685,7 +687,7 @@ EOF
 				"[{\"op\": \"remove\", \"path\": \"/spec/template/spec/containers/0/securityContext/capabilities/add/$((index - 1))\"}]" >/dev/null
 			say "gadget pods: SYS_RESOURCE left out (this machine cannot grant it)"
 		fi
-		kubectl_ -n gadget annotate --overwrite daemonset gadget "igdeadlock/deployed=$stamp" >/dev/null
+		kubectl_ -n gadget annotate --overwrite daemonset gadget "igdeadlock-deployed=$stamp" >/dev/null
 	fi
 	say "waiting for the gadget pod"
 	kubectl_ -n gadget rollout status daemonset/gadget --timeout=5m
@@ -744,7 +746,7 @@ stop_pods() {
 	for id in $(ctr_ containers ls -q 2>/dev/null); do
 		for _ in $(seq 1 20); do
 			ctr_ tasks delete "$id" >/dev/null 2>&1 && break
-			ctr_ tasks ls -q 2>/dev/null | grep -qx "$id" || break
+			[[ $'\n'"$(ctr_ tasks ls -q 2>/dev/null)"$'\n' == *$'\n'"$id"$'\n'* ]] || break
 			sleep 0.25
 		done
 		ctr_ containers delete "$id" >/dev/null 2>&1 || true
