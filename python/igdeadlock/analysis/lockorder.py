@@ -25,12 +25,26 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from typing import Callable, Deque, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
-
-import networkx as nx
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from igdeadlock.gadget import Acquire, LockMode
 from igdeadlock.records import LockEdge, LockEdgeBatch, ProcessExit
+
+if TYPE_CHECKING:  # networkx takes a third of a second to import: only where it is used
+    import networkx as nx
 
 LockId = Tuple[int, int]  # (address, generation): a destroyed lock's address is a new lock
 
@@ -213,6 +227,8 @@ class ProcessGraph:
         return [self._decoded(edge, known)]
 
     def to_networkx(self) -> nx.DiGraph:
+        import networkx as nx
+
         graph = nx.DiGraph()
         for source, target in self.edges:
             evidence = self.evidence(source, target)

@@ -16,8 +16,6 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
-import networkx as nx
-
 from igdeadlock.analysis.lockorder import MAX_CYCLE_LENGTH, TIMED, LockId, ProcessKey, _conflicts
 from igdeadlock.gadget import LockKind
 from igdeadlock.records import BlockedThread
@@ -163,6 +161,8 @@ class WaitForTracker:
 
 def find_wait_cycles(blocked: Iterable[BlockedThread]) -> List[Deadlock]:
     """Cycles of the wait-for graph: thread -> the threads holding what it waits for."""
+    import networkx as nx  # (a third of a second to import: only once threads wait)
+
     by_process: Dict[ProcessKey, List[BlockedThread]] = {}
     for b in blocked:
         by_process.setdefault(ProcessKey(b.pid, b.process_start), []).append(b)
