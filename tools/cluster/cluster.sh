@@ -202,6 +202,21 @@ teardown_network() {
 		iptables -t nat -X IGDEADLOCK-CLUSTER
 	fi
 	! ip link show "$bridge" >/dev/null 2>&1 || ip link del "$bridge"
+	# The kubelet's own chains (kube-proxy --cleanup removes kube-proxy's).
+	local tool table chain hook
+	for tool in iptables ip6tables; do
+		command -v "$tool" >/dev/null || continue
+		for table in filter nat mangle; do
+			for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+				"$tool" -t "$table" -S "$chain" >/dev/null 2>&1 || continue
+				for hook in INPUT OUTPUT FORWARD PREROUTING POSTROUTING; do
+					while "$tool" -t "$table" -D "$hook" -j "$chain" 2>/dev/null; do :; done
+				done
+				"$tool" -t "$table" -F "$chain"
+				"$tool" -t "$table" -X "$chain"
+			done
+		done
+	done
 }
 
 # --- certificates and kubeconfigs ----------------------------------------------
