@@ -76,7 +76,9 @@ start() {
 	local name=$1 program=$2
 	shift 2
 	if running "$name" >/dev/null; then
-		return 0
+		[ "$(cat "$run/$name.exe")" != "$(readlink -f "$program")" ] || return 0
+		say "$name runs an older build"
+		stop "$name"
 	fi
 	local log=$log_prefix-$name.log
 	echo "=== $(date -Is) $0 up" >>"$log"
@@ -800,6 +802,12 @@ down() {
 		umount -l "$m" 2>/dev/null || true
 	done
 	teardown_network
+	# The kubelet's cgroups (empty once the pods are gone).
+	local c
+	for c in /sys/fs/cgroup/*/kubepods; do
+		[ -d "$c" ] || continue
+		find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	done
 	say "down"
 }
 
