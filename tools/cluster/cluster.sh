@@ -24,6 +24,13 @@
 # kubeconfig for kubectl is build/cluster/kubeconfig in the repository.
 # No image is pulled from outside: the pod sandbox ("pause", pause.c here) and
 # the test image (static busybox) are made here and imported or pushed.
+#
+# Using it:
+#   export KUBECONFIG=$PWD/build/cluster/kubeconfig PATH=$PWD/build/cluster:$PATH
+#   kubectl get pods -A                  (build/cluster/kubectl is the cluster's own)
+#   ig image build -t 10.244.0.1:5000/NAME .   (a gadget image the gadget pods can pull)
+#   ig image push --insecure-registries 10.244.0.1:5000 10.244.0.1:5000/NAME
+#   kubectl gadget run 10.244.0.1:5000/NAME    (build/cluster/kubectl-gadget)
 set -euo pipefail
 umask 022
 
