@@ -2117,26 +2117,33 @@ struct process_event {
 GADGET_TRACER_MAP(dead_pids, 1024 * 256);
 GADGET_TRACER_MAP(process_events, 1024 * 256);
 
-/* Waking the ring buffer's reader costs more than everything else an exit
- * does (the kernel raises an interrupt on this CPU: ~12 us in a VM), and a
- * busy host ends thousands of processes a second. Exits are therefore
- * written without a wake-up, and one timer wakes the reader at most
- * EXIT_WAKEUP_DELAY_NS after the first exit it has not seen. */
-#define EXIT_WAKEUP_DELAY_NS (10 * 1000 * 1000ULL)
+/* Waking a ring buffer's reader costs more than everything else an exit or
+ * an exec does (the kernel raises an interrupt on this CPU: ~11 us in a VM),
+ * and a busy host starts and ends thousands of processes a second. These
+ * records are therefore written without a wake-up, and one timer per ring
+ * wakes its reader at most RING_WAKEUP_DELAY_NS after the first record it has
+ * not seen. (A process paused for user space is sent at once.) */
+#define RING_WAKEUP_DELAY_NS (10 * 1000 * 1000ULL)
 
-struct exit_wakeup {
+enum batched_ring {
+	RING_DEAD_PIDS = 0,
+	RING_PROCESS_EVENTS = 1,
+	RING_COUNT,
+};
+
+struct ring_wakeup {
 	struct bpf_timer timer;
 	__u64 armed; /* the timer is set and has not fired yet */
 	__u64 ready; /* timer initialised and its callback set */
 };
 
-/* 0 -> the timer that wakes the reader of dead_pids */
+/* enum batched_ring -> the timer that wakes that ring's reader */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, RING_COUNT);
 	__type(key, __u32);
-	__type(value, struct exit_wakeup);
-} exit_wakeups SEC(".maps");
+	__type(value, struct ring_wakeup);
+} ring_wakeups SEC(".maps");
 
 /* Stop each new process of the traced tree before its first instruction
  * (SIGSTOP), so that user space can probe its C library for it alone and then
@@ -2183,41 +2190,50 @@ static __always_inline void report_locks_left(void *ctx, gadget_tid tid,
 	}
 }
 
-/* Wake dead_pids' reader: an empty record discarded with a forced wake-up
- * (readers skip discarded records). */
-static int wake_exit_reader(void *map, __u32 *key, struct exit_wakeup *wakeup)
+/* Wake a ring's reader, if it has records to read: an empty record discarded
+ * with a forced wake-up (readers skip discarded records). */
+static __always_inline void wake_reader(void *ring)
 {
 	void *record;
 
-	wakeup->armed = 0; /* exits from now on set the timer again */
-	if (!bpf_ringbuf_query(&dead_pids, BPF_RB_AVAIL_DATA))
-		return 0;
-	record = bpf_ringbuf_reserve(&dead_pids, sizeof(__u64), 0);
+	if (!bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA))
+		return;
+	record = bpf_ringbuf_reserve(ring, sizeof(__u64), 0);
 	if (record)
 		bpf_ringbuf_discard(record, BPF_RB_FORCE_WAKEUP);
+}
+
+static int ring_wakeup_fired(void *map, __u32 *key, struct ring_wakeup *wakeup)
+{
+	wakeup->armed = 0; /* records from now on set the timer again */
+	if (*key == RING_DEAD_PIDS)
+		wake_reader(&dead_pids);
+	else
+		wake_reader(&process_events);
 	return 0;
 }
 
-/* Send an exit without waking the reader; make sure a timer will. */
-static __always_inline void submit_exit(void *ctx, struct dead_pid *event)
+/* Send a record of `ring` (whose map is `map`) without waking its reader;
+ * make sure its timer will. */
+static __always_inline void submit_batched(void *ctx, void *map, __u32 ring,
+					   void *record, __u64 size)
 {
-	__u32 zero = 0;
-	struct exit_wakeup *wakeup = bpf_map_lookup_elem(&exit_wakeups, &zero);
+	struct ring_wakeup *wakeup = bpf_map_lookup_elem(&ring_wakeups, &ring);
 
 	if (!wakeup) {
-		gadget_submit_buf(ctx, &dead_pids, event, sizeof(*event));
+		gadget_submit_buf(ctx, map, record, size);
 		return;
 	}
-	bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(record, BPF_RB_NO_WAKEUP);
 	if (!wakeup->ready) {
 		/* -EBUSY: another CPU initialised it first */
-		bpf_timer_init(&wakeup->timer, &exit_wakeups, CLOCK_MONOTONIC);
-		bpf_timer_set_callback(&wakeup->timer, wake_exit_reader);
+		bpf_timer_init(&wakeup->timer, &ring_wakeups, CLOCK_MONOTONIC);
+		bpf_timer_set_callback(&wakeup->timer, ring_wakeup_fired);
 		wakeup->ready = 1;
 	}
 	/* set it once: setting it again would push the wake-up back */
 	if (!__sync_lock_test_and_set(&wakeup->armed, 1))
-		bpf_timer_start(&wakeup->timer, EXIT_WAKEUP_DELAY_NS, 0);
+		bpf_timer_start(&wakeup->timer, RING_WAKEUP_DELAY_NS, 0);
 }
 
 /* Thread exit: drop its state; last thread of a process: report the pid. */
@@ -2261,7 +2277,7 @@ static __always_inline int thread_exited(void *ctx)
 	event->exited = bpf_ktime_get_boot_ns();
 	event->mntns_id = gadget_get_current_mntns_id();
 	bpf_get_current_comm(event->comm, sizeof(event->comm));
-	submit_exit(ctx, event);
+	submit_batched(ctx, &dead_pids, RING_DEAD_PIDS, event, sizeof(*event));
 	if (tree_pid)
 		bpf_map_delete_elem(&tree_processes, &pid);
 	return 0;
@@ -2289,7 +2305,11 @@ static __always_inline void send_process_event(void *ctx,
 	BPF_CORE_READ_STR_INTO(&event->comm, task, comm);
 	if (exe)
 		bpf_probe_read_kernel_str(event->exe, sizeof(event->exe), exe);
-	gadget_submit_buf(ctx, &process_events, event, sizeof(*event));
+	if (paused) /* it waits for user space: now */
+		gadget_submit_buf(ctx, &process_events, event, sizeof(*event));
+	else
+		submit_batched(ctx, &process_events, RING_PROCESS_EVENTS, event,
+			       sizeof(*event));
 }
 
 /* A new process whose parent is in the traced tree joins it. */
