@@ -218,15 +218,16 @@ def sibling_program(program_id: int, name_prefix: str) -> int:
     return next(p.id for p in group if p.name.startswith(name_prefix[:15]))
 
 
-def exit_cost(exit_program: int, processes: int = 3000, threads: int = 5000) -> Dict[str, float]:
+def exit_cost(exit_program: int, exec_program: int, processes: int = 3000,
+              threads: int = 5000) -> Dict[str, float]:
     """BPF time per task exit while the gadget runs (sched_process_exit): short
-    processes (/bin/true) and threads created and joined."""
+    processes (/bin/true) and threads created and joined; and per exec."""
     bpf = Bpf()
 
-    def timed(work: Callable[[], None]) -> float:
-        before = bpf.program(exit_program)
+    def timed(work: Callable[[], None], program: int = exit_program) -> float:
+        before = bpf.program(program)
         work()
-        after = bpf.program(exit_program)
+        after = bpf.program(program)
         assert before is not None and after is not None
         count = after.run_count - before.run_count
         return (after.run_time_ns - before.run_time_ns) / count / 1000 if count else 0.0
@@ -241,7 +242,8 @@ def exit_cost(exit_program: int, processes: int = 3000, threads: int = 5000) -> 
             thread.start()
             thread.join()
 
-    return {"process_exit_us": timed(spawn), "thread_exit_us": timed(create_and_join)}
+    return {"process_exit_us": timed(spawn), "thread_exit_us": timed(create_and_join),
+            "exec_us": timed(spawn, exec_program)}
 
 
 def real_servers(image: str, empty: Path, seconds: int) -> Dict[str, Dict[str, object]]:
@@ -347,7 +349,8 @@ def main() -> int:
             for w in workloads:
                 run_workload(binary, w)  # learn the edges, and let the daemon settle: steady state
                 results[w.name]["igdeadlock"] = measure(binary, w, programs).__dict__
-            exits = exit_cost(sibling_program(programs["lock"], "trace_sched_process_exit"))
+            exits = exit_cost(sibling_program(programs["lock"], "trace_sched_process_exit"),
+                              sibling_program(programs["lock"], "trace_process_exec"))
     results_bystander = bystander(binary, workloads[0], args.image)
     # each of these says why it could not run, and the others still do
     results_servers: Dict[str, Dict[str, object]] = {}
@@ -367,7 +370,8 @@ def main() -> int:
                                          capture_output=True, text=True, check=True, cwd=HERE).stdout)
     print(render(results, analysis, args.iterations, memory))
     print(f"\nBPF time per task exit (sched_process_exit) while the gadget runs: "
-          f"{exits['process_exit_us']:.2f} us per process (/bin/true), {exits['thread_exit_us']:.2f} us per thread")
+          f"{exits['process_exit_us']:.2f} us per process (/bin/true), {exits['thread_exit_us']:.2f} us per thread; "
+          f"per exec (sched_process_exec) {exits['exec_us']:.2f} us")
     if results_servers:
         print("\n" + render_servers(results_servers))
     if timing:
