@@ -20,6 +20,7 @@ from igdeadlock.host.locklib import CommandError
 # known to be good: a mistyped command is told at once.
 if TYPE_CHECKING:
     from igdeadlock.ig.daemon import PrivateDaemon
+    from igdeadlock.ig.k8s import PortForward
     from igdeadlock.ig.service import Address, TlsConfig
     from igdeadlock.report.model import Report
     from igdeadlock.trace import TraceOutcome
@@ -290,8 +291,16 @@ def _reach(address: "Address") -> Callable[[], "Address"]:
     return lambda: address
 
 
+def _processes_of(forward: "PortForward") -> Callable[[], List[int]]:
+    """The processes of this host in the gadget pod a port-forward goes to now."""
+    from igdeadlock.host.procfs import container_pids
+
+    return lambda: container_pids(forward.pod.container_ids)
+
+
 def watch_targets(args: argparse.Namespace, private: List["PrivateDaemon"]) -> List["TargetSpec"]:
     """The targets of a watch: remote daemons, gadget pods, or the local daemon."""
+    from igdeadlock.host import procfs
     from igdeadlock.ig.daemon import PrivateDaemon, find_ig
     from igdeadlock.ig.k8s import PortForward, gadget_pods, kube_manager_params
     from igdeadlock.ig.service import DEFAULT_DAEMON_ADDRESS, parse_address
@@ -315,8 +324,13 @@ def watch_targets(args: argparse.Namespace, private: List["PrivateDaemon"]) -> L
         k8s_params.update(kube_manager_params(args.namespace, args.pod))
         for pod in gadget_pods(args.context, args.node):
             forward = PortForward(pod, args.context)
+            # A gadget pod on this host loads its programs into this kernel: the
+            # client can attach their uprobes where ig cannot (no kprobes), and
+            # knows them as the ones the pod's processes hold.
             specs.append(TargetSpec(pod.node or pod.name, forward.connect, k8s_params, None, node=pod.node,
-                                    close=forward.close))
+                                    close=forward.close, local=bool(procfs.container_pids(pod.container_ids)),
+                                    containers_only=True,
+                                    server_pids=_processes_of(forward)))
     if not specs:
         default = parse_address(DEFAULT_DAEMON_ADDRESS)
         if not local_daemon_answers(default):

@@ -123,8 +123,12 @@ class GadgetSession:
                  attach: str = "auto", say: Callable[[str], None] = lambda message: None,
                  decoder: Optional[StreamDecoder] = None,
                  on_findings: Optional[Callable[[List[object]], None]] = None,
-                 tree_pid: Optional[int] = None, unlock_checks: bool = False) -> None:
+                 tree_pid: Optional[int] = None, unlock_checks: bool = False,
+                 server_pids: Sequence[int] = ()) -> None:
         self.service = service
+        # the processes of this host behind a service reached over TCP (a gadget
+        # pod's): only the programs they load are this run's
+        self.server_pids = tuple(server_pids)
         self.unlock_checks = unlock_checks  # probe every mutex unlock (see CLIENT_PLACED_PROGRAMS)
         self.image = image
         self.params = dict(params)
@@ -187,7 +191,7 @@ class GadgetSession:
             address = self.service.address
             owner = attach_mod.socket_peer_pid(address.location) if address.scheme == "unix" else None
             self.program_ids = attach_mod.find_programs({p.program for p in points} | taken, before,
-                                                        timeout=30.0, owner=owner)
+                                                        timeout=30.0, owner=owner, owners=self.server_pids)
         except attach_mod.AttachError as exc:
             raise TraceError(f"{exc} (the client attaches uprobes itself on kernels without "
                              f"kprobes, and must run on the daemon's host for that)") from exc

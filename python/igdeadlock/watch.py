@@ -37,6 +37,9 @@ class TargetSpec:
     node: str = ""
     close: Callable[[], None] = lambda: None
     local: bool = False  # on this host: the client may attach uprobes for it
+    containers_only: bool = False  # it traces containers only (gadget pods), whatever its params say
+    # the processes of this host that serve it, once connected (a gadget pod's on this node)
+    server_pids: Callable[[], Sequence[int]] = lambda: ()
 
 
 @dataclass
@@ -62,7 +65,8 @@ class TargetRunner(threading.Thread):
         self.found = found
         self.say = say
         self.collector = Collector(target=spec.label, node=spec.node, alive=process_alive if spec.local else None,
-                                   containers_only=spec.params.get(HOST_PARAM) == "false", hang_seconds=hang_seconds)
+                                   containers_only=spec.containers_only or spec.params.get(HOST_PARAM) == "false",
+                                   hang_seconds=hang_seconds)
         self.decoder = StreamDecoder(lazy_edges=True)
         self.status = TargetState()
         self._lock = threading.Lock()
@@ -82,7 +86,8 @@ class TargetRunner(threading.Thread):
                         self._pending_since = 0
                     session = GadgetSession(service, self.image, self.spec.params, self.collector, self.attach,
                                             self.say, decoder=self.decoder, on_findings=self._report,
-                                            unlock_checks=self.unlock_checks)
+                                            unlock_checks=self.unlock_checks,
+                                            server_pids=self.spec.server_pids() if self.spec.local else ())
                     session.start()
                     self._set(CONNECTED, None)
                     self.status.connects += 1

@@ -153,20 +153,26 @@ def programs_held_by(pid: int) -> Set[int]:
 
 
 def find_programs(names: Iterable[str], exclude: Set[int], timeout: float,
-                  owner: Optional[int] = None) -> Dict[str, int]:
+                  owner: Optional[int] = None, owners: Iterable[int] = ()) -> Dict[str, int]:
     """Wait until programs with all these names, not in ``exclude``, are loaded.
 
-    With ``owner`` (the daemon's pid) only programs that process holds count.
+    With ``owner`` (the daemon's pid) or ``owners`` (e.g. a gadget pod's
+    processes) only programs those processes hold count: other gadget runs on
+    the host (other daemons, other clients) load programs of the same names.
     Programs of one gadget run share maps: they are grouped by the maps they
     use, and the newest group (highest ids) that has every name wins.
     """
     wanted = set(names)
+    holders = set(owners) | ({owner} if owner is not None else set())
     deadline = time.monotonic() + timeout
     bpf = Bpf()
     while True:
         candidates = set(bpf.program_ids()) - exclude
-        if owner is not None:
-            candidates &= programs_held_by(owner)
+        if holders:
+            held: Set[int] = set()
+            for pid in holders:
+                held |= programs_held_by(pid)
+            candidates &= held
         fresh = [p for p in (bpf.program(i) for i in sorted(candidates)) if p is not None and p.name in wanted]
         for group in sorted(_share_maps(fresh), key=lambda g: max(p.id for p in g), reverse=True):
             newest: Dict[str, ProgramInfo] = {}

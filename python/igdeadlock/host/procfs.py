@@ -68,3 +68,26 @@ def code_locations(pid: int, addresses: Iterable[int]) -> Dict[int, Tuple[str, i
             if low <= address < high:
                 found[address] = (fields[5], address - low + offset, int(fields[4]), device)
     return found
+
+
+def container_pids(container_ids: Iterable[str], proc: str = "/proc") -> List[int]:
+    """The processes of these containers (the runtime's full ids) that run on this
+    host, as this host's /proc shows them: same kernel, same process ids (none
+    when the containers run elsewhere). Container runtimes name a container's
+    cgroup after its id (cgroupfs: .../<id>; systemd: ...-<id>.scope), with
+    cgroup v1 and v2 alike."""
+    wanted = [i for i in container_ids if len(i) >= 12]  # a short id could match by chance
+    if not wanted:
+        return []
+    found = []
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, name, "cgroup")) as handle:
+                text = handle.read()
+        except OSError:
+            continue  # gone meanwhile
+        if any(i in text for i in wanted):
+            found.append(int(name))
+    return sorted(found)

@@ -6,6 +6,10 @@ them and opens one port-forward per pod, both through the Kubernetes API via
 kubectl, which also handles every kind of kubeconfig credential (igdeadlock
 never reads or logs them). The least RBAC it needs, in the gadget namespace:
 ``pods: list`` and ``pods/portforward: create``.
+
+A gadget pod is known by its node: when it goes (deleted, evicted, updated),
+its DaemonSet makes another one there, under a new name, and the next
+connection goes to that one.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from igdeadlock.ig.service import Address
 
@@ -35,6 +39,7 @@ class GadgetPod:
     name: str
     node: str
     ready: bool
+    container_ids: Tuple[str, ...] = ()  # the runtime's ids of its running containers, without "runtime://"
 
 
 def kubectl(context: Optional[str] = None) -> List[str]:
@@ -53,9 +58,13 @@ def parse_gadget_pods(listing: str) -> List[GadgetPod]:
     pods = []
     for item in items:
         metadata, spec, status = item.get("metadata", {}), item.get("spec", {}), item.get("status", {})
-        ready = status.get("phase") == "Running" and all(
-            c.get("ready") for c in status.get("containerStatuses") or [])
-        pods.append(GadgetPod(metadata.get("name", ""), spec.get("nodeName", ""), ready))
+        containers = status.get("containerStatuses") or []
+        # a pod being deleted may still say Running and ready for a while
+        ready = (status.get("phase") == "Running" and not metadata.get("deletionTimestamp")
+                 and all(c.get("ready") for c in containers))
+        ids = tuple(c["containerID"].partition("://")[2] for c in containers
+                    if "running" in (c.get("state") or {}) and "://" in (c.get("containerID") or ""))
+        pods.append(GadgetPod(metadata.get("name", ""), spec.get("nodeName", ""), ready, ids))
     return sorted((p for p in pods if p.name), key=lambda p: (p.node, p.name))
 
 
@@ -92,8 +101,17 @@ def _drain(stream) -> None:  # type: ignore[no-untyped-def]
         pass
 
 
+def pod_on_node(pods: Sequence[GadgetPod], node: str) -> Optional[GadgetPod]:
+    """The gadget pod to use on a node: a ready one, else any (None: none there)."""
+    here = [p for p in pods if p.node == node]
+    return next((p for p in here if p.ready), here[0] if here else None)
+
+
 class PortForward:
-    """`kubectl port-forward` to one gadget pod's service, restarted on demand."""
+    """`kubectl port-forward` to the gadget pod of one node, restarted on demand.
+
+    A reconnection first asks which gadget pod runs on the node now: one that
+    was deleted is replaced by its DaemonSet under another name."""
 
     def __init__(self, pod: GadgetPod, context: Optional[str] = None,
                  namespace: str = GADGET_NAMESPACE) -> None:
@@ -102,11 +120,26 @@ class PortForward:
         self.namespace = namespace
         self._process: Optional[subprocess.Popen] = None
         self._lock = threading.Lock()
+        self._connects = 0
+
+    def current_pod(self) -> GadgetPod:
+        """The node's gadget pod as the cluster lists it now (the known one when
+        its node is unknown); KubernetesError when none is ready there."""
+        if not self.pod.node:
+            return self.pod
+        pod = pod_on_node(gadget_pods(self.context, [self.pod.node], self.namespace), self.pod.node)
+        if pod is None or not pod.ready:
+            raise KubernetesError(f"no ready gadget pod on node {self.pod.node}"
+                                  + (f" ({pod.name} is not ready)" if pod is not None else ""))
+        return pod
 
     def connect(self, timeout: float = 30.0) -> Address:
         """(Re)start the forward; the local address of the pod's gadget service."""
         with self._lock:
             self._close_locked()
+            if self._connects:
+                self.pod = self.current_pod()
+            self._connects += 1
             command = kubectl(self.context) + ["port-forward", "--address", "127.0.0.1", "-n", self.namespace,
                                                f"pod/{self.pod.name}", f":{GADGET_SERVICE_PORT}"]
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
