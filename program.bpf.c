@@ -1303,6 +1303,40 @@ static __always_inline bool owner_tracked(struct thread_locks *t, __u8 kind)
 	return kind == LOCK_KIND_MUTEX && t->libc == LIBC_GLIBC;
 }
 
+/* The owner musl records in a lock: only recursive and error-checking
+ * mutexes keep one (a normal mutex holds a busy flag, an rwlock a count). */
+static __always_inline __u32 musl_lock_owner(__u64 lock, __u8 kind)
+{
+	__u32 type = 0, word = 0;
+
+	if (kind != LOCK_KIND_MUTEX)
+		return 0;
+	bpf_probe_read_user(&type, sizeof(type),
+			    (void *)(lock + MUSL_MUTEX_TYPE_OFFSET));
+	if (!(type & MUSL_MUTEX_TYPE_BITS))
+		return 0;
+	bpf_probe_read_user(&word, sizeof(word),
+			    (void *)(lock + MUSL_MUTEX_LOCK_OFFSET));
+	return word & OWNER_TID_MASK;
+}
+
+/* The owner the C library records in the lock itself (0 if none or unknown). */
+static __always_inline __u32 lock_owner(__u64 lock, __u8 kind, __u8 libc)
+{
+	__u32 owner = 0;
+
+	if (libc == LIBC_MUSL)
+		return musl_lock_owner(lock, kind);
+	if (kind == LOCK_KIND_MUTEX)
+		bpf_probe_read_user(&owner, sizeof(owner),
+				    (void *)(lock + GLIBC_MUTEX_OWNER_OFFSET));
+	else if (kind == LOCK_KIND_RWLOCK)
+		bpf_probe_read_user(
+			&owner, sizeof(owner),
+			(void *)(lock + GLIBC_RWLOCK_WRITER_OFFSET));
+	return owner;
+}
+
 /*
  * Whether the thread let go of a held lock without a probe seeing it: a glibc
  * mutex, whose unlock takes no probe (one probe hit per lock/unlock pair, not
@@ -1313,13 +1347,9 @@ static __always_inline bool owner_tracked(struct thread_locks *t, __u8 kind)
 static __always_inline bool released_unseen(struct thread_locks *t,
 					    struct held_lock *held)
 {
-	__u32 owner = 0;
-
-	if (!owner_tracked(t, held->kind))
-		return false;
-	bpf_probe_read_user(&owner, sizeof(owner),
-			    (void *)(held->lock + GLIBC_MUTEX_OWNER_OFFSET));
-	return (owner & OWNER_TID_MASK) != t->ns_tid;
+	return owner_tracked(t, held->kind) &&
+	       (lock_owner(held->lock, held->kind, t->libc) & OWNER_TID_MASK) !=
+		       t->ns_tid;
 }
 
 struct release_walk {
@@ -1357,40 +1387,6 @@ static __always_inline void forget_released(struct thread_locks *t,
 	if (t->libc != LIBC_GLIBC || !walk.top)
 		return;
 	bpf_loop(MAX_HELD_LOCKS, forget_if_released, &walk, 0);
-}
-
-/* The owner musl records in a lock: only recursive and error-checking
- * mutexes keep one (a normal mutex holds a busy flag, an rwlock a count). */
-static __always_inline __u32 musl_lock_owner(__u64 lock, __u8 kind)
-{
-	__u32 type = 0, word = 0;
-
-	if (kind != LOCK_KIND_MUTEX)
-		return 0;
-	bpf_probe_read_user(&type, sizeof(type),
-			    (void *)(lock + MUSL_MUTEX_TYPE_OFFSET));
-	if (!(type & MUSL_MUTEX_TYPE_BITS))
-		return 0;
-	bpf_probe_read_user(&word, sizeof(word),
-			    (void *)(lock + MUSL_MUTEX_LOCK_OFFSET));
-	return word & OWNER_TID_MASK;
-}
-
-/* The owner the C library records in the lock itself (0 if none or unknown). */
-static __always_inline __u32 lock_owner(__u64 lock, __u8 kind, __u8 libc)
-{
-	__u32 owner = 0;
-
-	if (libc == LIBC_MUSL)
-		return musl_lock_owner(lock, kind);
-	if (kind == LOCK_KIND_MUTEX)
-		bpf_probe_read_user(&owner, sizeof(owner),
-				    (void *)(lock + GLIBC_MUTEX_OWNER_OFFSET));
-	else if (kind == LOCK_KIND_RWLOCK)
-		bpf_probe_read_user(
-			&owner, sizeof(owner),
-			(void *)(lock + GLIBC_RWLOCK_WRITER_OFFSET));
-	return owner;
 }
 
 /* The thread (as the kernel numbers it) that a lock owner recorded by the C
