@@ -2228,8 +2228,13 @@ static __always_inline void submit_batched(void *ctx, void *map, __u32 ring,
 		wakeup->ready = 1;
 	}
 	/* set it once: setting it again would push the wake-up back */
-	if (!__sync_lock_test_and_set(&wakeup->armed, 1))
-		bpf_timer_start(&wakeup->timer, RING_WAKEUP_DELAY_NS, 0);
+	if (__sync_lock_test_and_set(&wakeup->armed, 1))
+		return;
+	if (bpf_timer_start(&wakeup->timer, RING_WAKEUP_DELAY_NS, 0)) {
+		/* no timer (it could not be set up): wake the reader now */
+		wakeup->armed = 0;
+		wake_reader(map);
+	}
 }
 
 /* Thread exit: drop its state; last thread of a process: report the pid. */
