@@ -179,7 +179,7 @@ class Watch:
         findings = sum(len(r.collector.store.findings) + len(r.collector.waits.deadlocks) + len(r.collector.waits.hangs)
                        for r in self.runners)
         lost = sum(_events_lost(r) for r in self.runners)
-        untraced = sum(r.collector.coverage.counts()[1] for r in self.runners)
+        untraced = sum(r.collector.coverage_counts()[1] for r in self.runners)
         line = (f"igdeadlock: {connected}/{len(targets)} targets connected, {processes} processes, "
                 f"{edges} edges, {findings} findings, {lost} events lost, {untraced} processes not traced")
         # a target that is not connected says why

@@ -156,3 +156,23 @@ def test_a_gadget_pod_on_this_host_is_a_local_target_that_traces_containers_only
     # the client attaches the uprobes only where the gadget pod's programs are in this kernel
     assert [r.attach for r in runners] == ["auto", "ig"]
     assert all(r.collector.containers_only for r in runners)
+
+
+def test_a_containers_only_target_counts_the_coverage_of_its_containers_processes_only():
+    """The client probes every process of the host, but a gadget pod traces
+    containers: the node's other processes are out of scope, not untraced."""
+    from igdeadlock.analysis.collector import Collector
+    from igdeadlock.ig.decoder import StreamDecoder
+    from igdeadlock.records import ProcessEvent
+
+    for containers_only, expected in ((True, (1, 1)), (False, (2, 2))):
+        collector = Collector(containers_only=containers_only)
+        collector.coverage.probed(1, 10, "kubelet", "/kubelet", "/libc.so.6", "glibc", False, "", mntns_id=500)
+        collector.coverage.probed(2, 20, "cron", "/cron", None, None, False, "no pthread lock functions",
+                                  mntns_id=500)
+        collector.coverage.probed(3, 30, "app", "/app", "/app", "glibc", True, "", mntns_id=700)
+        collector.coverage.probed(4, 40, "sh", "/bin/sh", None, None, False, "statically linked", mntns_id=700)
+        collector.consume(ProcessEvent(3, 1, 30, 700, 0, 0, "app", "/app"))  # the gadget's: in scope
+        assert collector.coverage_counts() == expected
+        stats = collector.stats(StreamDecoder().counts())
+        assert (stats["processes_traced"], stats["processes_untraced"]) == expected

@@ -191,6 +191,10 @@ class Collector:
             self.seen[finding.key] = (first, now)  # type: ignore[attr-defined]
         return list(findings)
 
+    def coverage_counts(self) -> Tuple[int, int]:
+        """(traced, untraced) processes in scope (see ``containers_only``)."""
+        return self.coverage.counts(self.namespaces_seen if self.containers_only else None)
+
     def stats(self, transport: Mapping[str, int]) -> Dict[str, object]:
         """The report's statistics; ``transport``: what the stream decoder counted
         (see StreamDecoder.counts())."""
@@ -202,7 +206,7 @@ class Collector:
             "before_gadget_info": transport["before_gadget_info"],
         }
         lost.update(self.counters)
-        traced, untraced = self.coverage.counts()
+        traced, untraced = self.coverage_counts()
         return {
             "processes_traced": traced,
             "processes_untraced": untraced,

@@ -8,7 +8,7 @@ it, or with the reason none could be.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import AbstractSet, Dict, List, Optional, Tuple
 
 # Why a process that produced no lock events may still have been traced, on a
 # target whose probes ig attached (the client cannot tell which library it used).
@@ -125,8 +125,9 @@ class CoverageTable:
                 entry.reason = UNKNOWN_ON_REMOTE
         return result
 
-    def counts(self) -> Tuple[int, int]:
-        """(traced, untraced) processes."""
-        entries = [e for entries in self._by_pid.values() for e in entries]
+    def counts(self, namespaces: Optional[AbstractSet[int]] = None) -> Tuple[int, int]:
+        """(traced, untraced) processes (only those in these mount namespaces, if given)."""
+        entries = [e for entries in self._by_pid.values() for e in entries
+                   if namespaces is None or e.mntns_id in namespaces]
         traced = sum(1 for e in entries if e.traced)
         return traced, len(entries) - traced

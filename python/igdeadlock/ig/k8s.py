@@ -5,7 +5,8 @@ serves the gadget service on 127.0.0.1:8080 inside the pod. igdeadlock lists
 them and opens one port-forward per pod, both through the Kubernetes API via
 kubectl, which also handles every kind of kubeconfig credential (igdeadlock
 never reads or logs them). The least RBAC it needs, in the gadget namespace:
-``pods: list`` and ``pods/portforward: create``.
+``pods: get, list`` (kubectl port-forward gets the pod first) and
+``pods/portforward: create``.
 
 A gadget pod is known by its node: when it goes (deleted, evicted, updated),
 its DaemonSet makes another one there, under a new name, and the next
