@@ -2,7 +2,8 @@
 #
 #   make setup       install what is missing (Debian packages, ig, the Python virtualenv)
 #   make gadget      build the gadget image (only when its sources changed)
-#   make test        set up, build, run the whole test suite
+#   make test        set up, build, run the whole test suite (but tests/k8s)
+#   make test-k8s    the cluster up, then end-to-end tests against it (tests/k8s)
 #   make demo        set up, build, trace an example program with a lock-order inversion
 #   make bench       measure the cost of tracing (BPF time per lock/unlock pair) and the analysis
 #   make diagrams    regenerate DEVELOPER.md's program-map diagrams from the built image
@@ -25,10 +26,10 @@ IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget"
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
+.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test test-k8s demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
 
 help:
-	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: setup-packages setup-ig setup-python setup-test-tools
 
@@ -72,13 +73,18 @@ gadget: setup-ig
 	fi
 
 test: setup gadget
-	$(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q tests --ignore=tests/k8s $(PYTEST_ARGS)
 
 unit-test: setup-python
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
 e2e-test: setup gadget
 	$(VENV)/bin/pytest -q tests/e2e $(PYTEST_ARGS)
+
+# Against the real cluster of `make cluster` (left running): the gadget image
+# pushed to its registry, `kubectl gadget run`, `igdeadlock watch --k8s`.
+test-k8s: setup-python cluster gadget
+	$(VENV)/bin/pytest -q tests/k8s $(PYTEST_ARGS)
 
 demo: setup gadget
 	@mkdir -p $(BUILD)/examples
