@@ -164,10 +164,13 @@ enum tracking_stat {
 #endif
 
 /* The kernel's page size (vm_pgoff counts pages): 4 KiB on x86-64; an arm64
- * kernel is built for 4, 16 or 64 KiB pages (CONFIG_ARM64_PAGE_SHIFT). */
+ * kernel is built for 4, 16 or 64 KiB pages (CONFIG_ARM64_PAGE_SHIFT, which
+ * every arm64 kernel has). Not __weak: IG's loader (cilium/ebpf) refuses a
+ * weak __kconfig extern, and ig checks one architecture's object at random
+ * when it builds the image, so a weak one failed one build in four. */
 #if defined(bpf_target_arm64)
-extern int CONFIG_ARM64_PAGE_SHIFT __kconfig __weak;
-#define KERNEL_PAGE_SHIFT (CONFIG_ARM64_PAGE_SHIFT ?: 12)
+extern int CONFIG_ARM64_PAGE_SHIFT __kconfig;
+#define KERNEL_PAGE_SHIFT CONFIG_ARM64_PAGE_SHIFT
 #else
 #define KERNEL_PAGE_SHIFT 12
 #endif

@@ -5,6 +5,8 @@ what the companion reads."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Dict
 
@@ -74,3 +76,21 @@ def test_the_metadata_says_what_the_enums_mean():
     described = METADATA["datasources"]["edges"]["fields"]["to_how"]["annotations"]["description"]
     for member in gadget.Acquire:
         assert f"{member.value} {gadget.ACQUIRE_NAMES[member]}" in described or str(member.value) in described
+
+
+@pytest.mark.parametrize("arch,define", [("amd64", "x86"), ("arm64", "arm64")])
+def test_kconfig_externs_are_ones_igs_loader_takes(tmp_path, arch, define):
+    """cilium/ebpf refuses a weak __kconfig extern, and `ig image build` checks
+    one architecture's object at random: a weak one fails some builds only."""
+    clang = shutil.which("clang") or shutil.which("clang-19")
+    if clang is None:
+        pytest.fail("clang is missing: run `make setup`")
+    obj = tmp_path / f"{arch}.o"
+    subprocess.run([clang, "-target", "bpf", "-O2", "-g", f"-D__TARGET_ARCH_{define}",
+                    f"-I/usr/include/gadget/{arch}", "-I/usr/include/gadget", f"-I{REPO}", "-c",
+                    str(REPO / "program.bpf.c"), "-o", str(obj)], check=True, capture_output=True)
+    symbols = subprocess.run(["readelf", "-sW", str(obj)], check=True, capture_output=True, text=True).stdout
+    kconfig = [line.split() for line in symbols.splitlines() if re.search(r"\sCONFIG_\w+$", line)]
+    assert all(fields[4] == "GLOBAL" for fields in kconfig), kconfig
+    if arch == "arm64":
+        assert kconfig, "the arm64 object reads CONFIG_ARM64_PAGE_SHIFT"
