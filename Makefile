@@ -3,6 +3,7 @@
 #   make setup       install what is missing (Debian packages, ig, the Python virtualenv)
 #   make gadget      build the gadget image (only when its sources changed)
 #   make test        set up, build, run the whole test suite (but tests/k8s)
+#   make load-test   the gadget's programs load here, with stack and complexity headroom
 #   make test-k8s    the cluster up, then end-to-end tests against it (tests/k8s)
 #   make demo        set up, build, trace an example program with a lock-order inversion
 #   make bench       measure the cost of tracing (BPF time per lock/unlock pair) and the analysis
@@ -26,10 +27,10 @@ IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget"
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test unit-test e2e-test test-k8s demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
+.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test load-test unit-test e2e-test test-k8s demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
 
 help:
-	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: setup-packages setup-ig setup-python setup-test-tools
 
@@ -74,6 +75,11 @@ gadget: setup-ig
 
 test: setup gadget
 	$(VENV)/bin/pytest -q tests --ignore=tests/k8s $(PYTEST_ARGS)
+
+# Seconds, not minutes: a gadget the verifier rejects fails here first (CI runs it
+# before anything long). Prints the verifier's figures per program.
+load-test: setup-packages setup-python gadget
+	$(VENV)/bin/pytest -q tests/e2e/test_verifier.py $(PYTEST_ARGS)
 
 unit-test: setup-python
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)

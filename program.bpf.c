@@ -781,14 +781,28 @@ struct blocked_thread {
 	__u64 wait_frames[MAX_STACK_FRAMES];
 };
 
-/* scratch space for records too big for the BPF stack */
+/* Walking a file's path upwards: dentries, crossing mount points. */
+struct path_walk {
+	struct dentry *dentry;
+	struct vfsmount *vfsmnt;
+	struct mount *mnt;
+	struct dentry *parts[MAX_PATH_PARTS]; /* leaf first */
+	__u32 count;
+};
+
+/* scratch space for records and buffers too big for the BPF stack (512
+ * bytes for a whole call chain: the stack holds small things only) */
 struct scratch_buffers {
+	struct lock_edge_key edge_key;
 	struct lock_edge edge;
 	struct blocked_thread blocked;
 	struct stack_frames stack;
 	struct file_info file;
 	__u64 raw_frames[MAX_STACK_FRAMES + 1];
 	char path[2 * FILE_PATH_MAX];
+	struct path_walk walk;
+	/* per frame of `stack`: the mapped file (a struct file *), 0 if none */
+	__u64 frame_file_pointers[MAX_STACK_FRAMES];
 };
 
 struct {
@@ -862,23 +876,23 @@ static long resolve_vma(struct task_struct *task, struct vm_area_struct *vma,
 	return 0;
 }
 
-/* Walking a file's path upwards: dentries, crossing mount points. */
-struct path_walk {
-	struct dentry *dentry;
-	struct vfsmount *vfsmnt;
-	struct mount *mnt;
-	struct dentry *parts[MAX_PATH_PARTS]; /* leaf first */
-	__u32 count;
-};
-
 static __always_inline struct mount *mount_of(struct vfsmount *vfsmnt)
 {
 	return (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
 }
 
+/* What both steps of a path walk use: bpf_loop hands its callbacks a pointer
+ * to the stack, so the walk itself (in scratch space) is reached from here. */
+struct path_writer {
+	struct path_walk *walk;
+	char *buf; /* 2 * FILE_PATH_MAX bytes */
+	__u32 length;
+};
+
 /* One bpf_loop step: record a path component or climb to the parent mount. */
-static long collect_path_part(__u32 index, struct path_walk *walk)
+static long collect_path_part(__u32 index, struct path_writer *w)
 {
+	struct path_walk *walk = w->walk;
 	struct dentry *dentry = walk->dentry;
 	struct vfsmount *vfsmnt = walk->vfsmnt;
 	struct mount *mnt = walk->mnt, *up;
@@ -903,12 +917,6 @@ static long collect_path_part(__u32 index, struct path_walk *walk)
 	return 0;
 }
 
-struct path_writer {
-	struct path_walk *walk;
-	char *buf; /* 2 * FILE_PATH_MAX bytes */
-	__u32 length;
-};
-
 /* One bpf_loop step: append "/name" for the next component, root first. */
 static long append_path_part(__u32 index, struct path_writer *w)
 {
@@ -930,17 +938,18 @@ static long append_path_part(__u32 index, struct path_writer *w)
 	return 0;
 }
 
-/* Path of a mapped file as its process sees it (bounded, best effort). */
-static __always_inline void read_file_path(struct file *file, char *buf,
-					   char *out)
+/* Path of a mapped file as its process sees it (bounded, best effort), with
+ * `walk` and `buf` as scratch space. */
+static __always_inline void
+read_file_path(struct file *file, struct path_walk *walk, char *buf, char *out)
 {
-	struct path_walk walk = {};
-	struct path_writer writer = { .walk = &walk, .buf = buf };
+	struct path_writer writer = { .walk = walk, .buf = buf };
 
-	walk.dentry = BPF_CORE_READ(file, f_path.dentry);
-	walk.vfsmnt = BPF_CORE_READ(file, f_path.mnt);
-	walk.mnt = mount_of(walk.vfsmnt);
-	bpf_loop(2 * MAX_PATH_PARTS, collect_path_part, &walk, 0);
+	walk->dentry = BPF_CORE_READ(file, f_path.dentry);
+	walk->vfsmnt = BPF_CORE_READ(file, f_path.mnt);
+	walk->mnt = mount_of(walk->vfsmnt);
+	walk->count = 0;
+	bpf_loop(2 * MAX_PATH_PARTS, collect_path_part, &writer, 0);
 	bpf_loop(MAX_PATH_PARTS, append_path_part, &writer, 0);
 	if (writer.length > FILE_PATH_MAX - 1)
 		writer.length = FILE_PATH_MAX - 1;
@@ -965,7 +974,7 @@ __noinline int send_file_path(__u64 file_id, __u64 file_pointer)
 	__builtin_memset(&s->file, 0, sizeof(s->file));
 	s->file.inode = BPF_CORE_READ(file, f_inode, i_ino);
 	s->file.device = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
-	read_file_path(file, s->path, s->file.path);
+	read_file_path(file, &s->walk, s->path, s->file.path);
 	if (!bpf_map_update_elem(&files, &key, &s->file, BPF_ANY))
 		bpf_map_update_elem(&seen_files, &file_id, &(__u8){ 1 },
 				    BPF_ANY);
@@ -988,8 +997,10 @@ static __always_inline __u64 new_site_id(void)
  * Capture the user stack of the current acquisition under a new site id.
  * At a function-entry probe the first frame is the lock function itself and
  * frame-pointer unwinding skips its caller, so the caller is put in its place.
+ * The files the frames point into are left in scratch space for
+ * send_stack_files: called from here, its frame would sit on this one.
  */
-static __noinline __u64 capture_site(struct pt_regs *ctx, bool at_entry)
+static __noinline __u64 capture_stack(struct pt_regs *ctx, bool at_entry)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct vma_lookup lookup;
@@ -1028,8 +1039,7 @@ static __noinline __u64 capture_site(struct pt_regs *ctx, bool at_entry)
 		s->stack.frame_offsets[i] = lookup.offset;
 		s->stack.frame_files[i] = lookup.file_id;
 		s->stack.frame_addresses[i] = lookup.address;
-		if (lookup.file)
-			send_file_path(lookup.file_id, (__u64)lookup.file);
+		s->frame_file_pointers[i] = (__u64)lookup.file;
 	}
 
 	key.site = new_site_id();
@@ -1040,6 +1050,36 @@ static __noinline __u64 capture_site(struct pt_regs *ctx, bool at_entry)
 		return 0;
 	}
 	return key.site;
+}
+
+/* Send the paths of the files the stack just captured points into. */
+static __always_inline void send_stack_files(void)
+{
+	struct scratch_buffers *s =
+		bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
+	__u32 n;
+
+	if (!s)
+		return;
+	n = s->stack.frame_count;
+	for (__u32 i = 0; i < MAX_STACK_FRAMES; i++) {
+		if (i >= n)
+			break;
+		if (s->frame_file_pointers[i])
+			send_file_path(s->stack.frame_files[i],
+				       s->frame_file_pointers[i]);
+	}
+}
+
+/* The user stack of the current acquisition under a new site id (0 if none),
+ * its files' paths sent. */
+static __always_inline __u64 capture_site(struct pt_regs *ctx, bool at_entry)
+{
+	__u64 site = capture_stack(ctx, at_entry);
+
+	if (site)
+		send_stack_files();
+	return site;
 }
 
 /* ------------------------------------------------------------------------
@@ -1077,11 +1117,12 @@ struct {
 	__type(value, struct lock_edge);
 } edges SEC(".maps");
 
-/* Record one edge per held lock into the requested one. */
+/* Record one edge per held lock into the requested one (the key and the
+ * edge are in scratch space; bpf_loop hands the callback this, on the stack). */
 struct edge_walk {
 	struct thread_locks *t;
 	struct lock_edge *edge;
-	struct lock_edge_key key;
+	struct lock_edge_key *key;
 };
 
 /* One edge of record_edges, from held[i] (a bpf_loop callback: the verifier
@@ -1091,18 +1132,17 @@ static long record_edge_from(__u64 i, void *ctx)
 	struct edge_walk *walk = ctx;
 	struct thread_locks *t = walk->t;
 	struct lock_edge *edge = walk->edge;
-	struct lock_edge_key key = walk->key;
 	struct held_lock *held;
 
 	if (i >= t->nheld)
 		return 1;
 	held = &t->held[held_index(i)];
-	key.from_lock = held->lock;
+	walk->key->from_lock = held->lock;
 	edge->from_gen = held->gen;
 	edge->from_site = held->site;
 	edge->from_mode = held->mode;
 	edge->from_kind = held->kind;
-	if (bpf_map_update_elem(&edges, &key, edge, BPF_ANY))
+	if (bpf_map_update_elem(&edges, walk->key, edge, BPF_ANY))
 		count_stat(STAT_EDGES_FULL);
 	return 0;
 }
@@ -1112,7 +1152,8 @@ static __always_inline void record_edges(struct thread_locks *t, __u64 lock,
 					 __u8 how, __u64 site)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct edge_walk walk = {};
+	struct edge_walk walk;
+	struct lock_edge_key *key;
 	struct lock_edge *edge;
 	struct scratch_buffers *s;
 
@@ -1120,6 +1161,7 @@ static __always_inline void record_edges(struct thread_locks *t, __u64 lock,
 	if (!s)
 		return;
 	edge = &s->edge;
+	key = &s->edge_key;
 	__builtin_memset(edge, 0, sizeof(*edge));
 	edge->mntns_id = gadget_get_current_mntns_id();
 	edge->process_start = current_process_start();
@@ -1131,14 +1173,16 @@ static __always_inline void record_edges(struct thread_locks *t, __u64 lock,
 	edge->held_count = copy_held_set(t, edge->held_locks, edge->held_gens,
 					 edge->held_modes, 0);
 
+	__builtin_memset(key, 0, sizeof(*key));
+	key->to_lock = lock;
+	key->context = t->held_hash;
+	key->pid = pid_tgid >> 32;
+	key->tid = (__u32)pid_tgid;
+	key->to_mode = mode;
+	key->to_how = how;
 	walk.t = t;
 	walk.edge = edge;
-	walk.key.to_lock = lock;
-	walk.key.context = t->held_hash;
-	walk.key.pid = pid_tgid >> 32;
-	walk.key.tid = (__u32)pid_tgid;
-	walk.key.to_mode = mode;
-	walk.key.to_how = how;
+	walk.key = key;
 	bpf_loop(MAX_HELD_LOCKS, record_edge_from, &walk, 0);
 }
 

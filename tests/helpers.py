@@ -59,6 +59,35 @@ def program_facts(output: str) -> Dict[str, List[int]]:
 
 
 
+# Where `ig image build` keeps images (an OCI image layout).
+IG_OCI_STORE = Path(os.environ.get("IG_OCI_STORE", "/var/lib/ig/oci-store"))
+EBPF_LAYER = "application/vnd.gadget.ebpf.program.v1+binary"
+GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def gadget_object(image: str = IMAGE, arch: Optional[str] = None, store: Path = IG_OCI_STORE) -> bytes:
+    """The BPF object of `image` for `arch` (this machine's by default), read
+    from ig's image store: the very object `ig run` loads."""
+    arch = arch or GO_ARCH.get(os.uname().machine, os.uname().machine)
+
+    def blob(digest: str) -> bytes:
+        algorithm, _, value = digest.partition(":")
+        return (store / "blobs" / algorithm / value).read_bytes()
+
+    index = json.loads((store / "index.json").read_text())
+    tagged = [m for m in index.get("manifests", [])
+              if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == image]
+    if not tagged:
+        raise LookupError(f"{image} is not in {store}: run `make gadget`")
+    manifests = json.loads(blob(tagged[-1]["digest"])).get("manifests", [])
+    for manifest in manifests:
+        if manifest.get("platform", {}).get("architecture") == arch:
+            for layer in json.loads(blob(manifest["digest"]))["layers"]:
+                if layer["mediaType"] == EBPF_LAYER:
+                    return blob(layer["digest"])
+    raise LookupError(f"{image} has no {arch} BPF object")
+
+
 def require_root_and_ig() -> None:
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests trace with eBPF and need root (run `make test` as root)")
