@@ -4,6 +4,8 @@
 #   make gadget      build the gadget image (only when its sources changed)
 #   make test        set up, build, run the whole test suite (but tests/k8s)
 #   make load-test   the gadget's programs load here, with stack and complexity headroom
+#   make kernels     fetch Debian's kernels of the kernel matrix (tools/kernels/kernels.txt)
+#   make test-kernels  boot each in a guest and test the gadget there (KERNELS="6.1 5.10": some)
 #   make test-k8s    the cluster up, then end-to-end tests against it (tests/k8s)
 #   make demo        set up, build, trace an example program with a lock-order inversion
 #   make bench       measure the cost of tracing (BPF time per lock/unlock pair) and the analysis
@@ -27,10 +29,10 @@ IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget"
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test load-test unit-test e2e-test test-k8s demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
+.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test load-test kernels setup-kernels test-kernels unit-test e2e-test test-k8s demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
 
 help:
-	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,19p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: setup-packages setup-ig setup-python setup-test-tools
 
@@ -74,12 +76,24 @@ gadget: setup-ig
 	fi
 
 test: setup gadget
-	$(VENV)/bin/pytest -q tests --ignore=tests/k8s $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q tests --ignore=tests/k8s --ignore=tests/kernels $(PYTEST_ARGS)
 
 # Seconds, not minutes: a gadget the verifier rejects fails here first (CI runs it
 # before anything long). Prints the verifier's figures per program.
 load-test: setup-packages setup-python gadget
 	$(VENV)/bin/pytest -q tests/e2e/test_verifier.py $(PYTEST_ARGS)
+
+# The kernel matrix: Debian's kernels (cached under $IGDEADLOCK_CACHE/kernels), each
+# booted in a guest that sees this machine's files; tools/kernels/kvm.py.
+KERNELS ?=
+setup-kernels:
+	@tools/setup-packages.sh kernels
+
+kernels: setup-kernels
+	@tools/kernels/kvm.py fetch $(KERNELS)
+
+test-kernels: setup kernels gadget
+	KERNELS="$(KERNELS)" $(VENV)/bin/pytest -q tests/kernels $(PYTEST_ARGS)
 
 unit-test: setup-python
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
@@ -125,7 +139,7 @@ diagrams: gadget
 # C in Inspektor Gadget's style: its .clang-format, from the same module version as ig.
 C_SOURCES := program.bpf.c $(wildcard bench/*.c tests/programs/*.c tests/programs/*.cc tests/programs/*.h examples/*.c)
 lint: setup-packages setup-python
-	cd python && ../$(VENV)/bin/ruff check igdeadlock ../tests ../bench
+	cd python && ../$(VENV)/bin/ruff check igdeadlock ../tests ../bench ../tools
 	cd python && ../$(VENV)/bin/mypy
 	@ig_source=$$(cd tools/ig && go mod download -json github.com/inspektor-gadget/inspektor-gadget@$(IG_VERSION) | \
 		sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \

@@ -499,7 +499,11 @@ claim_slot(void *ctx, gadget_tid tid, __u32 *claimed)
 	gadget_pid pid = bpf_get_current_pid_tgid() >> 32;
 	struct thread_locks *t;
 	__u32 index;
-	long err;
+	/* an int: kernels before 6.4 call the map's update function directly,
+	 * which returned an int there, so only the low 32 bits of the result
+	 * are an errno (-EEXIST read as 64 bits was 0xffffffef: no thread of
+	 * a process could claim a slot after its first one) */
+	int err;
 
 	/* first, so that a thread with a slot always has its process here: an
 	 * exit outside lock_processes has no thread state to forget */
@@ -1199,6 +1203,15 @@ static __always_inline void check_cache_epoch(struct thread_locks *t)
 	t->epoch = epoch;
 }
 
+/* An index into cache[] the verifier can see is in bounds: the mask is there
+ * for verifiers (Linux 6.1's) that lose the bounds of an index built with
+ * shifts and ors; the barrier keeps the compiler from dropping it. */
+static __always_inline __u32 cache_index(__u32 index)
+{
+	barrier_var(index);
+	return index & (DEP_CACHE_ENTRIES - 1);
+}
+
 /* The dependency-cache set for requests at this nesting depth. Sets by depth:
  * a nested path of up to DEP_CACHE_SETS locks never evicts its own entries
  * (hashing into 8 entries, 4 requests collided 59% of the time), and each depth
@@ -1218,7 +1231,7 @@ cached_dependency(struct thread_locks *t, __u64 lock, __u8 mode, __u8 how)
 	struct dep_cache_entry *entry;
 
 	for (int way = 0; way < DEP_CACHE_WAYS; way++) {
-		entry = &t->cache[(first + way) & (DEP_CACHE_ENTRIES - 1)];
+		entry = &t->cache[cache_index(first + way)];
 		if (entry->valid && entry->lock == lock &&
 		    entry->context == t->held_hash && entry->mode == mode &&
 		    entry->how == how)
@@ -1235,7 +1248,7 @@ cache_victim(struct thread_locks *t)
 	__u32 way = t->cache_victim[set] % DEP_CACHE_WAYS;
 
 	t->cache_victim[set] = (way + 1) % DEP_CACHE_WAYS;
-	return &t->cache[(set * DEP_CACHE_WAYS + way) & (DEP_CACHE_ENTRIES - 1)];
+	return &t->cache[cache_index(set * DEP_CACHE_WAYS + way)];
 }
 
 /*

@@ -9,7 +9,7 @@
 #                                               package a fresh machine of this
 #                                               kind would need, and fail on conflicts
 #
-# Groups: build (gadget and companion), test (end-to-end tests), bench,
+# Groups: build (gadget and companion), test (end-to-end tests), bench, kernels (the kernel matrix),
 # cluster (the single-node Kubernetes cluster of tools/cluster/).
 set -euo pipefail
 

@@ -389,8 +389,15 @@ def run_watch(args: argparse.Namespace) -> int:
             daemon.stop()
     report = watch.report()
     report.findings = judged(args, report.findings)
+    never = [t for t in report.targets if not t["connects"]]
+    for target in never:
+        # what was never traced is named: its silence is not "no deadlock"
+        report.notes.append(f"target {target['address']} was never traced: {target['error'] or target['state']}")
     _say(watch.status_line())
     _write(render(report, args.format, args.show_suppressed), args.output)
+    if never and len(never) == len(report.targets):
+        _say("igdeadlock: no target was ever traced, so this report covers nothing")
+        return EXIT_ERROR
     return EXIT_FINDINGS if args.exit_code and _found_deadlock(report) else EXIT_OK
 
 

@@ -6,7 +6,7 @@ them against program.bpf.c.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Dict, FrozenSet, Tuple
+from typing import Dict, FrozenSet, Optional, Tuple
 
 
 class LockMode(IntEnum):
@@ -139,3 +139,45 @@ RESUMED, PROCESSES, DEAD_PIDS, MISUSE = "resumed", "processes", "dead_pids", "mi
 # Parameters (gadget.yaml's params.ebpf, as IG names them).
 TREE_PID_PARAM = "operator.oci.ebpf.tree-pid"  # trace only this process and its descendants
 PAUSE_NEW_PROCESSES_PARAM = "operator.oci.ebpf.pause-new-processes"  # stop new tree processes until probed
+
+
+# --- What the gadget needs of the kernel --------------------------------------
+# The BPF helpers program.bpf.c calls that not every kernel it may meet has:
+# (helper id, name, first Linux release). The ids are the kernel's enum
+# bpf_func_id: a verifier that does not know a helper names only its number.
+# Checked against program.bpf.c by tests/unit/test_gadget_contract.py.
+
+REQUIRED_HELPERS: Tuple[Tuple[int, str, str], ...] = (
+    (125, "bpf_ktime_get_boot_ns", "5.8"),
+    (131, "bpf_ringbuf_reserve", "5.8"),
+    (132, "bpf_ringbuf_submit", "5.8"),
+    (133, "bpf_ringbuf_discard", "5.8"),
+    (134, "bpf_ringbuf_query", "5.8"),
+    (158, "bpf_get_current_task_btf", "5.11"),
+    (164, "bpf_for_each_map_elem", "5.13"),
+    (169, "bpf_timer_init", "5.15"),  # in tracing (tp_btf) programs since then too
+    (170, "bpf_timer_set_callback", "5.15"),
+    (171, "bpf_timer_start", "5.15"),
+    (174, "bpf_get_attach_cookie", "5.15"),
+    (180, "bpf_find_vma", "5.17"),
+    (181, "bpf_loop", "5.17"),
+)
+# The oldest helper id REQUIRED_HELPERS starts at: every helper the gadget
+# calls from this one on is listed.
+REQUIRED_HELPERS_FROM = 125
+MINIMUM_KERNEL = "5.17"  # the newest of REQUIRED_HELPERS
+OLDEST_TESTED_KERNEL = "6.1"  # the oldest kernel of tools/kernels/kernels.txt that traces
+
+
+def helper_name(helper_id: int) -> Optional[str]:
+    for number, name, _ in REQUIRED_HELPERS:
+        if number == helper_id:
+            return name
+    return None
+
+
+def helper_since(name: str) -> Optional[str]:
+    for _, helper, since in REQUIRED_HELPERS:
+        if helper == name:
+            return since
+    return None

@@ -19,6 +19,7 @@ from igdeadlock.analysis.misuse import LockMisuse
 from igdeadlock.analysis.waitfor import Deadlock, Hang
 from igdeadlock.gadget import MAP_ITERATORS, PAUSE_NEW_PROCESSES_PARAM, TREE_PID_PARAM
 from igdeadlock.host import attach as attach_mod
+from igdeadlock.host import kernel as kernel_mod
 from igdeadlock.host.keeper import MappedFileKeeper
 from igdeadlock.host.locklib import LockLibraryFinder, ProcessLibrary
 from igdeadlock.host.procfs import code_locations, mount_namespace_of, process_start_ns, running_pids
@@ -156,6 +157,11 @@ class GadgetSession:
         self.complete = False  # a final fetch took in everything that happened until it began
 
     def start(self, timeout: float = 60.0) -> None:
+        if self.service.address.scheme == "unix":
+            # a daemon on this host runs on this kernel: tell what it lacks up front
+            missing = kernel_mod.missing_features()
+            if missing:
+                raise TraceError(kernel_mod.describe_missing(missing, kernel_mod.kernel_release()))
         client_attach = self.attach_mode == "client" or (
             self.attach_mode == "auto" and not attach_mod.kernel_has_kprobes())
         before = attach_mod.program_ids() if client_attach else set()
@@ -261,7 +267,9 @@ class GadgetSession:
             self._guarded(self.libraries.poll)
         if self.pump.ended:
             if self.pump.error is not None:
-                raise TraceError(f"the gadget stream ended: {self.pump.error}")
+                release = kernel_mod.kernel_release() if self.service.address.scheme == "unix" else None
+                explained = kernel_mod.explain_load_error(str(self.pump.error), release)
+                raise TraceError(explained or f"the gadget stream ended: {self.pump.error}")
             raise TraceError("the gadget stopped unexpectedly")
 
     def final_fetch(self) -> None:

@@ -53,3 +53,15 @@ def test_a_bad_suppressions_file_is_refused_before_anything_starts(tmp_path, cap
     assert capsys.readouterr().err == f"igdeadlock: {rules}: suppression 1: needs a reason\n"
     assert cli.main(["watch", "--baseline", str(tmp_path / "none.json")]) == cli.EXIT_ERROR
     assert "none.json" in capsys.readouterr().err
+
+
+def test_a_watch_that_never_traced_anything_says_so_and_fails(tmp_path, capsys):
+    """A report of nothing traced must not read as "no deadlock"."""
+    out = tmp_path / "report.json"
+    status = cli.main(["watch", "--remote", f"unix://{tmp_path}/absent/ig.socket", "--duration", "1",
+                       "--status-interval", "60", "--format", "json", "-o", str(out)])
+    assert status == cli.EXIT_ERROR
+    assert "no target was ever traced" in capsys.readouterr().err
+    import json
+    notes = json.loads(out.read_text())["notes"]
+    assert any("was never traced" in note and "absent/ig.socket" in note for note in notes), notes

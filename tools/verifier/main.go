@@ -79,6 +79,11 @@ type report struct {
 
 type settings map[string]string
 
+var (
+	logProgram string
+	logLines   int
+)
+
 func (s settings) String() string { return fmt.Sprint(map[string]string(s)) }
 
 func (s settings) Set(value string) error {
@@ -93,6 +98,8 @@ func (s settings) Set(value string) error {
 func main() {
 	set := settings{}
 	flag.Var(set, "set", "name=value: a global constant's value (repeatable)")
+	flag.StringVar(&logProgram, "log", "", "program: print the end of its full verifier log to stderr (for a rejection)")
+	flag.IntVar(&logLines, "log-lines", 60, "how many lines of the -log program's log")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: %s [-set name=value]... OBJECT.o\n", os.Args[0])
 		flag.PrintDefaults()
@@ -211,6 +218,9 @@ func loadOne(spec *ebpf.CollectionSpec, name string, maps *ebpf.Collection) prog
 		MapReplacements: maps.Maps,
 		Programs:        ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats},
 	}
+	if name == logProgram {
+		opts.Programs.LogLevel |= ebpf.LogLevelBranch
+	}
 	var log []string
 	coll, err := ebpf.NewCollectionWithOptions(one, opts)
 	if err == nil {
@@ -225,6 +235,10 @@ func loadOne(spec *ebpf.CollectionSpec, name string, maps *ebpf.Collection) prog
 		}
 	}
 
+	if name == logProgram {
+		start := max(0, len(log)-logLines)
+		fmt.Fprintln(os.Stderr, strings.Join(log[start:], "\n"))
+	}
 	var depths []int
 	for _, line := range log {
 		if m := processedLine.FindStringSubmatch(line); m != nil {

@@ -150,13 +150,18 @@ class GadgetService:
         or when the server speaks another version of the gadget API."""
         if self.address.scheme == "unix":
             self._check_socket(self.address.location)
+        ready = grpc.channel_ready_future(self._channel)
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+            ready.result(timeout=timeout)
             reply = self._builtin.GetInfo(api_pb2.InfoRequest(version=API_VERSION), timeout=timeout)
         except grpc.FutureTimeoutError as exc:
             raise WireError(f"no gadget service answers at {self.address} within {timeout:g}s") from exc
         except grpc.RpcError as exc:
             raise WireError(f"gadget service at {self.address}: {describe_rpc_error(exc)}") from exc
+        finally:
+            # a future left waiting keeps polling the channel from a thread of
+            # its own, which raises once the channel is closed
+            ready.cancel()
         if reply.version != API_VERSION:
             raise WireError(f"the gadget service at {self.address} speaks API version {reply.version!r} "
                             f"(ig {reply.serverVersion or 'unknown'}); igdeadlock speaks {API_VERSION!r}: "
