@@ -62,6 +62,15 @@ enum lock_kind {
 	/* no lock: a futex wait outside the lock functions (a condition
 	 * variable, a join, a barrier, a semaphore); blocked records only */
 	LOCK_KIND_FUTEX = 3,
+	/* Locks whose functions the client finds outside the C library's
+	 * pthread ones (section 15, lock functions). None records its owner:
+	 * releases and failed tries are seen by probes. */
+	LOCK_KIND_SEMAPHORE =
+		4, /* a semaphore used as a lock (CPython 3.11, 3.12) */
+	LOCK_KIND_GMUTEX = 5, /* GLib's GMutex */
+	LOCK_KIND_PYMUTEX = 6, /* CPython 3.13+'s PyMutex */
+	LOCK_KIND_ABSL_MUTEX = 7, /* Abseil's absl::Mutex */
+	LOCK_KIND_USER = 16, /* and up: declared with --lock-functions */
 };
 
 /* How an acquisition waits. */
@@ -109,6 +118,34 @@ enum tracking_stat {
  * function (musl's lock functions call each other; see nested_lock_call). */
 #define COOKIE_LIBC_MASK 0xff /* bits 0-7: enum libc */
 #define COOKIE_SIZE_SHIFT 32 /* bits 32-63: function size in bytes */
+/* A lock function's probe (section 15) also carries what the function is: */
+#define COOKIE_KIND_SHIFT 8 /* bits 8-15: enum lock_kind */
+#define COOKIE_ARG_SHIFT 16 /* bits 16-18: which argument is the lock (0-5) */
+#define COOKIE_MODE_SHIFT 19 /* bit 19: enum lock_mode */
+#define COOKIE_HOW_SHIFT 20 /* bits 20-21: enum acquire */
+#define COOKIE_RESULT_SHIFT 22 /* bits 22-23: enum acquired_when */
+#define COOKIE_FLAGS_SHIFT 24 /* bits 24-31: LOCK_FLAG_* */
+
+/* How a try or timed lock function's result tells that it acquired. */
+enum acquired_when {
+	ACQUIRED_ZERO = 0, /* returns 0 (pthread, sem_*) */
+	ACQUIRED_TRUE = 1, /* returns a true bool or gboolean */
+	ACQUIRED_ONE = 2, /* returns 1 (CPython's PY_LOCK_ACQUIRED) */
+};
+
+/* What a lock function's lock does besides being a lock. */
+/* its holder may take it again (a recursive lock) */
+#define LOCK_FLAG_RECURSIVE 0x1
+/* its function sleeps on a futex other than the lock word (a per-thread
+ * one): a futex wait between the function's entry and its return is a wait
+ * for the lock; a return probe ends that stretch */
+#define LOCK_FLAG_WAITS_ELSEWHERE 0x2
+/* any thread may release it, not only the one that took it (a semaphore) */
+#define LOCK_FLAG_ANY_RELEASER 0x4
+/* a try that stands for a blocking acquisition: CPython tries every lock
+ * without waiting first and waits only if that fails, so its lock order is
+ * the one a blocking acquisition makes (held only if it succeeds) */
+#define LOCK_FLAG_WAIT_INTENT 0x8
 
 #define EEXIST 17 /* <errno.h>: vmlinux.h has no macros */
 #define CLOCK_MONOTONIC 1 /* <linux/time.h> */
@@ -144,6 +181,10 @@ enum tracking_stat {
 #define MAX_SEEN_FILES 4096
 #define MAX_LOCK_GENERATIONS 16384
 #define MAX_BLOCKED_THREADS 4096
+#define MAX_HOLDERS 16384 /* held locks that any thread may release */
+#define MAX_UNTRACED_WAITS \
+	4096 /* (process, wait site) pairs of untraced waits */
+#define MAX_COUNTING_SEMAPHORES 4096 /* semaphores found to be no locks */
 #define MAX_COUNTERS 4096 /* (counter, process) pairs between two fetches */
 
 #define MAX_TREE_PROCESSES 16384 /* processes of a traced command's tree */
@@ -349,6 +390,8 @@ struct pending_acquire {
 	__u8 kind;
 	__u8 active;
 	__u8 recursive; /* the lock is already held: success only adds depth */
+	__u8 flags; /* LOCK_FLAG_* of the lock function */
+	__u8 __pad[7];
 };
 
 /* The code of a lock function this thread entered (musl only). */
@@ -376,6 +419,8 @@ struct wait_state {
 	__u8 kind;
 	__u8 how;
 	__u8 waiting; /* inside a futex wait on the lock right now */
+	__u8 flags; /* LOCK_FLAG_* of the lock function */
+	__u8 __pad[7];
 };
 
 struct thread_locks {
@@ -1331,6 +1376,8 @@ static __always_inline void push_held(struct thread_locks *t, __u64 lock,
  * owner's tid unless the type is normal */
 #define MUSL_MUTEX_TYPE_OFFSET 0
 #define MUSL_MUTEX_LOCK_OFFSET 4
+/* musl: a semaphore's value without its waiters bit (glibc: all 32 bits) */
+#define SEMAPHORE_VALUE_MAX 0x7fffffff
 /* the type bits of both: glibc's PTHREAD_MUTEX_KIND_MASK_NP; 1 is recursive */
 #define MUTEX_TYPE_MASK 3
 #define MUTEX_TYPE_RECURSIVE 1
@@ -1515,16 +1562,90 @@ static __always_inline void send_misuse(void *ctx, __u8 misuse, __u64 lock,
 	gadget_submit_buf(ctx, &misuse_events, event, sizeof(*event));
 }
 
-/* Whether the thread may take a lock it holds once more: a recursive mutex,
- * or a read lock on a rwlock it holds for reading. */
+/* Locks any thread may release (semaphores): who took them, so that a release
+ * by another thread takes them from the thread that holds them. */
+/* (process, lock) -> the thread that holds it */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_HOLDERS);
+	__type(key, struct lock_id);
+	__type(value, gadget_tid);
+} lock_holders SEC(".maps");
+
+/* (process, semaphore) -> 1: it counts beyond 1, so it is no lock */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_COUNTING_SEMAPHORES);
+	__type(key, struct lock_id);
+	__type(value, __u8);
+} counting_semaphores SEC(".maps");
+
+static __always_inline struct lock_id current_lock_id(__u64 lock)
+{
+	struct lock_id id = { .lock = lock,
+			      .pid = bpf_get_current_pid_tgid() >> 32 };
+
+	return id;
+}
+
+static __always_inline void note_holder(struct thread_locks *t, __u64 lock)
+{
+	struct lock_id id = current_lock_id(lock);
+
+	bpf_map_update_elem(&lock_holders, &id, &t->owner, BPF_ANY);
+}
+
+static __always_inline void forget_holder(__u64 lock)
+{
+	struct lock_id id = current_lock_id(lock);
+
+	bpf_map_delete_elem(&lock_holders, &id);
+}
+
+/* The value of a semaphore (glibc: the low 32 bits of its first word; musl:
+ * its first int without the waiters bit). */
+static __always_inline __u32 semaphore_value(__u64 sem, __u8 libc)
+{
+	__u32 value = 0;
+
+	bpf_probe_read_user(&value, sizeof(value), (void *)sem);
+	return libc == LIBC_MUSL ? value & SEMAPHORE_VALUE_MAX : value;
+}
+
+/* Whether a semaphore is known to count beyond 1, and so is no lock. */
+static __always_inline bool counts_beyond_one(__u64 sem)
+{
+	struct lock_id id = current_lock_id(sem);
+
+	return bpf_map_lookup_elem(&counting_semaphores, &id);
+}
+
+/* At a post: whether the semaphore counts beyond 1 (a lock's value is 0
+ * while it is held, so a post finds 0); one that does is forgotten. */
+static __always_inline bool semaphore_counts(__u64 sem, __u8 libc)
+{
+	struct lock_id id = current_lock_id(sem);
+
+	if (counts_beyond_one(sem))
+		return true;
+	if (semaphore_value(sem, libc) == 0)
+		return false;
+	bpf_map_update_elem(&counting_semaphores, &id, &(__u8){ 1 }, BPF_ANY);
+	return true;
+}
+
+/* Whether the thread may take a lock it holds once more: a recursive mutex
+ * or lock function, or a read lock on a rwlock it holds for reading. */
 static __always_inline bool reentry_allowed(struct thread_locks *t, __u64 lock,
 					    __u8 kind, __u8 held_mode,
-					    __u8 mode)
+					    __u8 mode, __u8 flags)
 {
 	__u64 offset = t->libc == LIBC_MUSL ? MUSL_MUTEX_TYPE_OFFSET :
 					      GLIBC_MUTEX_KIND_OFFSET;
 	int type = 0;
 
+	if (flags & LOCK_FLAG_RECURSIVE)
+		return true;
 	if (kind == LOCK_KIND_RWLOCK)
 		return mode == LOCK_MODE_SHARED &&
 		       held_mode == LOCK_MODE_SHARED;
@@ -1537,7 +1658,7 @@ static __always_inline bool reentry_allowed(struct thread_locks *t, __u64 lock,
 /* Remember the acquisition a futex wait may belong to. */
 static __always_inline void note_wait(struct thread_locks *t, __u64 lock,
 				      __u32 gen, __u64 site, __u8 mode,
-				      __u8 kind, __u8 how)
+				      __u8 kind, __u8 how, __u8 flags)
 {
 	t->wait.lock = lock;
 	t->wait.site = site;
@@ -1547,6 +1668,7 @@ static __always_inline void note_wait(struct thread_locks *t, __u64 lock,
 	t->wait.kind = kind;
 	t->wait.how = how;
 	t->wait.waiting = 0;
+	t->wait.flags = flags;
 }
 
 /*
@@ -1587,12 +1709,30 @@ static __always_inline bool nested_lock_call(struct pt_regs *ctx,
 static __always_inline int lock_reacquired(struct pt_regs *ctx,
 					   struct thread_locks *t, int i,
 					   __u64 lock, __u8 mode, __u8 kind,
-					   __u8 how)
+					   __u8 how, __u8 flags)
 {
 	struct held_lock *held = &t->held[held_index(i)];
 	__u64 site;
 
-	if (!reentry_allowed(t, lock, kind, held->mode, mode)) {
+	if (flags & LOCK_FLAG_ANY_RELEASER) {
+		/* taken again by the thread that holds it: it waits for another
+		 * thread to release it (a semaphore used as a signal); held again
+		 * if its return says it got it */
+		if (how != ACQUIRE_TRY)
+			note_wait(t, lock, held->gen, held->site, mode, kind,
+				  how, flags);
+		t->pending.lock = lock;
+		t->pending.sp = PT_REGS_SP(ctx);
+		t->pending.gen = held->gen;
+		t->pending.site = held->site;
+		t->pending.mode = mode;
+		t->pending.kind = kind;
+		t->pending.flags = flags;
+		t->pending.recursive = 0;
+		t->pending.active = 1;
+		return 0;
+	}
+	if (!reentry_allowed(t, lock, kind, held->mode, mode, flags)) {
 		/* a try just fails; anything else hangs or fails with EDEADLK,
 		 * and holds nothing more */
 		if (how == ACQUIRE_TRY)
@@ -1600,11 +1740,12 @@ static __always_inline int lock_reacquired(struct pt_regs *ctx,
 		site = capture_site(ctx, true);
 		send_misuse(ctx, MISUSE_RELOCK_HELD, lock, held->gen, kind,
 			    mode, held->mode, site, held->site, 0);
-		note_wait(t, lock, held->gen, site, mode, kind, how);
+		note_wait(t, lock, held->gen, site, mode, kind, how, flags);
 		return 0;
 	}
 	if (how != ACQUIRE_TRY)
-		note_wait(t, lock, held->gen, held->site, mode, kind, how);
+		note_wait(t, lock, held->gen, held->site, mode, kind, how,
+			  flags);
 	if (how == ACQUIRE_BLOCKING || owner_tracked(t, kind)) {
 		held->depth++;
 		return 0;
@@ -1616,9 +1757,17 @@ static __always_inline int lock_reacquired(struct pt_regs *ctx,
 	return 0;
 }
 
+/* How a request orders locks: a try that stands for a blocking acquisition
+ * (LOCK_FLAG_WAIT_INTENT) orders them as one. */
+static __always_inline __u8 ordered_how(__u8 how, __u8 flags)
+{
+	return (flags & LOCK_FLAG_WAIT_INTENT) ? ACQUIRE_BLOCKING : how;
+}
+
 /* Entry of a lock function. */
 static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
-					  __u8 mode, __u8 kind, __u8 how)
+					  __u8 mode, __u8 kind, __u8 how,
+					  __u8 flags)
 {
 	gadget_tid tid = current_tid();
 	struct dep_cache_entry *cached;
@@ -1627,7 +1776,7 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	__u32 gen = 0;
 	int i;
 
-	if (!lock)
+	if (!lock || (kind == LOCK_KIND_SEMAPHORE && counts_beyond_one(lock)))
 		return 0;
 	t = thread_state(tid, ctx);
 	if (!t)
@@ -1637,7 +1786,7 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	forget_released(t, 0);
 
 	check_cache_epoch(t);
-	cached = cached_dependency(t, lock, mode, how);
+	cached = cached_dependency(t, lock, mode, ordered_how(how, flags));
 	if (cached) {
 		/* the common case: a known request, and the lock is not held */
 		gen = cached->gen;
@@ -1645,17 +1794,20 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	} else {
 		i = find_held(t, lock);
 		if (i >= 0)
-			return lock_reacquired(ctx, t, i, lock, mode, kind,
-					       how);
-		site = learn_dependency(ctx, t, lock, mode, kind, how, &gen);
+			return lock_reacquired(ctx, t, i, lock, mode, kind, how,
+					       flags);
+		site = learn_dependency(ctx, t, lock, mode, kind,
+					ordered_how(how, flags), &gen);
 	}
 	if (how != ACQUIRE_TRY)
-		note_wait(t, lock, gen, site, mode, kind, how);
+		note_wait(t, lock, gen, site, mode, kind, how, flags);
 	/* a glibc mutex is held from here whatever the outcome: a try or timed
 	 * acquisition that fails leaves the owner field to another thread, and
 	 * forget_released drops the lock at the thread's next step */
 	if (how == ACQUIRE_BLOCKING || owner_tracked(t, kind)) {
 		push_held(t, lock, gen, site, mode, kind);
+		if (flags & LOCK_FLAG_ANY_RELEASER)
+			note_holder(t, lock);
 		return 0;
 	}
 	/* elsewhere try and timed acquisitions hold the lock only if they succeed
@@ -1666,6 +1818,7 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	t->pending.site = site;
 	t->pending.mode = mode;
 	t->pending.kind = kind;
+	t->pending.flags = flags;
 	t->pending.recursive = 0;
 	t->pending.active = 1;
 	return 0;
@@ -1685,7 +1838,7 @@ struct lock_request {
 	__u8 mode;
 	__u8 kind;
 	__u8 how;
-	__u8 __pad;
+	__u8 flags; /* LOCK_FLAG_* */
 };
 
 /* 0 -> the request this CPU's entry program hands over */
@@ -1709,7 +1862,8 @@ struct {
 };
 
 static __always_inline int hand_over_request(struct pt_regs *ctx, __u64 lock,
-					     __u8 mode, __u8 kind, __u8 how)
+					     __u8 mode, __u8 kind, __u8 how,
+					     __u8 flags)
 {
 	struct lock_request *request =
 		bpf_map_lookup_elem(&lock_requests, &(__u32){ 0 });
@@ -1721,6 +1875,7 @@ static __always_inline int hand_over_request(struct pt_regs *ctx, __u64 lock,
 	request->mode = mode;
 	request->kind = kind;
 	request->how = how;
+	request->flags = flags;
 	bpf_tail_call(ctx, &lock_request_program, 0);
 	count_stat(STAT_REQUEST_LOST); /* the program array was emptied */
 	return 0;
@@ -1741,7 +1896,21 @@ static __always_inline int take_over_request(struct pt_regs *ctx)
 		return 0;
 	}
 	return lock_requested(ctx, request->lock, request->mode, request->kind,
-			      request->how);
+			      request->how, request->flags);
+}
+
+/* How a try or timed lock function's result tells that it acquired (the
+ * rule is in the probe's cookie; pthread's, 0, is "returns 0"). */
+static __always_inline bool acquired(struct pt_regs *ctx)
+{
+	__u64 rule = (bpf_get_attach_cookie(ctx) >> COOKIE_RESULT_SHIFT) & 3;
+	__u64 result = PT_REGS_RC(ctx);
+
+	if (rule == ACQUIRED_TRUE)
+		return (__u8)result != 0;
+	if (rule == ACQUIRED_ONE)
+		return (__u32)result == 1;
+	return (__u32)result == 0;
 }
 
 /* Return of a try or timed lock function: 0 means acquired. */
@@ -1752,18 +1921,33 @@ static __always_inline int lock_returned(struct pt_regs *ctx)
 	int i;
 
 	t = thread_state(tid, NULL);
-	if (!t || !t->pending.active ||
-	    PT_REGS_SP(ctx) - RETURN_SP_OFFSET != t->pending.sp)
+	if (!t)
+		return 0;
+	if (!t->pending.active ||
+	    PT_REGS_SP(ctx) - RETURN_SP_OFFSET != t->pending.sp) {
+		/* a blocking lock function that sleeps elsewhere than on its
+		 * lock: its return ends the stretch in which a futex wait is a
+		 * wait for the lock (and a nested call's return, which may end
+		 * it early, only loses a blocked record) */
+		if (t->wait.flags & LOCK_FLAG_WAITS_ELSEWHERE)
+			t->wait.lock = 0;
 		return 0; /* not the return of the pending call (a nested one's) */
+	}
 	t->pending.active = 0;
 	t->wait.lock = 0;
-	if (PT_REGS_RC(ctx) != 0)
+	if (!acquired(ctx))
 		return 0;
 	if (t->pending.recursive) {
 		i = find_held(t, t->pending.lock);
 		if (i >= 0)
 			t->held[held_index(i)].depth++;
 		return 0;
+	}
+	if (t->pending.flags & LOCK_FLAG_ANY_RELEASER) {
+		/* still held: the release that let it be taken again was missed */
+		if (find_held(t, t->pending.lock) >= 0)
+			return 0;
+		note_holder(t, t->pending.lock);
 	}
 	push_held(t, t->pending.lock, t->pending.gen, t->pending.site,
 		  t->pending.mode, t->pending.kind);
@@ -1787,6 +1971,19 @@ static __always_inline void released_by_other(gadget_tid owner, __u64 lock)
 	i = find_held(t, lock);
 	if (i >= 0)
 		drop_held(t, i);
+}
+
+/* A lock any thread may release, released by one that does not hold it: it
+ * leaves the thread that took it. */
+static __always_inline void released_by_any(__u64 lock)
+{
+	struct lock_id id = current_lock_id(lock);
+	gadget_tid *holder = bpf_map_lookup_elem(&lock_holders, &id);
+
+	if (!holder)
+		return;
+	released_by_other(*holder, lock);
+	bpf_map_delete_elem(&lock_holders, &id);
 }
 
 /* An unlock of a lock the current thread does not hold: if the C library
@@ -1813,16 +2010,23 @@ static __always_inline void unlocked_unheld(void *ctx, __u64 lock, __u8 kind,
  * tracing started, or by another thread (a misuse), or it is
  * pthread_spin_init, which shares pthread_spin_unlock's code. */
 static __always_inline int lock_released(struct pt_regs *ctx, __u64 lock,
-					 __u8 kind)
+					 __u8 kind, __u8 flags)
 {
 	gadget_tid tid = current_tid();
 	struct thread_locks *t;
 	struct held_lock *held;
 	int i;
 
+	if (kind == LOCK_KIND_SEMAPHORE &&
+	    semaphore_counts(lock, probed_libc(ctx))) {
+		released_by_any(lock); /* it may have been taken as a lock */
+		return 0;
+	}
 	t = thread_state(tid, NULL);
 	if (!t) {
-		if (!current_is_filtered_out())
+		if (flags & LOCK_FLAG_ANY_RELEASER)
+			released_by_any(lock);
+		else if (!current_is_filtered_out())
 			unlocked_unheld(ctx, lock, kind, probed_libc(ctx),
 					current_ns_tid());
 		return 0;
@@ -1830,7 +2034,10 @@ static __always_inline int lock_released(struct pt_regs *ctx, __u64 lock,
 	t->wait.lock = 0;
 	i = find_held(t, lock);
 	if (i < 0) {
-		unlocked_unheld(ctx, lock, kind, t->libc, t->ns_tid);
+		if (flags & LOCK_FLAG_ANY_RELEASER)
+			released_by_any(lock);
+		else
+			unlocked_unheld(ctx, lock, kind, t->libc, t->ns_tid);
 		return 0;
 	}
 	held = &t->held[held_index(i)];
@@ -1839,6 +2046,8 @@ static __always_inline int lock_released(struct pt_regs *ctx, __u64 lock,
 		return 0;
 	}
 	drop_held(t, i);
+	if (flags & LOCK_FLAG_ANY_RELEASER)
+		forget_holder(lock);
 
 	/* A thread that holds nothing and left the traced set (its container
 	 * was unselected) has no state worth keeping. */
@@ -1938,7 +2147,12 @@ static __always_inline bool waits_for_lock(struct thread_locks *t, __u64 uaddr,
 	__u64 span = t->wait.kind == LOCK_KIND_RWLOCK ? RWLOCK_FUTEX_SPAN :
 							MUTEX_FUTEX_SPAN;
 
-	return t->wait.lock && is_futex_wait(op) && uaddr - t->wait.lock < span;
+	if (!t->wait.lock || !is_futex_wait(op))
+		return false;
+	/* a lock function that sleeps on a futex of its own (a per-thread
+	 * one) waits for its lock in any futex wait until it returns */
+	return uaddr - t->wait.lock < span ||
+	       (t->wait.flags & LOCK_FLAG_WAITS_ELSEWHERE);
 }
 
 static __always_inline __u32 current_process_threads(void)
@@ -2002,6 +2216,128 @@ static __always_inline void copy_owned_set(struct thread_locks *t,
 	b->held_count = walk.count;
 }
 
+/* A futex wait outside every traced lock function: what locks does igdeadlock
+ * not see? Counted per process and wait stack (the stack captured once), so
+ * that a report names the code that waited (a Rust or Go mutex, InnoDB's
+ * latches...) instead of saying "no deadlock" about locks it never saw. User
+ * space tells the C library's own waits (condition variables, joins) apart. */
+
+struct untraced_wait_key {
+	gadget_pid pid;
+	__u32 __pad;
+	__u64 stack_hash; /* of the wait's innermost return addresses */
+};
+
+struct untraced_wait {
+	gadget_mntns_id mntns_id;
+	__u64 process_start;
+	__u64 site; /* stackmap key of one wait there */
+	__u64 count; /* waits since the last fetch */
+	/* the word at the user stack pointer: the return address when the wait
+	 * is made by a leaf function (the C library's syscall(), which Rust's
+	 * std and others call for their futexes), which frame-pointer unwinding
+	 * skips */
+	__u64 caller;
+	__u64 caller_file; /* file_id of the file `caller` points into, 0 if none */
+	__u64 caller_offset; /* its offset there */
+	gadget_comm comm[TASK_COMM_LEN];
+};
+
+#define UNTRACED_WAIT_FRAMES 4 /* return addresses that tell a wait site */
+#define MIN_CODE_ADDRESS 4096 /* below it, a stack word is no code address */
+
+/* (process, wait stack) -> waits there outside every traced lock function */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_UNTRACED_WAITS);
+	__type(key, struct untraced_wait_key);
+	__type(value, struct untraced_wait);
+} untraced_waits SEC(".maps");
+
+/* (process, wait stack) -> its site: the stack is captured once per process */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_UNTRACED_WAITS);
+	__type(key, struct untraced_wait_key);
+	__type(value, __u64);
+} untraced_wait_sites SEC(".maps");
+
+/* Which processes' other futex waits are recorded as blocked threads (for
+ * all-threads-blocked): those with lock state, and, when the traced set is
+ * chosen (a command's tree, containers), every process in it, whatever locks
+ * it takes (a Rust or Go program takes none igdeadlock sees). */
+static __always_inline bool in_hang_scope(gadget_pid pid)
+{
+	if (current_is_filtered_out())
+		return false;
+	return bpf_map_lookup_elem(&lock_processes, &pid) || tree_pid ||
+	       gadget_filter_by_mntns;
+}
+
+/* Where an untraced wait's caller word points: (file, offset), its path sent. */
+static __always_inline void resolve_caller(struct untraced_wait *wait)
+{
+	struct vma_lookup lookup = { .address = wait->caller,
+				     .offset = wait->caller };
+
+	if (wait->caller < MIN_CODE_ADDRESS)
+		return;
+	bpf_find_vma(bpf_get_current_task_btf(), wait->caller, resolve_vma,
+		     &lookup, 0);
+	wait->caller_file = lookup.file_id;
+	wait->caller_offset = lookup.offset;
+	if (lookup.file)
+		send_file_path(lookup.file_id, (__u64)lookup.file);
+}
+
+static __always_inline void note_untraced_wait(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct untraced_wait_key key = { .pid = pid_tgid >> 32 };
+	struct untraced_wait *known, fresh = { .count = 1 };
+	struct scratch_buffers *s;
+	__u64 *site;
+	long bytes;
+
+	if (current_is_filtered_out())
+		return;
+	s = bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
+	if (!s)
+		return;
+	bytes = bpf_get_stack(ctx, s->raw_frames,
+			      UNTRACED_WAIT_FRAMES * sizeof(__u64),
+			      BPF_F_USER_STACK);
+	if (bytes <= 0)
+		return;
+	for (int i = 0; i < UNTRACED_WAIT_FRAMES; i++)
+		if (i * sizeof(__u64) < bytes)
+			key.stack_hash =
+				mix64(key.stack_hash ^ s->raw_frames[i]);
+	known = bpf_map_lookup_elem(&untraced_waits, &key);
+	if (known) {
+		__sync_fetch_and_add(&known->count, 1);
+		return;
+	}
+	site = bpf_map_lookup_elem(&untraced_wait_sites, &key);
+	fresh.site = site ? *site : capture_stack(ctx, false);
+	if (!fresh.site)
+		return;
+	if (!site) {
+		send_stack_files();
+		bpf_map_update_elem(&untraced_wait_sites, &key, &fresh.site,
+				    BPF_ANY);
+	}
+	fresh.mntns_id = gadget_get_current_mntns_id();
+	fresh.process_start = current_process_start();
+	bpf_probe_read_user(
+		&fresh.caller, sizeof(fresh.caller),
+		(void *)PT_REGS_SP_CORE((struct pt_regs *)bpf_task_pt_regs(
+			bpf_get_current_task_btf())));
+	resolve_caller(&fresh);
+	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
+	bpf_map_update_elem(&untraced_waits, &key, &fresh, BPF_NOEXIST);
+}
+
 /* A thread of a process with lock state starts an endless futex wait that no
  * lock function explains (a condition variable, a join, a barrier): recorded
  * with its user stack, so that user space can tell when every thread of the
@@ -2016,8 +2352,7 @@ static __always_inline int other_wait_started(void *ctx, struct thread_locks *t,
 	struct blocked_thread *b;
 	long bytes;
 
-	if (!bpf_map_lookup_elem(&lock_processes, &pid) ||
-	    current_is_filtered_out())
+	if (!in_hang_scope(pid))
 		return 0;
 	s = bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
 	if (!s)
@@ -2062,6 +2397,8 @@ static __always_inline int futex_wait_started(void *ctx, __u64 uaddr, __u64 op,
 
 	t = thread_state(key.tid, NULL);
 	if (!t || !waits_for_lock(t, uaddr, op)) {
+		if (is_futex_wait(op))
+			note_untraced_wait(ctx);
 		if (is_endless_plain_wait(op, timeout))
 			return other_wait_started(ctx, t, uaddr);
 		return 0;
@@ -2426,6 +2763,7 @@ GADGET_MAPITER(stacks, stackmap);
 GADGET_MAPITER(files, files);
 GADGET_MAPITER(counters, counters);
 GADGET_MAPITER(blocked, blocked_threads);
+GADGET_MAPITER(untraced_waits, untraced_waits);
 GADGET_TRACER(dead_pids, dead_pids, dead_pid);
 GADGET_TRACER(resumed, resumed_threads, resumed_thread);
 GADGET_TRACER(processes, process_events, process_event);
@@ -2449,14 +2787,14 @@ SEC("uprobe/libc:pthread_mutex_lock")
 int BPF_KPROBE(trace_uprobe_mutex_lock, void *mutex)
 {
 	return lock_requested(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
-			      LOCK_KIND_MUTEX, ACQUIRE_BLOCKING);
+			      LOCK_KIND_MUTEX, ACQUIRE_BLOCKING, 0);
 }
 
 SEC("uprobe/libc:pthread_mutex_trylock")
 int BPF_KPROBE(trace_uprobe_mutex_trylock, void *mutex)
 {
 	return hand_over_request(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
-				 LOCK_KIND_MUTEX, ACQUIRE_TRY);
+				 LOCK_KIND_MUTEX, ACQUIRE_TRY, 0);
 }
 
 /* Placed by the client on musl only (see owner_tracked); ig places it nowhere. */
@@ -2470,7 +2808,7 @@ SEC("uprobe/libc:pthread_mutex_timedlock")
 int BPF_KPROBE(trace_uprobe_mutex_timedlock, void *mutex)
 {
 	return hand_over_request(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
-				 LOCK_KIND_MUTEX, ACQUIRE_TIMED);
+				 LOCK_KIND_MUTEX, ACQUIRE_TIMED, 0);
 }
 
 /* Placed by the client on musl only (see owner_tracked); ig places it nowhere. */
@@ -2484,7 +2822,7 @@ SEC("uprobe/libc:pthread_mutex_clocklock")
 int BPF_KPROBE(trace_uprobe_mutex_clocklock, void *mutex)
 {
 	return hand_over_request(ctx, (__u64)mutex, LOCK_MODE_EXCLUSIVE,
-				 LOCK_KIND_MUTEX, ACQUIRE_TIMED);
+				 LOCK_KIND_MUTEX, ACQUIRE_TIMED, 0);
 }
 
 /* Placed by the client on musl only (see owner_tracked); ig places it nowhere. */
@@ -2499,7 +2837,7 @@ int BPF_KRETPROBE(trace_uretprobe_mutex_clocklock)
 SEC("uprobe/gadget_program_disabled")
 int BPF_KPROBE(trace_uprobe_mutex_unlock, void *mutex)
 {
-	return lock_released(ctx, (__u64)mutex, LOCK_KIND_MUTEX);
+	return lock_released(ctx, (__u64)mutex, LOCK_KIND_MUTEX, 0);
 }
 
 SEC("uprobe/libc:pthread_mutex_destroy")
@@ -2514,21 +2852,21 @@ SEC("uprobe/libc:pthread_rwlock_rdlock")
 int BPF_KPROBE(trace_uprobe_rwlock_rdlock, void *rwlock)
 {
 	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
-				 LOCK_KIND_RWLOCK, ACQUIRE_BLOCKING);
+				 LOCK_KIND_RWLOCK, ACQUIRE_BLOCKING, 0);
 }
 
 SEC("uprobe/libc:pthread_rwlock_wrlock")
 int BPF_KPROBE(trace_uprobe_rwlock_wrlock, void *rwlock)
 {
 	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
-				 LOCK_KIND_RWLOCK, ACQUIRE_BLOCKING);
+				 LOCK_KIND_RWLOCK, ACQUIRE_BLOCKING, 0);
 }
 
 SEC("uprobe/libc:pthread_rwlock_tryrdlock")
 int BPF_KPROBE(trace_uprobe_rwlock_tryrdlock, void *rwlock)
 {
 	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
-				 LOCK_KIND_RWLOCK, ACQUIRE_TRY);
+				 LOCK_KIND_RWLOCK, ACQUIRE_TRY, 0);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_tryrdlock")
@@ -2541,7 +2879,7 @@ SEC("uprobe/libc:pthread_rwlock_trywrlock")
 int BPF_KPROBE(trace_uprobe_rwlock_trywrlock, void *rwlock)
 {
 	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
-				 LOCK_KIND_RWLOCK, ACQUIRE_TRY);
+				 LOCK_KIND_RWLOCK, ACQUIRE_TRY, 0);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_trywrlock")
@@ -2554,7 +2892,7 @@ SEC("uprobe/libc:pthread_rwlock_timedrdlock")
 int BPF_KPROBE(trace_uprobe_rwlock_timedrdlock, void *rwlock)
 {
 	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
-				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED, 0);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_timedrdlock")
@@ -2567,7 +2905,7 @@ SEC("uprobe/libc:pthread_rwlock_timedwrlock")
 int BPF_KPROBE(trace_uprobe_rwlock_timedwrlock, void *rwlock)
 {
 	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
-				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED, 0);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_timedwrlock")
@@ -2580,7 +2918,7 @@ SEC("uprobe/libc:pthread_rwlock_clockrdlock")
 int BPF_KPROBE(trace_uprobe_rwlock_clockrdlock, void *rwlock)
 {
 	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_SHARED,
-				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED, 0);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_clockrdlock")
@@ -2593,7 +2931,7 @@ SEC("uprobe/libc:pthread_rwlock_clockwrlock")
 int BPF_KPROBE(trace_uprobe_rwlock_clockwrlock, void *rwlock)
 {
 	return hand_over_request(ctx, (__u64)rwlock, LOCK_MODE_EXCLUSIVE,
-				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED);
+				 LOCK_KIND_RWLOCK, ACQUIRE_TIMED, 0);
 }
 
 SEC("uretprobe/libc:pthread_rwlock_clockwrlock")
@@ -2605,7 +2943,7 @@ int BPF_KRETPROBE(trace_uretprobe_rwlock_clockwrlock)
 SEC("uprobe/libc:pthread_rwlock_unlock")
 int BPF_KPROBE(trace_uprobe_rwlock_unlock, void *rwlock)
 {
-	return lock_released(ctx, (__u64)rwlock, LOCK_KIND_RWLOCK);
+	return lock_released(ctx, (__u64)rwlock, LOCK_KIND_RWLOCK, 0);
 }
 
 SEC("uprobe/libc:pthread_rwlock_destroy")
@@ -2620,7 +2958,7 @@ SEC("uprobe/libc:pthread_spin_lock")
 int BPF_KPROBE(trace_uprobe_spin_lock, void *spinlock)
 {
 	return hand_over_request(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
-				 LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING);
+				 LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING, 0);
 }
 
 /* x86-64 glibc's pthread_spin_lock starts with a locked instruction, which
@@ -2631,14 +2969,14 @@ SEC("uprobe/gadget_program_disabled")
 int BPF_KPROBE(trace_uprobe_spin_lock_taken, void *spinlock)
 {
 	return hand_over_request(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
-				 LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING);
+				 LOCK_KIND_SPINLOCK, ACQUIRE_BLOCKING, 0);
 }
 
 SEC("uprobe/libc:pthread_spin_trylock")
 int BPF_KPROBE(trace_uprobe_spin_trylock, void *spinlock)
 {
 	return hand_over_request(ctx, (__u64)spinlock, LOCK_MODE_EXCLUSIVE,
-				 LOCK_KIND_SPINLOCK, ACQUIRE_TRY);
+				 LOCK_KIND_SPINLOCK, ACQUIRE_TRY, 0);
 }
 
 SEC("uretprobe/libc:pthread_spin_trylock")
@@ -2650,13 +2988,75 @@ int BPF_KRETPROBE(trace_uretprobe_spin_trylock)
 SEC("uprobe/libc:pthread_spin_unlock")
 int BPF_KPROBE(trace_uprobe_spin_unlock, void *spinlock)
 {
-	return lock_released(ctx, (__u64)spinlock, LOCK_KIND_SPINLOCK);
+	return lock_released(ctx, (__u64)spinlock, LOCK_KIND_SPINLOCK, 0);
 }
 
 SEC("uprobe/libc:pthread_spin_destroy")
 int BPF_KPROBE(trace_uprobe_spin_destroy, void *spinlock)
 {
 	return lock_destroyed((__u64)spinlock);
+}
+
+/* Lock functions outside the C library's pthread ones, found by the client
+ * per process (GLib's GMutex, CPython's locks, Abseil's Mutex, and those a
+ * user declares): one program per role, told by the probe's cookie which
+ * argument is the lock and what kind of lock it is (see COOKIE_*). ig places
+ * them nowhere. */
+
+#define MAX_LOCK_ARGUMENT 4 /* arguments 0-4: the registers PT_REGS_PARM1-5 */
+
+/* The lock a lock function is called with: the cookie's argument. (Each
+ * register is read at its own constant offset: the verifier refuses a
+ * context read at a computed one, which a switch compiles to.) */
+static __always_inline __u64 lock_argument(struct pt_regs *ctx, __u64 cookie)
+{
+	__u64 args[MAX_LOCK_ARGUMENT + 1] = {
+		PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+		PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx)
+	};
+	__u32 i = (cookie >> COOKIE_ARG_SHIFT) & 7;
+
+	return i <= MAX_LOCK_ARGUMENT ? args[i] : 0;
+}
+
+static __always_inline __u8 cookie_kind(__u64 cookie)
+{
+	return (cookie >> COOKIE_KIND_SHIFT) & 0xff;
+}
+
+static __always_inline __u8 cookie_flags(__u64 cookie)
+{
+	return (cookie >> COOKIE_FLAGS_SHIFT) & 0xff;
+}
+
+SEC("uprobe/gadget_program_disabled")
+int trace_uprobe_lock_function(struct pt_regs *ctx)
+{
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+
+	return hand_over_request(ctx, lock_argument(ctx, cookie),
+				 (cookie >> COOKIE_MODE_SHIFT) & 1,
+				 cookie_kind(cookie),
+				 (cookie >> COOKIE_HOW_SHIFT) & 3,
+				 cookie_flags(cookie));
+}
+
+/* Return of a try or timed lock function (its cookie says how its result
+ * tells success), or of a blocking one that sleeps elsewhere than on its
+ * lock (LOCK_FLAG_WAITS_ELSEWHERE). */
+SEC("uprobe/gadget_program_disabled")
+int BPF_KRETPROBE(trace_uretprobe_lock_function)
+{
+	return lock_returned(ctx);
+}
+
+SEC("uprobe/gadget_program_disabled")
+int trace_uprobe_unlock_function(struct pt_regs *ctx)
+{
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+
+	return lock_released(ctx, lock_argument(ctx, cookie),
+			     cookie_kind(cookie), cookie_flags(cookie));
 }
 
 /* futex waits: which tracked threads are blocked in a lock right now */

@@ -24,21 +24,26 @@ IMAGE = os.environ.get("IGDEADLOCK_IMAGE", "localhost/igdeadlock:latest")
 
 
 def compile_program(name: str, flags: Sequence[str] = ("-O0", "-g", "-fno-omit-frame-pointer"),
-                    compiler: Optional[str] = None) -> Path:
+                    compiler: Optional[str] = None, libs: Sequence[str] = ()) -> Path:
     """Compile tests/programs/NAME.c (or .cc) once per source, flags and compiler
-    (gcc or g++ unless given, e.g. musl-gcc)."""
+    (gcc or g++ unless given, e.g. musl-gcc), linked with ``libs`` (after the source)."""
     source = next(p for p in (PROGRAMS / f"{name}.c", PROGRAMS / f"{name}.cc") if p.exists())
     # a given compiler joins the digest; the default keeps the digests binaries already cached have
-    salt = " ".join(flags) + (f" {compiler}" if compiler else "")
+    salt = " ".join(flags) + (f" {compiler}" if compiler else "") + (" " + " ".join(libs) if libs else "")
     compiler = compiler or ("g++" if source.suffix == ".cc" else "gcc")
     digest = hashlib.sha256(source.read_bytes() + salt.encode()).hexdigest()[:12]
     BIN_CACHE.mkdir(exist_ok=True)
     binary = BIN_CACHE / f"{name}-{digest}"
     if not binary.exists():
         tmp = binary.with_suffix(".tmp")
-        subprocess.run([compiler, *flags, "-pthread", "-o", str(tmp), str(source)], check=True)
+        subprocess.run([compiler, *flags, "-pthread", "-o", str(tmp), str(source), *libs], check=True)
         tmp.rename(binary)
     return binary
+
+
+def pkg_config(*args: str) -> List[str]:
+    """Compiler or linker flags of a library, from pkg-config."""
+    return subprocess.run(["pkg-config", *args], check=True, capture_output=True, text=True).stdout.split()
 
 
 def program_facts(output: str) -> Dict[str, List[int]]:

@@ -67,6 +67,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                              "thread holds (unlock-not-owner); costs a second probe hit per lock/unlock pair. "
                              "Without it glibc mutexes are known released from the owner glibc records in them "
                              "(musl's unlocks are always probed). Only where this client attaches the probes")
+    gadget.add_argument("--lock-functions", metavar="FILE", action="append", default=[],
+                        help="YAML: your own lock, trylock and unlock functions, traced like pthread's (see "
+                             "README, Your own lock functions); repeat for several files. Only where this "
+                             "client attaches the probes")
     gadget.add_argument("--ig", metavar="PATH", help="ig binary for a private daemon (default: ig on PATH)")
     gadget.add_argument("--daemon-log", metavar="FILE", help="keep a private daemon's log in FILE")
     tls = parser.add_argument_group("TLS to remote daemons")
@@ -247,13 +251,22 @@ def run_trace(args: argparse.Namespace) -> int:
         unlock_checks=args.unlock_checks,
     )
     try:
+        options.lock_families = _lock_families(args)
         outcome = trace_command(options, _say)
     except KeyboardInterrupt:  # before trace_command could take it
         outcome = TraceOutcome([], {}, None, INTERRUPTED_BEFORE_START)
-    except (TraceError, ValueError, OSError) as exc:
+    except (TraceError, ValueError, OSError) as exc:  # DeclarationError is a ValueError
         _say(f"igdeadlock: {exc}")
         return EXIT_ERROR
     return finish_trace(args, outcome)
+
+
+def _lock_families(args: argparse.Namespace) -> list:
+    """The lock families to trace: the built-in ones and those --lock-functions declares."""
+    from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, load_declarations
+
+    declared = [family for path in args.lock_functions for family in load_declarations(path)]
+    return [*BUILT_IN_FAMILIES, *declared]
 
 
 def interrupted_trace(args: argparse.Namespace) -> int:
@@ -354,6 +367,7 @@ def run_watch(args: argparse.Namespace) -> int:
     private: List["PrivateDaemon"] = []
     live_out = sys.stdout if args.format == "text" and args.output is None else sys.stderr
     try:
+        families = _lock_families(args)
         specs = watch_targets(args, private)
     except (KubernetesError, DaemonError, ValueError, OSError, KeyboardInterrupt) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
@@ -363,7 +377,7 @@ def run_watch(args: argparse.Namespace) -> int:
             daemon.stop()
         return EXIT_INTERRUPTED if interrupted else EXIT_ERROR
     watch = Watch(specs, args.image, args.attach, _say, analysis_seconds=args.analysis_time,
-                  hang_seconds=args.hang_time, unlock_checks=args.unlock_checks)
+                  hang_seconds=args.hang_time, unlock_checks=args.unlock_checks, lock_families=families)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     next_status = time.monotonic() + args.status_interval
     watch.start()

@@ -23,6 +23,21 @@ class LockKind(IntEnum):
     RWLOCK = 1
     SPINLOCK = 2
     FUTEX = 3  # no lock: a futex wait outside the lock functions (blocked records only)
+    # locks of lock functions outside the C library's pthread ones (host/lockfunctions.py);
+    # none records its owner
+    SEMAPHORE = 4  # a semaphore used as a lock (CPython 3.11, 3.12): no owner at all
+    GMUTEX = 5  # GLib's GMutex
+    PYMUTEX = 6  # CPython 3.13+'s PyMutex
+    ABSL_MUTEX = 7  # Abseil's absl::Mutex
+    USER = 16  # declared with --lock-functions
+
+
+class AcquiredWhen(IntEnum):
+    """How a try or timed lock function's result tells that it acquired (enum acquired_when)."""
+
+    ZERO = 0  # returns 0 (pthread, sem_*)
+    TRUE = 1  # returns a true bool or gboolean
+    ONE = 2  # returns 1 (CPython's PY_LOCK_ACQUIRED)
 
 
 class Acquire(IntEnum):
@@ -70,7 +85,12 @@ class Stat(IntEnum):
 
 LOCK_MODE_NAMES: Dict[int, str] = {LockMode.EXCLUSIVE: "write", LockMode.SHARED: "read"}
 LOCK_KIND_NAMES: Dict[int, str] = {LockKind.MUTEX: "mutex", LockKind.RWLOCK: "rwlock",
-                                   LockKind.SPINLOCK: "spinlock", LockKind.FUTEX: "futex"}
+                                   LockKind.SPINLOCK: "spinlock", LockKind.FUTEX: "futex",
+                                   LockKind.SEMAPHORE: "semaphore", LockKind.GMUTEX: "gmutex",
+                                   LockKind.PYMUTEX: "pymutex", LockKind.ABSL_MUTEX: "absl-mutex",
+                                   LockKind.USER: "user-lock"}
+# Kinds whose lock has no owner at all: any thread may release it.
+OWNERLESS_KINDS = frozenset({LockKind.SEMAPHORE})
 ACQUIRE_NAMES: Dict[int, str] = {Acquire.BLOCKING: "blocking", Acquire.TRY: "try", Acquire.TIMED: "timed"}
 LIBC_NAMES: Dict[int, str] = {Libc.GLIBC: "glibc", Libc.MUSL: "musl"}
 # how reports and stats name the counters
@@ -121,6 +141,36 @@ CLIENT_PLACED_PROGRAMS: Dict[str, Tuple[str, bool, FrozenSet[str]]] = {
 }
 
 
+# A lock function's probe also carries what the function is (COOKIE_* of
+# program.bpf.c): kind, which argument is the lock, mode, how it waits, how its
+# result tells success, and LOCK_FLAG_*.
+COOKIE_KIND_SHIFT = 8
+COOKIE_ARG_SHIFT = 16
+COOKIE_MODE_SHIFT = 19
+COOKIE_HOW_SHIFT = 20
+COOKIE_RESULT_SHIFT = 22
+COOKIE_FLAGS_SHIFT = 24
+MAX_LOCK_ARGUMENT = 4  # the lock is one of the first five arguments
+LOCK_FLAG_RECURSIVE = 0x1  # its holder may take it again
+LOCK_FLAG_WAITS_ELSEWHERE = 0x2  # it sleeps on a futex of its own (a per-thread one), not the lock word
+LOCK_FLAG_ANY_RELEASER = 0x4  # any thread may release it (a semaphore)
+LOCK_FLAG_WAIT_INTENT = 0x8  # a try that stands for a blocking acquisition (CPython tries first, then waits)
+# The three programs that serve every such function, by role; ig places them nowhere.
+LOCK_FUNCTION_PROGRAM = "trace_uprobe_lock_function"
+LOCK_FUNCTION_RETURN_PROGRAM = "trace_uretprobe_lock_function"
+UNLOCK_FUNCTION_PROGRAM = "trace_uprobe_unlock_function"
+
+
+def lock_function_cookie(libc: str, kind: int, argument: int, mode: int, how: int,
+                         acquired_when: int = 0, flags: int = 0) -> int:
+    """The cookie of a probe on a lock function of a process on C library ``libc``."""
+    if not 0 <= argument <= MAX_LOCK_ARGUMENT:
+        raise ValueError(f"the lock must be one of the first {MAX_LOCK_ARGUMENT + 1} arguments")
+    flavor = {name: value for value, name in LIBC_NAMES.items()}[libc]
+    return (flavor | kind << COOKIE_KIND_SHIFT | argument << COOKIE_ARG_SHIFT | mode << COOKIE_MODE_SHIFT
+            | how << COOKIE_HOW_SHIFT | acquired_when << COOKIE_RESULT_SHIFT | flags << COOKIE_FLAGS_SHIFT)
+
+
 def attach_cookie(libc: str, function_size: int) -> int:
     """The cookie of a probe on a function of ``function_size`` bytes in a C library."""
     flavor = {name: value for value, name in LIBC_NAMES.items()}[libc]
@@ -133,7 +183,8 @@ SITE_CPU_SHIFT = 48
 
 # Datasources.
 EDGES, STACKS, FILES, COUNTERS, BLOCKED = "edges", "stacks", "files", "counters", "blocked"
-MAP_ITERATORS = (EDGES, STACKS, FILES, COUNTERS, BLOCKED)  # fetched together, every fetch interval
+UNTRACED_WAITS = "untraced_waits"
+MAP_ITERATORS = (EDGES, STACKS, FILES, COUNTERS, BLOCKED, UNTRACED_WAITS)  # fetched together, every interval
 RESUMED, PROCESSES, DEAD_PIDS, MISUSE = "resumed", "processes", "dead_pids", "misuse"  # events, as they happen
 
 # Parameters (gadget.yaml's params.ebpf, as IG names them).
@@ -159,6 +210,7 @@ REQUIRED_HELPERS: Tuple[Tuple[int, str, str], ...] = (
     (170, "bpf_timer_set_callback", "5.15"),
     (171, "bpf_timer_start", "5.15"),
     (174, "bpf_get_attach_cookie", "5.15"),
+    (175, "bpf_task_pt_regs", "5.15"),
     (180, "bpf_find_vma", "5.17"),
     (181, "bpf_loop", "5.17"),
 )

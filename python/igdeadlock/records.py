@@ -79,6 +79,22 @@ class StackTrace(NamedTuple):
     addresses: Tuple[int, ...] = ()  # each frame's address in the process
 
 
+class UntracedWait(NamedTuple):
+    """Threads of a process waited ``waits`` times (since the last fetch) in a
+    futex wait outside every traced lock function, at the wait whose stack is
+    ``site``: a condition variable or a join, or a lock igdeadlock cannot see."""
+
+    pid: int
+    comm: str
+    mntns_id: int
+    process_start: int
+    site: int
+    waits: int
+    caller: int = 0  # the word at the user stack pointer: a leaf function's return address
+    caller_file: int = 0  # file_id of the file it points into (0 if none)
+    caller_offset: int = 0
+
+
 class MappedFile(NamedTuple):
     file_id: int
     inode: int
@@ -196,7 +212,7 @@ class LogMessage:
 
 
 Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed, ProcessMeta,
-               ProcessEvent, MisuseEvent]
+               ProcessEvent, MisuseEvent, UntracedWait]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 import time
 import weakref
@@ -14,6 +15,7 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from igdeadlock.analysis.collector import Collector
+from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.lockorder import Cycle
 from igdeadlock.analysis.misuse import LockMisuse
 from igdeadlock.analysis.waitfor import Deadlock, Hang
@@ -21,6 +23,7 @@ from igdeadlock.gadget import MAP_ITERATORS, PAUSE_NEW_PROCESSES_PARAM, TREE_PID
 from igdeadlock.host import attach as attach_mod
 from igdeadlock.host import kernel as kernel_mod
 from igdeadlock.host.keeper import MappedFileKeeper
+from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, LockFamily, LockFunctionFinder, known_waits
 from igdeadlock.host.locklib import LockLibraryFinder, ProcessLibrary
 from igdeadlock.host.procfs import code_locations, mount_namespace_of, process_start_ns, running_pids
 from igdeadlock.host.stackscan import scan_stack
@@ -28,7 +31,7 @@ from igdeadlock.host.symbolize import Symbolizer
 from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.proto import api_pb2
 from igdeadlock.ig.service import Address, GadgetRun, GadgetService, WireError
-from igdeadlock.records import BlockedThread, Frame, MappedFile, ProcessEvent, ProcessExit
+from igdeadlock.records import BlockedThread, Frame, MappedFile, ProcessEvent, ProcessExit, StackTrace
 from igdeadlock.report.model import (
     FindingView,
     build_deadlock_findings,
@@ -125,12 +128,15 @@ class GadgetSession:
                  decoder: Optional[StreamDecoder] = None,
                  on_findings: Optional[Callable[[List[object]], None]] = None,
                  tree_pid: Optional[int] = None, unlock_checks: bool = False,
-                 server_pids: Sequence[int] = ()) -> None:
+                 server_pids: Sequence[int] = (),
+                 lock_families: Sequence[LockFamily] = BUILT_IN_FAMILIES) -> None:
         self.service = service
         # the processes of this host behind a service reached over TCP (a gadget
         # pod's): only the programs they load are this run's
         self.server_pids = tuple(server_pids)
         self.unlock_checks = unlock_checks  # probe every mutex unlock (see CLIENT_PLACED_PROGRAMS)
+        self.lock_families = tuple(lock_families)  # lock functions beyond pthread's (host/lockfunctions.py)
+        self.functions: Optional[LockFunctionFinder] = None
         self.image = image
         self.params = dict(params)
         if tree_pid is not None:
@@ -188,6 +194,8 @@ class GadgetSession:
         listing = info.extraInfo.data["ebpf.programs"].content if "ebpf.programs" in info.extraInfo.data else b""
         points = attach_mod.probe_points(listing, self.unlock_checks) if client_attach else []
         taken = attach_mod.lock_taken_programs(listing) if client_attach else set()
+        function_programs = attach_mod.lock_function_programs(listing) if client_attach and self.lock_families \
+            else set()
         if not client_attach:
             if self.unlock_checks:
                 self.say("igdeadlock: --unlock-checks has no effect where ig attaches the probes: ig does not "
@@ -196,15 +204,17 @@ class GadgetSession:
         try:
             address = self.service.address
             owner = attach_mod.socket_peer_pid(address.location) if address.scheme == "unix" else None
-            self.program_ids = attach_mod.find_programs({p.program for p in points} | taken, before,
-                                                        timeout=30.0, owner=owner, owners=self.server_pids)
+            self.program_ids = attach_mod.find_programs({p.program for p in points} | taken | function_programs,
+                                                        before, timeout=30.0, owner=owner, owners=self.server_pids)
         except attach_mod.AttachError as exc:
             raise TraceError(f"{exc} (the client attaches uprobes itself on kernels without "
                              f"kprobes, and must run on the daemon's host for that)") from exc
         self.probes = attach_mod.ProbeSet(points, self.program_ids)
         self.finder = LockLibraryFinder({p.symbol for p in points})
+        if function_programs:
+            self.functions = LockFunctionFinder(self.lock_families)
         self.libraries = attach_mod.LockLibraryProbes(self.probes, self.finder, self.tree_pid is not None,
-                                                      self._library_found)
+                                                      self._library_found, functions=self.functions)
         self.collector.probes_known = True
         self.say("igdeadlock: this kernel has no kprobes, so ig cannot attach uprobes; igdeadlock attaches "
                  "them itself, to each traced process's own C library")
@@ -330,6 +340,75 @@ def keeper_of(collector: Collector) -> MappedFileKeeper:
         keeper = _keepers[collector] = MappedFileKeeper()
         weakref.finalize(collector, keeper.close)
     return keeper
+
+
+# The C libraries' own waits (condition variables, joins, barriers, semaphores,
+# their locks): waits made there are no untraced locks, but for those made
+# through syscall(), which other code calls to wait on futexes of its own.
+_C_LIBRARY_FILE = re.compile(r"^(libc\.so|libc-[\d.]+\.so|libpthread|ld-musl-|libc\.musl)")
+_SYSCALL_FUNCTION = "syscall"
+MAX_UNTRACED_SITES_NAMED = 3
+
+
+def untraced_wait_site(collector: Collector, symbolizer: Symbolizer, pid: int, site: int,
+                       known: Optional["re.Pattern[str]"] = None) -> Optional[str]:
+    """Where a futex wait outside every traced lock function was made, named
+    (the code that waited); None for the C library's own waits and those
+    ``known`` names (a traced library's condition variables)."""
+    stack = collector.stack(site)
+    frames = symbolizer.resolve(stack) if stack is not None else None
+    if not frames:
+        return "code whose stack could not be read"
+    first = frames[0]
+    in_c_library = bool(first.file) and _C_LIBRARY_FILE.match(os.path.basename(first.file or "")) is not None
+    if in_c_library and first.function != _SYSCALL_FUNCTION:
+        return None
+    caller = collector.untraced_callers.get(site)
+    if in_c_library and caller is not None:
+        # syscall() is a leaf: its caller's return address is the word at the stack pointer
+        frames = (symbolizer.resolve(StackTrace(0, pid, (caller,), (0,))) or []) + frames[1:]
+    if known is not None and any(f.function and known.fullmatch(f.function) for f in frames):
+        return None
+    outside = next((f for f in frames if not (f.file and _C_LIBRARY_FILE.match(os.path.basename(f.file)))), first)
+    return outside.describe()
+
+
+def process_coverage(collector: Collector, families: Sequence[LockFamily] = BUILT_IN_FAMILIES,
+                     local: bool = False) -> List[ProcessCoverage]:
+    """The processes in scope with their limits (Collector.processes), and for
+    each the futex waits it made outside every traced lock function: locks
+    igdeadlock cannot see (Rust's and Go's mutexes, InnoDB's latches), named by
+    the code that waited, so that no report says "no deadlock" about them."""
+    entries = collector.processes()
+    by_process = {(e.pid, e.process_start): e for e in entries}
+    symbolizer = Symbolizer(collector.files, keeper=_keepers.get(collector))
+    known = known_waits(families)
+    for key, sites in sorted(collector.untraced_waits.items()):
+        entry = by_process.get(key)
+        if entry is None:
+            continue
+        if local:
+            # frames the gadget could not name (its VMA lookup gives up under
+            # contention), named from /proc while the process runs
+            bare = [a for site in sites if (stack := collector.stacks.get(site)) is not None
+                    for (file_id, _), a in zip(stack.frames, stack.addresses) if not file_id]
+            if bare:
+                learn_code_locations(collector, key[0], bare)
+        named: Dict[str, int] = {}
+        for site, count in sites.items():
+            where = untraced_wait_site(collector, symbolizer, key[0], site, known)
+            if where is not None:
+                named[where] = named.get(where, 0) + count
+        if not named:
+            continue
+        total = sum(named.values())
+        top = sorted(named.items(), key=lambda item: (-item[1], item[0]))[:MAX_UNTRACED_SITES_NAMED]
+        entry.limits.append(
+            f"{total} futex wait(s) outside every traced lock function, in " +
+            "; ".join(f"{where} ({count})" for where, count in top) +
+            (f" and {len(named) - len(top)} more place(s)" if len(named) > len(top) else "") +
+            ": locks taken there are not seen, so no deadlock among them is ruled out")
+    return entries
 
 
 def collector_findings(collector: Collector, now_boot_ns: Optional[int] = None,

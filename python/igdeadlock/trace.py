@@ -13,6 +13,7 @@ from igdeadlock.analysis.collector import Collector
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.waitfor import DEFAULT_HANG_SECONDS, Deadlock, Hang
 from igdeadlock.host.command import CommandLauncher, check_command, terminate
+from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, LockFamily
 from igdeadlock.host.locklib import CommandError
 from igdeadlock.host.procfs import process_alive
 from igdeadlock.ig.daemon import DaemonError, PrivateDaemon, find_ig
@@ -26,6 +27,7 @@ from igdeadlock.session import (
     gadget_params,
     learn_wait_stack,
     local_daemon_answers,
+    process_coverage,
 )
 
 DEFAULT_ANALYSIS_SECONDS = 120.0
@@ -48,6 +50,7 @@ class TraceOptions:
     analysis_seconds: float = DEFAULT_ANALYSIS_SECONDS  # bound on the analysis after COMMAND ends
     hang_seconds: float = DEFAULT_HANG_SECONDS  # every thread waiting this long: all-threads-blocked
     unlock_checks: bool = False  # probe every mutex unlock: unlocks of another thread's lock are seen
+    lock_families: Sequence[LockFamily] = BUILT_IN_FAMILIES  # lock functions beyond pthread's
 
 
 @dataclass
@@ -133,7 +136,8 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         started = False
         try:
             with GadgetSession(service, options.image, params, collector, options.attach, say,
-                               tree_pid=launcher.pid, unlock_checks=options.unlock_checks) as session:
+                               tree_pid=launcher.pid, unlock_checks=options.unlock_checks,
+                               lock_families=options.lock_families) as session:
                 try:
                     session.start()
                     launcher.release()
@@ -159,5 +163,6 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         status = launcher.process.returncode if started else None
         stats["command_exit_status"] = status
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if address.scheme == "unix" else None
+        processes = process_coverage(collector, options.lock_families, local)
         return TraceOutcome(collector_findings(collector, now, local=local), stats, status, ended_by,
-                            list(collector.warnings), str(address), collector.processes())
+                            list(collector.warnings), str(address), processes)

@@ -15,11 +15,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.waitfor import DEFAULT_HANG_SECONDS
+from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, LockFamily
 from igdeadlock.host.procfs import process_alive
 from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.service import Address, GadgetService, TlsConfig
 from igdeadlock.report.model import FindingView, Report
-from igdeadlock.session import HOST_PARAM, GadgetSession, collector_findings
+from igdeadlock.session import HOST_PARAM, GadgetSession, collector_findings, process_coverage
 
 MAX_BACKOFF = 30.0
 
@@ -55,9 +56,11 @@ class TargetRunner(threading.Thread):
 
     def __init__(self, spec: TargetSpec, image: str, attach: str, stop: threading.Event,
                  found: "queue.Queue[FindingView]", say: Callable[[str], None],
-                 hang_seconds: float = DEFAULT_HANG_SECONDS, unlock_checks: bool = False) -> None:
+                 hang_seconds: float = DEFAULT_HANG_SECONDS, unlock_checks: bool = False,
+                 lock_families: Sequence[LockFamily] = BUILT_IN_FAMILIES) -> None:
         super().__init__(name=f"target {spec.label}", daemon=True)
         self.unlock_checks = unlock_checks
+        self.lock_families = tuple(lock_families)
         self.spec = spec
         self.image = image
         self.attach = attach if spec.local else "ig"
@@ -86,7 +89,7 @@ class TargetRunner(threading.Thread):
                         self._pending_since = 0
                     session = GadgetSession(service, self.image, self.spec.params, self.collector, self.attach,
                                             self.say, decoder=self.decoder, on_findings=self._report,
-                                            unlock_checks=self.unlock_checks,
+                                            unlock_checks=self.unlock_checks, lock_families=self.lock_families,
                                             server_pids=self.spec.server_pids() if self.spec.local else ())
                     session.start()
                     self._set(CONNECTED, None)
@@ -155,10 +158,11 @@ class Watch:
     analysis_seconds: float = 120.0  # bound on each target's last analysis, at the end
     hang_seconds: float = DEFAULT_HANG_SECONDS  # every thread waiting this long: all-threads-blocked
     unlock_checks: bool = False  # probe every mutex unlock (local targets)
+    lock_families: Sequence[LockFamily] = BUILT_IN_FAMILIES  # lock functions beyond pthread's (local targets)
 
     def start(self) -> None:
         self.runners = [TargetRunner(spec, self.image, self.attach, self.stop_event, self.found, self.say,
-                                     self.hang_seconds, self.unlock_checks)
+                                     self.hang_seconds, self.unlock_checks, self.lock_families)
                         for spec in self.specs]
         for runner in self.runners:
             runner.start()
@@ -194,7 +198,7 @@ class Watch:
         for runner in self.runners:
             runner.collector.store.finish(self.analysis_seconds)
             findings.extend(collector_findings(runner.collector, local=runner.spec.local))
-            processes.extend(runner.collector.processes())
+            processes.extend(process_coverage(runner.collector, self.lock_families, runner.spec.local))
             _add_stats(stats, runner.collector.stats(runner.decoder.counts()))
         stats["targets_lost"] = sum(1 for r in self.runners if r.status.state == LOST)
         stats["streams_interrupted"] = sum(r.status.interrupted for r in self.runners)

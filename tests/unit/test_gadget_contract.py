@@ -28,6 +28,7 @@ ENUMS = {
     "process_change": (gadget.ProcessChange, "PROCESS_"),
     "tracking_stat": (gadget.Stat, "STAT_"),
     "misuse": (gadget.Misuse, "MISUSE_"),
+    "acquired_when": (gadget.AcquiredWhen, "ACQUIRED_"),
 }
 
 
@@ -54,6 +55,28 @@ def test_bit_layouts_match():
     assert c_define("COOKIE_SIZE_SHIFT") == gadget.COOKIE_SIZE_SHIFT
     assert c_define("SITE_CPU_SHIFT") == gadget.SITE_CPU_SHIFT
     assert gadget.attach_cookie("musl", 0x1_0000_0000) == gadget.Libc.MUSL | gadget.COOKIE_SIZE_MAX << 32
+
+
+def test_lock_function_cookies_match():
+    for name in ("KIND", "ARG", "MODE", "HOW", "RESULT", "FLAGS"):
+        assert c_define(f"COOKIE_{name}_SHIFT") == getattr(gadget, f"COOKIE_{name}_SHIFT"), name
+    for name in ("RECURSIVE", "WAITS_ELSEWHERE", "ANY_RELEASER", "WAIT_INTENT"):
+        assert c_define(f"LOCK_FLAG_{name}") == getattr(gadget, f"LOCK_FLAG_{name}"), name
+    assert c_define("MAX_LOCK_ARGUMENT") == gadget.MAX_LOCK_ARGUMENT
+    for program in (gadget.LOCK_FUNCTION_PROGRAM, gadget.LOCK_FUNCTION_RETURN_PROGRAM,
+                    gadget.UNLOCK_FUNCTION_PROGRAM):
+        assert re.search(r'SEC\("uprobe/gadget_program_disabled"\)\nint (?:BPF_KRETPROBE\()?%s\b' % program, SOURCE)
+    cookie = gadget.lock_function_cookie("musl", gadget.LockKind.GMUTEX, 2, gadget.LockMode.SHARED,
+                                         gadget.Acquire.TRY, gadget.AcquiredWhen.TRUE, gadget.LOCK_FLAG_RECURSIVE)
+    assert cookie & gadget.COOKIE_LIBC_MASK == gadget.Libc.MUSL
+    assert (cookie >> gadget.COOKIE_KIND_SHIFT) & 0xFF == gadget.LockKind.GMUTEX
+    assert (cookie >> gadget.COOKIE_ARG_SHIFT) & 7 == 2
+    assert (cookie >> gadget.COOKIE_MODE_SHIFT) & 1 == gadget.LockMode.SHARED
+    assert (cookie >> gadget.COOKIE_HOW_SHIFT) & 3 == gadget.Acquire.TRY
+    assert (cookie >> gadget.COOKIE_RESULT_SHIFT) & 3 == gadget.AcquiredWhen.TRUE
+    assert (cookie >> gadget.COOKIE_FLAGS_SHIFT) & 0xFF == gadget.LOCK_FLAG_RECURSIVE
+    with pytest.raises(ValueError):
+        gadget.lock_function_cookie("glibc", gadget.LockKind.USER, 5, 0, 0)
 
 
 def test_every_counter_has_a_name():

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 import time
+from operator import itemgetter
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from igdeadlock.analysis.coverage import CoverageTable, ProcessCoverage
 from igdeadlock.analysis.lockorder import MAX_CYCLE_LENGTH, LockGraphStore
 from igdeadlock.analysis.misuse import MisuseTracker
 from igdeadlock.analysis.waitfor import DEFAULT_HANG_SECONDS, Deadlock, WaitForTracker
-from igdeadlock.gadget import BLOCKED, COUNTER_MEANINGS, COUNTER_NAMES, EDGES
+from igdeadlock.gadget import BLOCKED, COUNTER_MEANINGS, COUNTER_NAMES, EDGES, LockKind
 from igdeadlock.records import (
     BlockedThread,
     Counter,
@@ -29,8 +30,10 @@ from igdeadlock.records import (
     ProcessMeta,
     StackTrace,
     ThreadResumed,
+    UntracedWait,
 )
 
+_PROCESS_OF_KEY = itemgetter(0, 1)  # an edge batch's key -> (pid, process_start)
 REAP_EVERY_FETCHES = 20  # how often graphs of vanished processes are looked for
 _LOST_SAMPLES = re.compile(r"lost (\d+) samples")
 # ig warnings that only say what host mode means (no container runtime needed)
@@ -63,6 +66,13 @@ class Collector:
         self.seen: Dict[tuple, Tuple[float, float]] = {}  # finding key -> (first, last) detection time
         self.counters: Dict[str, int] = {name: 0 for name in COUNTER_NAMES.values()}
         self.process_counters: Dict[int, Dict[str, int]] = {}  # pid -> counter name -> count
+        # (pid, start) -> wait site -> futex waits there outside every traced lock function
+        self.untraced_waits: Dict[Tuple[int, int], Dict[int, int]] = {}
+        # wait site -> (file_id, offset) of the word at its stack pointer (see UntracedWait.caller)
+        self.untraced_callers: Dict[int, Tuple[int, int]] = {}
+        # processes whose lock records arrived (a futex wait outside the lock
+        # functions is no lock record: a Go program's are no sign it is traced)
+        self._with_locks: Set[Tuple[int, int]] = set()
         self.ticks: Dict[str, int] = {}
         self.ring_buffer_lost = 0
         self.warnings: List[str] = []
@@ -94,17 +104,22 @@ class Collector:
         hot path); returns the findings it completed."""
         kind = type(output)
         if kind is LockEdgeBatch:
+            self._with_locks.update(map(_PROCESS_OF_KEY, output.keys))
             if self._run:
                 decode = output.decode
                 output = output._replace(decode=lambda raw: self._edge_sites(decode(raw)))
             self.store.add_edge_batch(output)
         elif kind is LockEdge:
+            self._with_locks.add((output.pid, output.process_start))
             self.store.add_edge(self._edge_sites(output) if self._run else output)
         elif kind is BlockedThread:
+            if output.kind != LockKind.FUTEX:
+                self._lock_events(output.pid, output.process_start)
             if self._run:
                 output = output._replace(site=self._site(output.site))
             self.waits.thread_blocked(output)
         elif kind is MisuseEvent:
+            self._lock_events(output.pid, output.process_start)
             if self._run:
                 output = output._replace(site=self._site(output.site), held_site=self._site(output.held_site))
             found = self.misuses.add(output)
@@ -123,7 +138,9 @@ class Collector:
             # sent with a process's first lock record: it was traced
             self.namespaces_seen.add(output.mntns_id)
             self.meta[(output.pid, output.process_start)] = output
-            self.coverage.lock_events_from(output.pid, output.process_start, "", output.mntns_id)
+            self.coverage.seen(output.pid, output.process_start, mntns_id=output.mntns_id)
+            if (output.pid, output.process_start) in self._with_locks:
+                self.coverage.lock_events_from(output.pid, output.process_start, "", output.mntns_id)
         elif kind is ProcessEvent:
             self.namespaces_seen.add(output.mntns_id)
             self.coverage.seen(output.pid, output.process_start, output.comm, output.exe,
@@ -131,6 +148,13 @@ class Collector:
         elif kind is ProcessExit:
             self.store.process_exited(output)
             self.waits.process_exited(output.pid, output.process_start, output.exited)
+        elif kind is UntracedWait:
+            sites = self.untraced_waits.setdefault((output.pid, output.process_start), {})
+            site = self._site(output.site)
+            sites[site] = sites.get(site, 0) + output.waits
+            if output.caller_file:
+                self.untraced_callers[site] = (output.caller_file, output.caller_offset)
+            self.coverage.seen(output.pid, output.process_start, output.comm, "", output.mntns_id)
         elif kind is Counter:
             self.counters[output.name] = self.counters.get(output.name, 0) + output.times
             per_process = self.process_counters.setdefault(output.pid, {})
@@ -154,6 +178,10 @@ class Collector:
             elif output.level <= 3 and not any(h in output.text for h in _EXPECTED_WARNINGS):
                 self.warnings.append(output.text)
         return []
+
+    def _lock_events(self, pid: int, process_start: int) -> None:
+        self._with_locks.add((pid, process_start))
+        self.coverage.lock_events_from(pid, process_start, "", 0)
 
     def stack(self, site: int) -> Optional[StackTrace]:
         """An acquisition site's stack, with frames the gadget could not resolve
@@ -229,6 +257,8 @@ class Collector:
         """Every process in scope that was seen, whether it was traced, and the
         limits reached in it that can hide a finding."""
         self.coverage.clear_limits()
+        for pid, start in self._with_locks:
+            self.coverage.lock_events_from(pid, start, "", 0)
         for key, left in self.store.incomplete().items():
             self.coverage.entry(key.pid, key.start).limits.append(
                 f"analysis incomplete: {left} lock-order edge(s) not examined yet")

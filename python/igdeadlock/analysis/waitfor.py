@@ -17,7 +17,7 @@ from itertools import islice
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from igdeadlock.analysis.lockorder import MAX_CYCLE_LENGTH, TIMED, LockId, ProcessKey, _conflicts
-from igdeadlock.gadget import LockKind
+from igdeadlock.gadget import OWNERLESS_KINDS, LockKind
 from igdeadlock.records import BlockedThread
 
 MAX_WAIT_CYCLES = 2000  # wait-for cycles examined per process
@@ -171,8 +171,10 @@ def find_wait_cycles(blocked: Iterable[BlockedThread]) -> List[Deadlock]:
         graph = nx.DiGraph()
         waiting = {b.tid: b for b in threads}
         for b in threads:
-            if b.how == TIMED or b.kind == LockKind.FUTEX:
-                continue  # a wait with a deadline ends by itself; a futex wait waits for no lock
+            if b.how == TIMED or b.kind == LockKind.FUTEX or b.kind in OWNERLESS_KINDS:
+                # a wait with a deadline ends by itself; a futex wait waits for no lock; a lock
+                # with no owner (a semaphore) may be released by any thread: no owner is guessed
+                continue
             target = (b.lock, b.gen)
             for holder in threads:
                 holds = {(lock, gen): mode for lock, gen, mode in holder.held}

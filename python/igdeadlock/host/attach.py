@@ -27,8 +27,16 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from igdeadlock.gadget import CLIENT_PLACED_PROGRAMS, UNLOCK_PROGRAM, attach_cookie
+from igdeadlock.gadget import (
+    CLIENT_PLACED_PROGRAMS,
+    LOCK_FUNCTION_PROGRAM,
+    LOCK_FUNCTION_RETURN_PROGRAM,
+    UNLOCK_FUNCTION_PROGRAM,
+    UNLOCK_PROGRAM,
+    attach_cookie,
+)
 from igdeadlock.host.bpf import Bpf, BpfError, ProgramInfo, machine, syscall
+from igdeadlock.host.lockfunctions import FunctionTarget, LockFunctionFinder
 from igdeadlock.host.locklib import PROCESS_GONE, REASON_NONE, FileId, LockLibrary, LockLibraryFinder, ProcessLibrary
 
 # syscall numbers
@@ -107,6 +115,19 @@ def lock_taken_programs(programs_json: bytes) -> Set[str]:
         if entry.get("Section") == DISABLED_SECTION and name.endswith(TAKEN_SUFFIX):
             names.add(name)
     return names
+
+
+def lock_function_programs(programs_json: bytes) -> Set[str]:
+    """The gadget's programs for lock functions beyond pthread's, those it has
+    (an image built before them has none)."""
+    wanted = {LOCK_FUNCTION_PROGRAM, LOCK_FUNCTION_RETURN_PROGRAM, UNLOCK_FUNCTION_PROGRAM}
+    names = set()
+    for entry in json.loads(programs_json or b"[]"):
+        source = entry.get("Source", "").lstrip()
+        name = source.split(":", 1)[0].strip() if source else ""
+        if entry.get("Section") == DISABLED_SECTION and name in wanted:
+            names.add(name)
+    return names if names == wanted else set()
 
 
 def kernel_has_kprobes() -> bool:
@@ -321,6 +342,9 @@ class ProbeSet:
         self.libraries: Dict[FileId, LockLibrary] = {}  # every library probed so far
         self.unprobeable: List[str] = []  # "file:function" whose entry takes no uprobe
         self._links: Dict[Tuple[int, FileId], List[int]] = {}  # (pid or EVERY_PROCESS, file) -> link fds
+        # lock functions beyond pthread's: (pid or EVERY_PROCESS, file, family) -> link fds
+        self._function_links: Dict[Tuple[int, FileId, str], List[int]] = {}
+        self.functions: List[FunctionTarget] = []  # every lock-function target probed so far
         self._prog_fds: Dict[str, int] = {}
         self._pmu_type: Optional[int] = None
         self._bpf = Bpf()
@@ -381,20 +405,62 @@ class ProbeSet:
         self.libraries[library.file] = library
         return True
 
+    def attach_functions(self, target: FunctionTarget, pid: int = EVERY_PROCESS) -> bool:
+        """Probe one lock family's functions in one file (for one process, or
+        every one). False when they were probed already, or the process is gone."""
+        key = (pid, target.file, target.family.name)
+        if key in self._function_links or (EVERY_PROCESS, target.file, target.family.name) in self._function_links:
+            return False
+        missing = [p.program for p in target.probes if p.program not in self.prog_ids]
+        if missing:
+            raise AttachError(f"the gadget image has no program {missing[0]}: rebuild it (make gadget)")
+        if self._pmu_type is None:
+            self._pmu_type = _uprobe_pmu_type()
+        links: List[int] = []
+        for probe in target.probes:
+            try:
+                perf_fd = _uprobe_event(self._pmu_type, target.open_path.encode(), probe.offset, probe.retprobe, pid)
+            except OSError as exc:
+                if exc.errno == ENOTSUPP:
+                    name = f"{os.path.basename(target.path)}:{probe.symbol}"
+                    if name not in self.unprobeable:
+                        self.unprobeable.append(name)
+                    continue
+                self._closer.close_later(links)
+                if exc.errno == errno.ESRCH and pid != EVERY_PROCESS:
+                    return False
+                raise AttachError(f"uprobe on {target.path}:{probe.symbol}: {exc.strerror}") from exc
+            try:
+                links.append(self._bpf.perf_event_link(self._prog_fd(probe.program), perf_fd, probe.cookie))
+                fcntl.ioctl(perf_fd, PERF_EVENT_IOC_ENABLE, 0)
+            except OSError as exc:
+                self._closer.close_later(links)
+                raise AttachError(f"attaching {probe.program} to {target.path}:{probe.symbol}: "
+                                  f"{exc.strerror}") from exc
+            finally:
+                os.close(perf_fd)
+        self._function_links[key] = links
+        self.functions.append(target)
+        return True
+
     def probe_count(self) -> int:
-        return sum(len(links) for links in self._links.values())
+        return sum(len(links) for links in self._links.values()) + sum(
+            len(links) for links in self._function_links.values())
 
     def detach_process(self, pid: int) -> None:
         """Remove the probes placed for one process (it exited), in the background."""
         keys = [key for key in self._links if key[0] == pid]
         self._closer.close_later([fd for key in keys for fd in self._links.pop(key)])
+        function_keys = [key for key in self._function_links if key[0] == pid]
+        self._closer.close_later([fd for key in function_keys for fd in self._function_links.pop(key)])
 
     def detach(self) -> None:
         """Remove every probe. The programs stop running at once only where no
         other probe still holds them; the kernel retires the probes afterwards,
         in a process of their own."""
         links, self._links = self._links, {}
-        self._closer.hand_off([fd for fds in links.values() for fd in fds])
+        function_links, self._function_links = self._function_links, {}
+        self._closer.hand_off([fd for fds in [*links.values(), *function_links.values()] for fd in fds])
         for fd in self._prog_fds.values():
             _close_quietly(fd)
         self._prog_fds = {}
@@ -440,9 +506,11 @@ class LockLibraryProbes:
 
     def __init__(self, probes: ProbeSet, finder: LockLibraryFinder, per_process: bool,
                  report: Callable[[ProcessLibrary, int], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 functions: Optional[LockFunctionFinder] = None) -> None:
         self.probes = probes
         self.finder = finder
+        self.functions = functions  # lock functions beyond pthread's, probed with each process's library
         self.per_process = per_process
         self.report = report
         self.clock = clock
@@ -453,6 +521,15 @@ class LockLibraryProbes:
     def attach_library(self, library: LockLibrary, pid: int) -> bool:
         alone = self.per_process or library.per_process_only
         return self.probes.attach(library, pid if alone else EVERY_PROCESS)
+
+    def attach_functions(self, library: Optional[LockLibrary], pid: int) -> None:
+        """The lock functions beyond pthread's that the process's mapped objects define."""
+        if self.functions is None:
+            return
+        libc = library.flavor if library is not None else "glibc"
+        for target in self.functions.for_process(pid, library, libc):
+            alone = self.per_process or target.per_process
+            self.probes.attach_functions(target, pid if alone else EVERY_PROCESS)
 
     def process_started(self, pid: int, process_start: int, paused: bool = False) -> None:
         """A process in scope started a program or was forked: probe its library,
@@ -492,6 +569,12 @@ class LockLibraryProbes:
             return
         if predicted.library is not None:
             self.attach_library(predicted.library, pid)
+            if self.functions is not None:
+                # before it runs too: its first locks would be missed otherwise
+                for target in self.functions.for_files(pid, predicted.objects, predicted.library,
+                                                       predicted.library.flavor):
+                    self.probes.attach_functions(target, pid if self.per_process or target.per_process
+                                                 else EVERY_PROCESS)
             give_up, _, _ = self._pending[pid]
             # what the process will map, known before it runs: it holds if it exits early
             self._pending[pid] = (give_up, process_start, replace(predicted, pid=pid, comm=found.comm))
@@ -502,6 +585,7 @@ class LockLibraryProbes:
         if found.library is not None:
             del self._pending[pid]
             self.attach_library(found.library, pid)
+            self.attach_functions(found.library, pid)
         elif self.clock() >= give_up:
             del self._pending[pid]
         elif found.reason == PROCESS_GONE:
@@ -541,4 +625,5 @@ class LockLibraryProbes:
             found = self.finder.for_process(pid)
             if found.library is not None:
                 self.attach_library(found.library, pid)
+                self.attach_functions(found.library, pid)
             self.report(found, 0)

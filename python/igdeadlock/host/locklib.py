@@ -132,6 +132,8 @@ class ProcessLibrary:
     exe: str  # as the process sees it ("" if unknown)
     library: Optional[LockLibrary]
     reason: str  # "" when library is set, else why the process cannot be traced
+    # for a command not started yet: the objects its loader will map, in load order
+    objects: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -590,8 +592,10 @@ class LockLibraryFinder:
         if seen.link.machine not in HOST_MACHINES.get(os.uname().machine, (seen.link.machine,)):
             raise CommandError(f"{name}: exec format error (a program for another architecture)", errno.ENOEXEC)
 
+        loaded: List[str] = [image]
+
         def outcome(library: Optional[LockLibrary], reason: str = "") -> ProcessLibrary:
-            return ProcessLibrary(0, comm, exe, library, reason)
+            return ProcessLibrary(0, comm, exe, library, reason, tuple(loaded))
 
         def found(lib: Inspected, static: bool) -> ProcessLibrary:
             assert lib.locks is not None
@@ -624,6 +628,7 @@ class LockLibraryFinder:
             if loader.locks is not None and loader.locks.defines_locks:  # musl: the loader is the C library
                 return found(loader, static=False)
         objects = self._load_order(seen, loader, env, cwd)
+        loaded[1:] = objects
         ranked = sorted((rank, index, path) for index, path in enumerate(objects)
                         if (rank := library_rank(path)) is not None)
         foreign = False

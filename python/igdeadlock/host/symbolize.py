@@ -12,6 +12,7 @@ separate debug file (see debuginfo.py).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -21,9 +22,14 @@ from igdeadlock.host.elf import ElfError, ElfFile
 from igdeadlock.host.keeper import MappedFileKeeper
 from igdeadlock.records import Frame, MappedFile, StackTrace
 
+# Rust's crate disambiguators (v0 mangling: "std[e28293b1aa0f68bd]") and
+# symbol hashes (legacy mangling: "::h0123456789abcdef"): noise in a report.
+_RUST_HASHES = re.compile(r"\[[0-9a-f]{16}\]|::h[0-9a-f]{16}$")
+
 
 def _demangle(names: Sequence[str]) -> Dict[str, str]:
-    mangled = sorted({n for n in names if n.startswith("_Z")})
+    # C++ and Rust's legacy scheme start with _Z, Rust's v0 scheme with _R
+    mangled = sorted({n for n in names if n.startswith(("_Z", "_R"))})
     tool = shutil.which("c++filt")
     if not mangled or tool is None:
         return {}
@@ -32,7 +38,9 @@ def _demangle(names: Sequence[str]) -> Dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         return {}
     lines = out.stdout.splitlines()
-    return dict(zip(mangled, lines)) if len(lines) == len(mangled) else {}
+    if len(lines) != len(mangled):
+        return {}
+    return {name: _RUST_HASHES.sub("", line) for name, line in zip(mangled, lines)}
 
 
 class Symbolizer:

@@ -47,6 +47,7 @@ from igdeadlock.records import (
     Record,
     StackTrace,
     ThreadResumed,
+    UntracedWait,
 )
 
 
@@ -149,6 +150,10 @@ RECORD_SCHEMAS: Dict[str, RecordSchema] = {
          ("frame_addresses", INTS)),
         lambda v: _stack(v[0], v[1], v[2], v[3], v[4], v[5]),
     ),
+    "untraced_waits": RecordSchema(
+        (("pid", INT), ("comm", TEXT), ("mntns_id", INT), ("process_start", INT), ("site", INT), ("count", INT),
+         ("caller", INT), ("caller_file", INT), ("caller_offset", INT)),
+        UntracedWait._make),
     "files": RecordSchema(
         (("file_id", INT), ("inode", INT), ("device", INT), ("path", TEXT)), MappedFile._make),
     "counters": RecordSchema(

@@ -10,7 +10,7 @@ from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION, LockId
 from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_OWNER
 from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED
-from igdeadlock.gadget import LOCK_MODE_NAMES, LockKind
+from igdeadlock.gadget import LOCK_MODE_NAMES, OWNERLESS_KINDS, LockKind, LockMode
 from igdeadlock.records import Frame
 from igdeadlock.report.model import (
     _SEVERITY,
@@ -41,7 +41,20 @@ _SUPPRESSION_REASONS = {
 
 
 def _lock_word(kind: int) -> str:
-    return {0: "Mutex", 1: "RWLock", 2: "Spinlock"}.get(kind, "Lock")
+    words: Dict[int, str] = {LockKind.MUTEX: "Mutex", LockKind.RWLOCK: "RWLock", LockKind.SPINLOCK: "Spinlock",
+                             LockKind.SEMAPHORE: "Semaphore-lock", LockKind.GMUTEX: "GMutex",
+                             LockKind.PYMUTEX: "PyMutex", LockKind.ABSL_MUTEX: "absl::Mutex"}
+    return words.get(kind, "Lock")
+
+
+def _ownerless_note(names: Mapping[LockId, str], kinds: Mapping[LockId, int]) -> List[str]:
+    """What is said of locks with no owner: the thread named took it, nothing more."""
+    ownerless = [names[lock] for lock, kind in kinds.items() if kind in OWNERLESS_KINDS and lock in names]
+    if not ownerless:
+        return []
+    what = "is a semaphore" if len(ownerless) == 1 else "are semaphores"
+    return ["", f"  Note: {', '.join(sorted(ownerless))} {what} used as a lock: a semaphore has no owner (any "
+                "thread may release it); the thread named is the one that took it."]
 
 
 class _Stacks:
@@ -88,9 +101,11 @@ def render_deadlock(f: FindingView) -> str:
         mode = f" for {LOCK_MODE_NAMES.get(w.mode)}" if kinds.get(w.waits_for) == 1 else ""
         since = f", blocked for {w.blocked_for:.1f}s" if w.blocked_for is not None else ""
         holder = "itself" if w.held_by == w.tid else f"thread {w.held_by}"
+        held = "taken by" if kinds.get(w.waits_for) in OWNERLESS_KINDS else "held by"
         lines.append("")
-        lines.append(f"  Thread {w.tid} ({w.comm}) waits{mode} for {lock}, held by {holder}{since}, at:")
+        lines.append(f"  Thread {w.tid} ({w.comm}) waits{mode} for {lock}, {held} {holder}{since}, at:")
         lines.extend(stacks.lines(w.stack))
+    lines.extend(_ownerless_note(names, kinds))
     return _finish(lines, f, "deadlock", f"The lock-order cycle behind it is reported as potential deadlock "
                                          f"{f.related}.")
 
@@ -177,9 +192,13 @@ def render_finding(f: FindingView) -> str:
     for e in f.edges:
         target = f"{_lock_word(kinds.get(e.to_lock, 0))} {names[e.to_lock]}"
         source = f"{_lock_word(kinds.get(e.from_lock, 0)).lower()} {names[e.from_lock]}"
-        mode = f" for {LOCK_MODE_NAMES.get(e.to_mode)}" if kinds.get(e.to_lock) == 1 else ""
+        # the mode of rwlocks, and of other locks when taken for reading (absl::Mutex::ReaderLock)
+        shared = LockMode.SHARED
+        mode = f" for {LOCK_MODE_NAMES.get(e.to_mode)}" if kinds.get(e.to_lock) == LockKind.RWLOCK or \
+            e.to_mode == shared else ""
         how = {1: " (trylock)", 2: " (with a timeout)"}.get(e.how, "")
-        held_mode = f" (held for {LOCK_MODE_NAMES.get(e.from_mode)})" if kinds.get(e.from_lock) == 1 else ""
+        held_mode = f" (held for {LOCK_MODE_NAMES.get(e.from_mode)})" if kinds.get(e.from_lock) == LockKind.RWLOCK \
+            or e.from_mode == shared else ""
         lines.append("")
         lines.append(f"  {target} acquired here{mode}{how} while holding {source}{held_mode} "
                      f"in thread {e.tid} ({e.comm}):")
@@ -189,6 +208,7 @@ def render_finding(f: FindingView) -> str:
         lines.extend(stacks.lines(e.from_stack))
         if e.held:
             lines.append("  Other locks held: " + ", ".join(label(h) for h in e.held))
+    lines.extend(_ownerless_note(names, kinds))
     return _finish(lines, f, title, f"Threads are deadlocked on this cycle right now: see {f.related}.")
 
 
