@@ -64,15 +64,20 @@ $(SARIF_MULTITOOL):
 	npm install --prefix $(BUILD)/tools --no-audit --no-fund --silent @microsoft/sarif-multitool@5.7.0
 	chmod +x $@
 
-# The image is rebuilt when its sources or the ig version change, or when it is gone.
+# The image is rebuilt when its sources or the ig version change, or when the
+# tag no longer names the image built here (another checkout on this machine
+# may have built the same tag since): the stamp keeps the digest it was given.
+IMAGE_DIGEST = $(IG) image list 2>/dev/null | awk -v repo="$(firstword $(subst :, ,$(IMAGE)))" \
+	-v tag="$(lastword $(subst :, ,$(IMAGE)))" '$$1 == repo && $$2 == tag { print $$3 }'
 gadget: setup-ig
 	@mkdir -p $(BUILD)
-	@stamp="$$(cat $(GADGET_SOURCES) | sha256sum | cut -c1-16)-$(IG_VERSION)-$(IMAGE)"; \
-	if [ "$$(cat $(BUILD)/gadget.stamp 2>/dev/null)" = "$$stamp" ] && \
-	   $(IG) image list 2>/dev/null | grep -q "$(subst :, *,$(IMAGE))"; then \
+	@sources="$$(cat $(GADGET_SOURCES) | sha256sum | cut -c1-16)-$(IG_VERSION)-$(IMAGE)"; \
+	digest="$$($(IMAGE_DIGEST))"; \
+	if [ -n "$$digest" ] && [ "$$(cat $(BUILD)/gadget.stamp 2>/dev/null)" = "$$sources $$digest" ]; then \
 		echo "gadget: $(IMAGE) is up to date"; \
 	else \
-		$(IG) image build --local -t $(IMAGE) . && echo "$$stamp" > $(BUILD)/gadget.stamp; \
+		$(IG) image build --local -t $(IMAGE) . && \
+		echo "$$sources $$($(IMAGE_DIGEST))" > $(BUILD)/gadget.stamp; \
 	fi
 
 test: setup gadget

@@ -166,6 +166,16 @@ enum acquired_when {
 #define DEP_CACHE_WAYS 2 /* requests a set keeps at once */
 #define DEP_CACHE_ENTRIES (DEP_CACHE_SETS * DEP_CACHE_WAYS)
 #define MAX_STACK_FRAMES 16 /* user frames kept per acquisition site */
+#define MAX_PYTHON_FRAMES \
+	8 /* Python frames kept per site of a CPython process */
+#define MAX_PYTHON_THREADS 64 /* thread states walked to find the current one */
+#define MAX_PYTHON_PROCESSES 1024
+#define MAX_PYTHON_CODES 4096 /* new code objects between two fetches */
+#define MAX_SEEN_PYTHON_CODES 65536
+#define PYTHON_NAME_MAX 64 /* longest file or function name kept */
+#define PYTHON_LINETABLE_MAX 256 /* line-table bytes kept (power of 2) */
+/* PyASCIIObject.state: the string is compact and ASCII */
+#define PY_UNICODE_COMPACT_ASCII 0x60
 #define FILE_PATH_MAX 256 /* longest mapped-file path reported (power of 2) */
 #define MAX_PATH_PARTS 32 /* directory levels walked for a path (power of 2) */
 
@@ -775,6 +785,23 @@ struct stack_key {
 	__u64 site;
 };
 
+/* A CPython process's Python frames at a site, innermost first: each code
+ * object and the instruction it was at (user space reads their files,
+ * functions and lines from the running process). */
+struct python_frames {
+	__u32 python_frame_count;
+	__u32 __pad;
+	__u64 python_code[MAX_PYTHON_FRAMES];
+	__u32 python_instr[MAX_PYTHON_FRAMES];
+};
+
+/* Looking for the current thread among a CPython interpreter's thread states. */
+struct python_thread_search {
+	__u64 state; /* the thread state being looked at, then the one found */
+	__u64 tid; /* the current thread as CPython numbers it */
+	__u64 found;
+};
+
 struct stack_frames {
 	gadget_pid stack_pid;
 	__u32 frame_count;
@@ -785,7 +812,76 @@ struct stack_frames {
 	/* per frame: the address itself (a frame the VMA lookup missed, under
 	 * mmap_lock contention, is resolved from another stack with it) */
 	__u64 frame_addresses[MAX_STACK_FRAMES];
+	struct python_frames python;
 };
+
+/* Where a CPython process keeps its threads' frames (set by the client, which
+ * knows the interpreter's version and where its _PyRuntime is). */
+struct python_layout {
+	__u64 runtime; /* address of _PyRuntime in the process */
+	__u16 interpreters_head; /* _PyRuntimeState.interpreters.head */
+	__u16 tstate_current; /* _PyRuntimeState.gilstate.tstate_current */
+	__u16 threads_head; /* PyInterpreterState.threads.head */
+	__u16 tstate_next; /* PyThreadState.next */
+	__u16 native_thread_id; /* PyThreadState.native_thread_id */
+	__u16 cframe; /* PyThreadState.cframe */
+	__u16 current_frame; /* _PyCFrame.current_frame */
+	__u16 frame_code; /* _PyInterpreterFrame.f_code */
+	__u16 frame_previous; /* _PyInterpreterFrame.previous */
+	__u16 frame_prev_instr; /* _PyInterpreterFrame.prev_instr */
+	__u16 code_adaptive; /* PyCodeObject.co_code_adaptive: instruction 0 */
+	/* what naming a code object reads (python_codes) */
+	__u16 co_filename; /* PyCodeObject.co_filename */
+	__u16 co_qualname; /* PyCodeObject.co_qualname */
+	__u16 co_firstlineno; /* PyCodeObject.co_firstlineno */
+	__u16 co_linetable; /* PyCodeObject.co_linetable */
+	__u16 ascii_data; /* sizeof(PyASCIIObject): a compact ASCII string's characters */
+	__u16 unicode_state; /* PyASCIIObject.state */
+	__u16 bytes_size; /* PyVarObject.ob_size */
+	__u16 bytes_data; /* PyBytesObject.ob_sval */
+	__u16 __pad;
+};
+
+struct python_code_key {
+	gadget_pid pid;
+	__u32 __pad;
+	__u64 code; /* address of the code object */
+};
+
+/* What names a code object: read while the process runs, so that a report
+ * made after it exited still names its Python frames. */
+struct python_code {
+	__s32 first_line; /* co_firstlineno */
+	__u32 linetable_size; /* bytes of co_linetable copied */
+	char filename[PYTHON_NAME_MAX]; /* co_filename, if ASCII (else empty) */
+	char qualname[PYTHON_NAME_MAX]; /* co_qualname, if ASCII */
+	__u8 linetable[PYTHON_LINETABLE_MAX]; /* the start of co_linetable */
+};
+
+/* (process, code object) -> its names and line table, new since the last fetch */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_PYTHON_CODES);
+	__type(key, struct python_code_key);
+	__type(value, struct python_code);
+} python_codes SEC(".maps");
+
+/* (process, code object) -> 1 once sent */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_SEEN_PYTHON_CODES);
+	__type(key, struct python_code_key);
+	__type(value, __u8);
+} seen_python_codes SEC(".maps");
+
+/* CPython process -> where its frames are */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PYTHON_PROCESSES);
+	__type(key, gadget_pid);
+	__type(value, struct python_layout);
+} python_processes SEC(".maps");
 
 struct file_key {
 	__u64 file_id;
@@ -852,6 +948,11 @@ struct scratch_buffers {
 	struct path_walk walk;
 	/* per frame of `stack`: the mapped file (a struct file *), 0 if none */
 	__u64 frame_file_pointers[MAX_STACK_FRAMES];
+	/* the Python frames capture_python_frames found, for capture_stack */
+	struct python_frames python;
+	struct python_code python_code;
+	struct python_code_key python_key;
+	struct python_thread_search python_search;
 };
 
 struct {
@@ -1030,6 +1131,178 @@ __noinline int send_file_path(__u64 file_id, __u64 file_pointer)
 	return 0;
 }
 
+/* bpf_loop hands its callback a pointer to the stack: the search itself is
+ * in scratch space */
+struct python_search_step {
+	const struct python_layout *layout;
+	struct python_thread_search *search;
+};
+
+static __always_inline __u64 read_user_word(__u64 address)
+{
+	__u64 word = 0;
+
+	bpf_probe_read_user(&word, sizeof(word), (void *)address);
+	return word;
+}
+
+/* One bpf_loop step: is this thread state the current thread's? */
+static long python_thread_is_current(__u32 index,
+				     struct python_search_step *step)
+{
+	const struct python_layout *layout = step->layout;
+	struct python_thread_search *search = step->search;
+
+	if (!search->state)
+		return 1;
+	if (read_user_word(search->state + layout->native_thread_id) ==
+	    search->tid) {
+		search->found = 1;
+		return 1;
+	}
+	search->state = read_user_word(search->state + layout->tstate_next);
+	return 0;
+}
+
+/* An ASCII string object's characters into `out` (empty if not ASCII). */
+static __always_inline void read_python_name(const struct python_layout *layout,
+					     __u64 string, char *out)
+{
+	__u32 state = 0;
+
+	out[0] = '\0';
+	bpf_probe_read_user(&state, sizeof(state),
+			    (void *)(string + layout->unicode_state));
+	if ((state & PY_UNICODE_COMPACT_ASCII) != PY_UNICODE_COMPACT_ASCII)
+		return;
+	bpf_probe_read_user_str(out, PYTHON_NAME_MAX,
+				(void *)(string + layout->ascii_data));
+}
+
+/* Send what names a code object, the first time one of its frames is seen
+ * (`key` and `named` are scratch space: the stack is kept small). */
+static __always_inline void send_python_code(const struct python_layout *layout,
+					     struct python_code_key *key,
+					     struct python_code *named)
+{
+	__u64 code = key->code;
+	__u64 table;
+	__u64 size;
+
+	if (bpf_map_lookup_elem(&seen_python_codes, key))
+		return;
+	named->first_line = 0;
+	bpf_probe_read_user(&named->first_line, sizeof(named->first_line),
+			    (void *)(code + layout->co_firstlineno));
+	read_python_name(layout, read_user_word(code + layout->co_filename),
+			 named->filename);
+	read_python_name(layout, read_user_word(code + layout->co_qualname),
+			 named->qualname);
+	table = read_user_word(code + layout->co_linetable);
+	size = read_user_word(table + layout->bytes_size);
+	if (size > PYTHON_LINETABLE_MAX)
+		size = PYTHON_LINETABLE_MAX;
+	named->linetable_size = size;
+	if (size)
+		bpf_probe_read_user(named->linetable,
+				    size & (PYTHON_LINETABLE_MAX - 1) ?:
+					    PYTHON_LINETABLE_MAX,
+				    (void *)(table + layout->bytes_data));
+	if (!bpf_map_update_elem(&python_codes, key, named, BPF_NOEXIST))
+		bpf_map_update_elem(&seen_python_codes, key, &(__u8){ 1 },
+				    BPF_ANY);
+}
+
+struct python_frame_walk {
+	const struct python_layout *layout;
+	struct scratch_buffers *s;
+	__u64 frame; /* the next frame to record */
+	gadget_pid pid;
+};
+
+/* One bpf_loop step of the frame walk: record a frame, go to its caller. */
+static long python_frame_step(__u32 index, struct python_frame_walk *walk)
+{
+	const struct python_layout *layout = walk->layout;
+	struct python_frames *stack = &walk->s->python;
+	__u64 code, instr;
+	__u32 n = stack->python_frame_count;
+
+	if (!walk->frame || n >= MAX_PYTHON_FRAMES)
+		return 1;
+	code = read_user_word(walk->frame + layout->frame_code);
+	instr = read_user_word(walk->frame + layout->frame_prev_instr);
+	if (code) {
+		walk->s->python_key.pid = walk->pid;
+		walk->s->python_key.code = code;
+		send_python_code(layout, &walk->s->python_key,
+				 &walk->s->python_code);
+		stack->python_code[n & (MAX_PYTHON_FRAMES - 1)] = code;
+		/* code units of 2 bytes from the first instruction */
+		stack->python_instr[n & (MAX_PYTHON_FRAMES - 1)] =
+			(instr - code - layout->code_adaptive) / 2;
+		stack->python_frame_count = n + 1;
+	}
+	walk->frame = read_user_word(walk->frame + layout->frame_previous);
+	return 0;
+}
+
+/*
+ * The current thread's Python frames, if its process is CPython (CPython
+ * 3.11's layout: thread state -> _PyCFrame -> _PyInterpreterFrame chain). The
+ * thread that holds the GIL is _PyRuntime's tstate_current; a thread that
+ * released it to wait is found in the interpreter's list of thread states.
+ * A global function: verified once, its own stack.
+ */
+__noinline int capture_python_frames(void)
+{
+	gadget_pid pid = bpf_get_current_pid_tgid() >> 32;
+	const struct python_layout *layout;
+	struct python_thread_search *search;
+	struct python_search_step step;
+	struct python_frame_walk walk;
+	struct python_frames *stack;
+	struct scratch_buffers *s;
+	__u64 interp;
+
+	s = bpf_map_lookup_elem(&scratch_space, &(__u32){ 0 });
+	if (!s)
+		return 0;
+	stack = &s->python;
+	stack->python_frame_count = 0;
+	layout = bpf_map_lookup_elem(&python_processes, &pid);
+	if (!layout)
+		return 0;
+	search = &s->python_search;
+	search->found = 0;
+	search->tid = current_ns_tid();
+	search->state =
+		read_user_word(layout->runtime + layout->tstate_current);
+	if (!search->state ||
+	    read_user_word(search->state + layout->native_thread_id) !=
+		    search->tid) {
+		interp = read_user_word(layout->runtime +
+					layout->interpreters_head);
+		search->state =
+			interp ? read_user_word(interp + layout->threads_head) :
+				 0;
+		step.layout = layout;
+		step.search = search;
+		bpf_loop(MAX_PYTHON_THREADS, python_thread_is_current, &step,
+			 0);
+		if (!search->found)
+			return 0;
+	}
+	walk.layout = layout;
+	walk.s = s;
+	walk.pid = pid;
+	walk.frame =
+		read_user_word(read_user_word(search->state + layout->cframe) +
+			       layout->current_frame);
+	bpf_loop(MAX_PYTHON_FRAMES, python_frame_step, &walk, 0);
+	return 0;
+}
+
 /* A new site id, unique without atomics: CPU number above a per-CPU count.
  * 0 means "no stack". */
 static __always_inline __u64 new_site_id(void)
@@ -1049,7 +1322,8 @@ static __always_inline __u64 new_site_id(void)
  * The files the frames point into are left in scratch space for
  * send_stack_files: called from here, its frame would sit on this one.
  */
-static __noinline __u64 capture_stack(struct pt_regs *ctx, bool at_entry)
+static __noinline __u64 capture_stack(struct pt_regs *ctx, bool at_entry,
+				      bool with_python)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct vma_lookup lookup;
@@ -1091,6 +1365,8 @@ static __noinline __u64 capture_stack(struct pt_regs *ctx, bool at_entry)
 		s->frame_file_pointers[i] = (__u64)lookup.file;
 	}
 
+	if (with_python)
+		s->stack.python = s->python;
 	key.site = new_site_id();
 	if (!key.site)
 		return 0;
@@ -1124,7 +1400,11 @@ static __always_inline void send_stack_files(void)
  * its files' paths sent. */
 static __always_inline __u64 capture_site(struct pt_regs *ctx, bool at_entry)
 {
-	__u64 site = capture_stack(ctx, at_entry);
+	__u64 site;
+
+	/* before the stack, not from inside it: their frames never add up */
+	capture_python_frames();
+	site = capture_stack(ctx, at_entry, true);
 
 	if (site)
 		send_stack_files();
@@ -1572,7 +1852,8 @@ struct {
 	__type(value, gadget_tid);
 } lock_holders SEC(".maps");
 
-/* (process, semaphore) -> 1: it counts beyond 1, so it is no lock */
+/* (process, semaphore) -> 1: it counts beyond 1, or was released by a thread
+ * that did not take it (a signal), so it is no lock until it is destroyed */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_COUNTING_SEMAPHORES);
@@ -1612,7 +1893,8 @@ static __always_inline __u32 semaphore_value(__u64 sem, __u8 libc)
 	return libc == LIBC_MUSL ? value & SEMAPHORE_VALUE_MAX : value;
 }
 
-/* Whether a semaphore is known to count beyond 1, and so is no lock. */
+/* Whether a lock any thread may release turned out to be no lock (it counts
+ * beyond 1, or it was released by a thread that did not take it). */
 static __always_inline bool counts_beyond_one(__u64 sem)
 {
 	struct lock_id id = current_lock_id(sem);
@@ -1776,7 +2058,8 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 	__u32 gen = 0;
 	int i;
 
-	if (!lock || (kind == LOCK_KIND_SEMAPHORE && counts_beyond_one(lock)))
+	if (!lock ||
+	    ((flags & LOCK_FLAG_ANY_RELEASER) && counts_beyond_one(lock)))
 		return 0;
 	t = thread_state(tid, ctx);
 	if (!t)
@@ -1944,8 +2227,10 @@ static __always_inline int lock_returned(struct pt_regs *ctx)
 		return 0;
 	}
 	if (t->pending.flags & LOCK_FLAG_ANY_RELEASER) {
-		/* still held: the release that let it be taken again was missed */
-		if (find_held(t, t->pending.lock) >= 0)
+		/* still held: the release that let it be taken again was missed;
+		 * or it turned out to be no lock (a signal) meanwhile */
+		if (find_held(t, t->pending.lock) >= 0 ||
+		    counts_beyond_one(t->pending.lock))
 			return 0;
 		note_holder(t, t->pending.lock);
 	}
@@ -1984,6 +2269,9 @@ static __always_inline void released_by_any(__u64 lock)
 		return;
 	released_by_other(*holder, lock);
 	bpf_map_delete_elem(&lock_holders, &id);
+	/* released by a thread that did not take it: a signal (CPython's
+	 * Condition wakes a waiter so), no lock, until it is destroyed */
+	bpf_map_update_elem(&counting_semaphores, &id, &(__u8){ 1 }, BPF_ANY);
 }
 
 /* An unlock of a lock the current thread does not hold: if the C library
@@ -2067,6 +2355,9 @@ static __always_inline int lock_destroyed(__u64 lock)
 	generations = bpf_map_lookup_elem(&lock_processes, &id.pid);
 	if (!lock || !generations)
 		return 0;
+	/* what was known of the address as a lock any thread may release */
+	bpf_map_delete_elem(&counting_semaphores, &id);
+	bpf_map_delete_elem(&lock_holders, &id);
 	gen = bpf_map_lookup_elem(&lock_generations, &id);
 	if (gen)
 		__sync_fetch_and_add(gen, 1);
@@ -2319,7 +2610,7 @@ static __always_inline void note_untraced_wait(struct pt_regs *ctx)
 		return;
 	}
 	site = bpf_map_lookup_elem(&untraced_wait_sites, &key);
-	fresh.site = site ? *site : capture_stack(ctx, false);
+	fresh.site = site ? *site : capture_stack(ctx, false, false);
 	if (!fresh.site)
 		return;
 	if (!site) {
@@ -2662,6 +2953,8 @@ static __always_inline int thread_exited(void *ctx)
 			bpf_for_each_map_elem(&lock_generations,
 					      forget_process_lock, &pid, 0);
 		bpf_map_delete_elem(&lock_processes, &pid);
+		/* a CPython process's layout must not outlive it (a reused pid) */
+		bpf_map_delete_elem(&python_processes, &pid);
 	}
 	if (current_is_filtered_out())
 		return 0;
@@ -2764,6 +3057,7 @@ GADGET_MAPITER(files, files);
 GADGET_MAPITER(counters, counters);
 GADGET_MAPITER(blocked, blocked_threads);
 GADGET_MAPITER(untraced_waits, untraced_waits);
+GADGET_MAPITER(python_codes, python_codes);
 GADGET_TRACER(dead_pids, dead_pids, dead_pid);
 GADGET_TRACER(resumed, resumed_threads, resumed_thread);
 GADGET_TRACER(processes, process_events, process_event);
@@ -3057,6 +3351,14 @@ int trace_uprobe_unlock_function(struct pt_regs *ctx)
 
 	return lock_released(ctx, lock_argument(ctx, cookie),
 			     cookie_kind(cookie), cookie_flags(cookie));
+}
+
+/* destroy (sem_destroy, g_mutex_clear, absl::Mutex's destructor): a reused
+ * address is a new lock */
+SEC("uprobe/gadget_program_disabled")
+int trace_uprobe_destroy_function(struct pt_regs *ctx)
+{
+	return lock_destroyed(lock_argument(ctx, bpf_get_attach_cookie(ctx)));
 }
 
 /* futex waits: which tracked threads are blocked in a lock right now */

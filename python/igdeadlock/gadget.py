@@ -159,6 +159,7 @@ LOCK_FLAG_WAIT_INTENT = 0x8  # a try that stands for a blocking acquisition (CPy
 LOCK_FUNCTION_PROGRAM = "trace_uprobe_lock_function"
 LOCK_FUNCTION_RETURN_PROGRAM = "trace_uretprobe_lock_function"
 UNLOCK_FUNCTION_PROGRAM = "trace_uprobe_unlock_function"
+DESTROY_FUNCTION_PROGRAM = "trace_uprobe_destroy_function"
 
 
 def lock_function_cookie(libc: str, kind: int, argument: int, mode: int, how: int,
@@ -183,8 +184,9 @@ SITE_CPU_SHIFT = 48
 
 # Datasources.
 EDGES, STACKS, FILES, COUNTERS, BLOCKED = "edges", "stacks", "files", "counters", "blocked"
-UNTRACED_WAITS = "untraced_waits"
-MAP_ITERATORS = (EDGES, STACKS, FILES, COUNTERS, BLOCKED, UNTRACED_WAITS)  # fetched together, every interval
+UNTRACED_WAITS, PYTHON_CODES = "untraced_waits", "python_codes"
+# fetched together, every fetch interval
+MAP_ITERATORS = (EDGES, STACKS, FILES, COUNTERS, BLOCKED, UNTRACED_WAITS, PYTHON_CODES)
 RESUMED, PROCESSES, DEAD_PIDS, MISUSE = "resumed", "processes", "dead_pids", "misuse"  # events, as they happen
 
 # Parameters (gadget.yaml's params.ebpf, as IG names them).

@@ -77,6 +77,61 @@ class StackTrace(NamedTuple):
     pid: int
     frames: Tuple[Tuple[int, int], ...]
     addresses: Tuple[int, ...] = ()  # each frame's address in the process
+    # a CPython process's Python frames, innermost first: (code object address, instruction)
+    python: Tuple[Tuple[int, int], ...] = ()
+
+
+class PythonCode(NamedTuple):
+    """What names a CPython code object of a process (read by the gadget while
+    it ran): its file, its function, and where its lines start."""
+
+    pid: int
+    code: int  # its address in the process
+    first_line: int
+    filename: str  # "" when not ASCII
+    qualname: str
+    linetable: bytes  # the start of co_linetable (as much as the gadget copies)
+
+    def line(self, instruction: int) -> int:
+        """The source line of an instruction (2-byte code units from the first),
+        from CPython 3.11's location table (Objects/locations.md); the last line
+        the copied table reaches beyond its end."""
+        return python_line(self.linetable, self.first_line, instruction)
+
+
+def _varint(table: bytes, i: int) -> Tuple[int, int]:
+    value, shift = 0, 0
+    while i < len(table):
+        byte = table[i]
+        i += 1
+        value |= (byte & 63) << shift
+        shift += 6
+        if not byte & 64:
+            break
+    return value, i
+
+
+def python_line(table: bytes, first_line: int, instruction: int) -> int:
+    line, at, i = first_line, 0, 0
+    while i < len(table):
+        head = table[i]
+        i += 1
+        code, length = (head >> 3) & 15, (head & 7) + 1
+        if code == 14 or code == 13:  # long form, or no columns: a signed line delta first
+            delta, i = _varint(table, i)
+            line += -(delta >> 1) if delta & 1 else delta >> 1
+            if code == 14:  # then end line delta, column, end column
+                for _ in range(3):
+                    _, i = _varint(table, i)
+        elif code in (10, 11, 12):  # one line, delta code - 10; two column bytes
+            line += code - 10
+            i += 2
+        elif code != 15:  # short forms: the same line, one column byte (15: no location)
+            i += 1
+        if at <= instruction < at + length:
+            return line
+        at += length
+    return line
 
 
 class UntracedWait(NamedTuple):
@@ -212,7 +267,7 @@ class LogMessage:
 
 
 Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed, ProcessMeta,
-               ProcessEvent, MisuseEvent, UntracedWait]
+               ProcessEvent, MisuseEvent, UntracedWait, PythonCode]
 
 
 @dataclass(frozen=True)

@@ -7,25 +7,28 @@ from __future__ import annotations
 import os
 import queue
 import re
+import struct
 import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.lockorder import Cycle
 from igdeadlock.analysis.misuse import LockMisuse
 from igdeadlock.analysis.waitfor import Deadlock, Hang
-from igdeadlock.gadget import MAP_ITERATORS, PAUSE_NEW_PROCESSES_PARAM, TREE_PID_PARAM
+from igdeadlock.gadget import MAP_ITERATORS, PAUSE_NEW_PROCESSES_PARAM, TREE_PID_PARAM, LockKind
 from igdeadlock.host import attach as attach_mod
 from igdeadlock.host import kernel as kernel_mod
+from igdeadlock.host.bpf import Bpf
 from igdeadlock.host.keeper import MappedFileKeeper
-from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, LockFamily, LockFunctionFinder, known_waits
+from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, FunctionTarget, LockFamily, LockFunctionFinder, known_waits
 from igdeadlock.host.locklib import LockLibraryFinder, ProcessLibrary
 from igdeadlock.host.procfs import code_locations, mount_namespace_of, process_start_ns, running_pids
+from igdeadlock.host.python import python_process
 from igdeadlock.host.stackscan import scan_stack
 from igdeadlock.host.symbolize import Symbolizer
 from igdeadlock.ig.decoder import StreamDecoder
@@ -137,6 +140,8 @@ class GadgetSession:
         self.unlock_checks = unlock_checks  # probe every mutex unlock (see CLIENT_PLACED_PROGRAMS)
         self.lock_families = tuple(lock_families)  # lock functions beyond pthread's (host/lockfunctions.py)
         self.functions: Optional[LockFunctionFinder] = None
+        self.python: Set[int] = set()  # CPython processes whose Python frames the gadget walks
+        self._python_map: Optional[int] = None  # fd of the gadget's python_processes map
         self.image = image
         self.params = dict(params)
         if tree_pid is not None:
@@ -170,8 +175,13 @@ class GadgetSession:
                 raise TraceError(kernel_mod.describe_missing(missing, kernel_mod.kernel_release()))
         client_attach = self.attach_mode == "client" or (
             self.attach_mode == "auto" and not attach_mod.kernel_has_kprobes())
-        before = attach_mod.program_ids() if client_attach else set()
-        if client_attach and self.tree_pid is not None:
+        # ig places the pthread probes only; where it does (auto, on a kernel with
+        # kprobes) and the daemon runs here, this client places the other lock
+        # families' (GLib, CPython, Abseil, declared ones)
+        families_here = bool(self.lock_families) and (client_attach or (
+            self.attach_mode == "auto" and self.service.address.scheme == "unix"))
+        before = attach_mod.program_ids() if families_here else set()
+        if (client_attach or families_here) and self.tree_pid is not None:
             # probes go into each process of the tree alone: new processes wait for them
             self.params[PAUSE_NEW_PROCESSES_PARAM] = "true"
         # The program listing (which function each program probes) is asked for
@@ -192,15 +202,19 @@ class GadgetSession:
             except WireError as exc:
                 raise explain_image_error(self.image, exc) from exc
         listing = info.extraInfo.data["ebpf.programs"].content if "ebpf.programs" in info.extraInfo.data else b""
-        points = attach_mod.probe_points(listing, self.unlock_checks) if client_attach else []
+        every_point = attach_mod.probe_points(listing, self.unlock_checks)
+        points = every_point if client_attach else []
         taken = attach_mod.lock_taken_programs(listing) if client_attach else set()
-        function_programs = attach_mod.lock_function_programs(listing) if client_attach and self.lock_families \
-            else set()
+        function_programs = attach_mod.lock_function_programs(listing) if families_here else set()
         if not client_attach:
             if self.unlock_checks:
                 self.say("igdeadlock: --unlock-checks has no effect where ig attaches the probes: ig does not "
                          "place the glibc unlock probe (use --attach client on the daemon's host)")
-            return
+            if not function_programs:
+                if any(f.library is not None for f in self.lock_families):
+                    self.say("igdeadlock: --lock-functions has no effect where ig attaches the probes and "
+                             "igdeadlock does not (use --attach auto or client, on the daemon's host)")
+                return
         try:
             address = self.service.address
             owner = attach_mod.socket_peer_pid(address.location) if address.scheme == "unix" else None
@@ -210,19 +224,42 @@ class GadgetSession:
             raise TraceError(f"{exc} (the client attaches uprobes itself on kernels without "
                              f"kprobes, and must run on the daemon's host for that)") from exc
         self.probes = attach_mod.ProbeSet(points, self.program_ids)
-        self.finder = LockLibraryFinder({p.symbol for p in points})
+        # each process's C library is found either way (the semaphores of CPython live there)
+        self.finder = LockLibraryFinder({p.symbol for p in every_point})
         if function_programs:
             self.functions = LockFunctionFinder(self.lock_families)
         self.libraries = attach_mod.LockLibraryProbes(self.probes, self.finder, self.tree_pid is not None,
-                                                      self._library_found, functions=self.functions)
-        self.collector.probes_known = True
-        self.say("igdeadlock: this kernel has no kprobes, so ig cannot attach uprobes; igdeadlock attaches "
-                 "them itself, to each traced process's own C library")
+                                                      self._library_found, functions=self.functions,
+                                                      on_functions=self._functions_found)
+        if client_attach:
+            # which processes are traced is known from the probes this client placed
+            self.collector.probes_known = True
+            self.say("igdeadlock: this kernel has no kprobes, so ig cannot attach uprobes; igdeadlock attaches "
+                     "them itself, to each traced process's own C library")
         if self.tree_pid is None:
             libraries = self.libraries
             self._guarded(lambda: libraries.scan_running(running_pids()))
 
+    def _functions_found(self, pid: int, target: FunctionTarget) -> None:
+        """A CPython process: the gadget walks its Python frames at each new site."""
+        if target.family.kind not in PYTHON_KINDS or pid in self.python:
+            return
+        process = python_process(pid)
+        if process is None:
+            return
+        try:
+            if self._python_map is None:
+                self._python_map = attach_mod.gadget_map(self.program_ids, PYTHON_MAP)
+            if self._python_map is None:
+                return  # an image without Python frames
+            Bpf().map_update(self._python_map, struct.pack("<I", pid), process.layout.pack(process.runtime))
+        except OSError:
+            return  # Python stacks are a help, never a reason to stop
+        self.python.add(pid)
+
     def _library_found(self, found: ProcessLibrary, process_start: int) -> None:
+        if not self.collector.probes_known:
+            return  # ig placed the pthread probes: only lock records tell which processes it traces
         library = found.library
         start = process_start or process_start_ns(found.pid) or 0
         self.collector.coverage.probed(found.pid, start, found.comm, found.exe,
@@ -342,6 +379,10 @@ def keeper_of(collector: Collector) -> MappedFileKeeper:
     return keeper
 
 
+# Lock kinds whose processes are CPython: their Python frames are walked.
+PYTHON_KINDS = frozenset({LockKind.SEMAPHORE, LockKind.PYMUTEX})
+PYTHON_MAP = "python_processes"  # the gadget's map of CPython processes (pid -> layout)
+
 # The C libraries' own waits (condition variables, joins, barriers, semaphores,
 # their locks): waits made there are no untraced locks, but for those made
 # through syscall(), which other code calls to wait on futexes of its own.
@@ -371,6 +412,18 @@ def untraced_wait_site(collector: Collector, symbolizer: Symbolizer, pid: int, s
         return None
     outside = next((f for f in frames if not (f.file and _C_LIBRARY_FILE.match(os.path.basename(f.file)))), first)
     return outside.describe()
+
+
+def python_frames(collector: Collector, stack: StackTrace) -> List[Frame]:
+    """A CPython process's Python frames at a site, named from what the gadget
+    read of their code objects (those it could not read are left out)."""
+    frames = []
+    for code, instruction in stack.python:
+        named = collector.python_codes.get((stack.pid, code))
+        if named is not None and named.filename:
+            frames.append(Frame(0, named.filename, named.qualname or None, 0, named.filename,
+                                named.line(instruction)))
+    return frames
 
 
 def process_coverage(collector: Collector, families: Sequence[LockFamily] = BUILT_IN_FAMILIES,
@@ -423,7 +476,10 @@ def collector_findings(collector: Collector, now_boot_ns: Optional[int] = None,
     def stack_of(site: int) -> Optional[List[Frame]]:
         if site not in cache:
             stack = collector.stack(site)
-            cache[site] = symbolizer.resolve(stack) if stack is not None else None
+            native = symbolizer.resolve(stack) if stack is not None else None
+            # a CPython process's Python frames first, its native frames below them
+            python = python_frames(collector, stack) if stack is not None else []
+            cache[site] = python + native if python and native is not None else (python or native)
         return cache[site]
 
     def wait_stack_of(wait: BlockedThread) -> Optional[List[Frame]]:

@@ -54,13 +54,33 @@ def test_gmutex_threads_deadlocked_right_now(ig_daemon):
     assert {int(w["waits_for"], 16) for w in deadlock["blocked"]} == {facts["A"][0], facts["B"][0]}
 
 
-def test_python_threading_lock_inversion(ig_daemon):
+def source_line(path: str, text: str, after: str) -> int:
+    """The number of the first line containing ``text`` after the line that contains ``after``."""
+    lines = open(path).read().splitlines()
+    start = next(i for i, line in enumerate(lines) if after in line)
+    return next(i for i, line in enumerate(lines[start:], start) if text in line) + 1
+
+
+def test_python_threading_lock_inversion_with_python_stacks(ig_daemon):
     report, stderr = trace_json(ig_daemon, [DEBIAN_PYTHON, PY_ABBA])
     facts = program_facts(stderr)
     found = [f for f in kinds(report, "potential-deadlock")
              if {e["tid"] for e in f["edges"]} == {facts["ab"][0], facts["ba"][0]}]
     assert len(found) == 1, report["findings"]
     assert found[0]["lock_kinds"] == ["semaphore", "semaphore"]
+    # CPython's own locks (Condition's waiters, module locks) make no other finding
+    assert [f["kind"] for f in unsuppressed(report)] == ["potential-deadlock"], report["findings"]
+    # each acquisition is named in Python: file, function and line, native frames below
+    for edge in found[0]["edges"]:
+        function = "lock_a_then_b" if edge["tid"] == facts["ab"][0] else "lock_b_then_a"
+        second = "with lock_b:" if function == "lock_a_then_b" else "with lock_a:"
+        first = "with lock_a:" if function == "lock_a_then_b" else "with lock_b:"
+        top = edge["to_stack"][0]
+        assert (top["function"], top["file"], top["line"]) == (
+            function, PY_ABBA, source_line(PY_ABBA, second, f"def {function}")), edge["to_stack"]
+        assert edge["from_stack"][0]["line"] == source_line(PY_ABBA, first, f"def {function}")
+        assert any(f["function"] == "Thread.run" for f in edge["to_stack"])
+        assert any(f["file"] and f["file"].endswith("python3.11") for f in edge["to_stack"])  # native, below
     # the program's only threads, on CPython's semaphores in its own C library
     (process,) = [p for p in report["processes"] if p["comm"].startswith("python3")]
     assert process["traced"], report["processes"]

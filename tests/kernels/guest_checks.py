@@ -39,6 +39,7 @@ from igdeadlock.host import kernel  # noqa: E402
 
 TRACE_TIMEOUT = 600  # seconds: an emulated CPU is slow
 WATCH_SECONDS = 90  # the gadget takes tens of seconds to start on an emulated CPU
+TRACE_SECONDS = 60
 # The ways of running the gadget measured in a guest: these two load the most
 # code (tests/e2e/test_verifier.py measures every one on this machine).
 GUEST_CONFIGURATIONS = {name: CONFIGURATIONS[name] for name in ("watch", "trace")}
@@ -65,6 +66,7 @@ def verifier_figures(stats: str, obj: str) -> Dict[str, dict]:
             "max_stack": max(p["combined_stack"] for p in programs),
             "max_stack_with_callbacks": max(p["stack_with_callbacks"] for p in programs),
             "max_insns": max(p["insns_processed"] for p in programs),
+            "max_insns_program": max(programs, key=lambda p: p["insns_processed"])["name"],
             "insns_limit": min(p["insns_limit"] for p in programs),
             "verify_ms": round(sum(p["verification_usec"] for p in programs) / 1000, 1),
             "seconds": round(time.monotonic() - started, 1),
@@ -78,9 +80,13 @@ def report_summary(stdout: str) -> dict:
     except ValueError:
         return {"report": None}
     findings = [f for f in report.get("findings", []) if f.get("suppressed") is None]
+    first_frames = [e["to_stack"][0] for f in findings for e in f.get("edges", []) if e.get("to_stack")]
     return {
         "report": report.get("schema"),
         "kinds": sorted(f["kind"] for f in findings),
+        "lock_kinds": sorted({k for f in findings for k in f.get("lock_kinds", [])}),
+        "top_frames": sorted({f"{fr.get('function')}@{os.path.basename(fr.get('file') or '')}:{fr.get('line')}"
+                              for fr in first_frames}),
         "containers": sorted({f.get("container") or "" for f in findings}),
         "processes": [{k: p.get(k) for k in ("comm", "traced", "flavor", "library", "reason")}
                       for p in report.get("processes", [])],
@@ -95,12 +101,32 @@ def igdeadlock(args: List[str]) -> dict:
             "stderr": tail(run.stderr), **report_summary(run.stdout)}
 
 
-def trace_runs(abba: str, expect: str) -> List[dict]:
+def trace_runs(abba: str, expect: str, churn: Optional[str]) -> List[dict]:
+    """AB/BA with each way of attaching. Where ig alone attaches, nothing stops a
+    new process until its probes are placed, and ig places them a moment after
+    the process starts (seconds, on an emulated CPU): a program that repeats its
+    inversion (churn) is traced there, for TRACE_SECONDS."""
     modes = ["auto", "ig", "client"] if expect == "trace" else ["auto"]
     runs = []
     for attach in modes:
-        result = igdeadlock(["trace", "--format", "json", "--image", IMAGE, "--attach", attach, "--", abba])
+        if attach == "ig" and churn:
+            command = ["--timeout", str(TRACE_SECONDS), "--", churn]
+        else:
+            command = ["--", abba]
+        result = igdeadlock(["trace", "--format", "json", "--image", IMAGE, "--attach", attach, *command])
         runs.append({"what": "trace", "where": "host", "attach": attach, **result})
+    return runs
+
+
+def family_runs(glib: Optional[str], python_abba: Optional[str]) -> List[dict]:
+    """Locks beyond pthread, as users run them (auto: ig places the pthread
+    probes where it can, this client the others)."""
+    runs = []
+    for what, command in (("glib", [glib]), ("python", ["/usr/bin/python3", python_abba])):
+        if command[-1] is None:
+            continue
+        result = igdeadlock(["trace", "--format", "json", "--image", IMAGE, "--", *command])
+        runs.append({"what": what, "where": "host", "attach": "auto", **result})
     return runs
 
 
@@ -143,6 +169,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--verifier-stats", required=True)
     parser.add_argument("--abba", required=True)
     parser.add_argument("--churn")
+    parser.add_argument("--glib")
+    parser.add_argument("--python-abba")
     parser.add_argument("--containers", action="store_true")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -155,7 +183,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "missing": [f.name for f in kernel.missing_features()],
     }
     results["verifier"] = verifier_figures(args.verifier_stats, args.object)
-    results["runs"] = trace_runs(args.abba, args.expect)
+    results["runs"] = trace_runs(args.abba, args.expect, args.churn)
+    if args.expect == "trace":
+        results["runs"] += family_runs(args.glib, args.python_abba)
     if args.containers and args.churn:
         results["runs"] += container_runs(args.churn)
     results["seconds"] = round(time.monotonic() - started, 1)

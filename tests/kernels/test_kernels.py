@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, compile_program, gadget_object, require_root_and_ig
+from helpers import REPO, compile_program, gadget_object, pkg_config, require_root_and_ig
 
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from test_verifier import INSNS_SHARE, STACK_BUDGET  # noqa: E402
@@ -53,8 +53,11 @@ def prepared():
     assert containers.returncode == 0, containers.stdout + containers.stderr
     images = subprocess.run([str(REPO / "tools/containers/build-images.sh")], capture_output=True, text=True)
     assert images.returncode == 0, images.stdout + images.stderr  # leaves the root filesystems cached
+    glib = compile_program("glib_abba", flags=("-O0", "-g", "-fno-omit-frame-pointer",
+                                               *pkg_config("--cflags", "glib-2.0")),
+                           libs=pkg_config("--libs", "glib-2.0"))
     return {"object": obj, "verifier_stats": stats, "abba": compile_program("abba"),
-            "churn": compile_program("churn")}
+            "churn": compile_program("churn"), "glib": glib, "python_abba": REPO / "tests/programs/py_abba.py"}
 
 
 def run_guest(kernel, prepared) -> dict:
@@ -63,7 +66,8 @@ def run_guest(kernel, prepared) -> dict:
                "--object", str(prepared["object"]), "--verifier-stats", prepared["verifier_stats"],
                "--abba", str(prepared["abba"]), "--out", f"{kvm.GUEST_OUT}/files/results.json"]
     if kernel.expect == "trace":
-        command += ["--churn", str(prepared["churn"]), "--containers"]
+        command += ["--churn", str(prepared["churn"]), "--containers", "--glib", str(prepared["glib"]),
+                    "--python-abba", str(prepared["python_abba"])]
     guest = kvm.run_in_guest(kernel, command, timeout=GUEST_TIMEOUT, out=out,
                              env={"PYTHONPATH": str(REPO / "python")})
     assert guest.returncode == 0, f"the guest of {kernel.name} failed ({guest.returncode}):\n{guest.stdout}"
@@ -102,13 +106,20 @@ def test_kernel(kernel, prepared):
         run = run_named(results, "trace", "host", attach)
         assert run["returncode"] == 0, run
         assert "potential-deadlock" in run["kinds"], run
-        traced = [p for p in run["processes"] if p["comm"].startswith("abba")]
+        traced = [p for p in run["processes"] if p["comm"].startswith(("abba", "churn"))]
         assert traced and all(p["traced"] for p in traced), run["processes"]
     # auto lets ig attach where the kernel has kprobes: the client does not say it attaches
     auto = run_named(results, "trace", "host", "auto")
     assert not any("igdeadlock attaches them itself" in line for line in auto["stderr"]), auto
     assert any("igdeadlock attaches them itself" in line
                for line in run_named(results, "trace", "host", "client")["stderr"])
+    # locks beyond pthread, with auto: ig places the pthread probes, igdeadlock the others
+    glib = run_named(results, "glib", "host", "auto")
+    assert "potential-deadlock" in glib["kinds"] and "gmutex" in glib["lock_kinds"], glib
+    python = run_named(results, "python", "host", "auto")
+    assert python["kinds"] == ["potential-deadlock"] and python["lock_kinds"] == ["semaphore"], python
+    assert any(frame.startswith(("lock_a_then_b@py_abba.py", "lock_b_then_a@py_abba.py"))
+               for frame in python["top_frames"]), python  # Python stacks
     for attach in ("auto", "ig"):
         watched = run_named(results, "watch", "container", attach)
         assert watched["returncode"] == 0, watched
@@ -119,8 +130,8 @@ def test_kernel(kernel, prepared):
 def write_matrix() -> None:
     """build/kernels/matrix.md: the measured matrix, as README shows it."""
     lines = ["| kernel | Debian package | kprobes | loads | deepest stack (B) | insns (max) | verify (ms) | "
-             "AB/BA found: auto / ig / client | in a container: auto / ig |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "AB/BA found: auto / ig / client | in a container: auto / ig | GMutex, Python (auto) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for _, (kernel, results) in sorted(MATRIX.items(), key=lambda item: kvm.natural_key(item[0])):
         figures = results["verifier"].get("watch", {})
         loads = "yes" if figures.get("loaded") else "no"
@@ -132,11 +143,12 @@ def write_matrix() -> None:
         if kernel.expect == "refuse":
             sentence = next((line for r in results["runs"] for line in r["stderr"]), "")
             lines.append(f"| {results['release']} | {results['package']} | {'yes' if results['kprobes'] else 'no'} "
-                         f"| no | - | - | - | refused: “{sentence}” | - |")
+                         f"| no | - | - | - | refused: “{sentence}” | - | - |")
             continue
         lines.append(
             f"| {results['release']} | {results['package']} | {'yes' if results['kprobes'] else 'no'} | {loads} "
             f"| {figures.get('max_stack', '-')} | {figures.get('max_insns', '-')} | {figures.get('verify_ms', '-')} "
             f"| {found('trace', 'host', 'auto')} / {found('trace', 'host', 'ig')} / {found('trace', 'host', 'client')} "
-            f"| {found('watch', 'container', 'auto')} / {found('watch', 'container', 'ig')} |")
+            f"| {found('watch', 'container', 'auto')} / {found('watch', 'container', 'ig')} "
+            f"| {found('glib', 'host', 'auto')}, {found('python', 'host', 'auto')} |")
     (WORK / "matrix.md").write_text("\n".join(lines) + "\n")

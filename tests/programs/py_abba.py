@@ -16,8 +16,14 @@ first_done = threading.Event()
 both_hold_one = threading.Barrier(2)
 
 
+def say(line):
+    """One write per line: two threads' lines never mix (print writes the end apart)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def lock_a_then_b():
-    print("thread ab", threading.get_native_id(), flush=True)
+    say(f"thread ab {threading.get_native_id()}")
     with lock_a:
         if deadlock:
             both_hold_one.wait()
@@ -29,7 +35,7 @@ def lock_a_then_b():
 def lock_b_then_a():
     if not deadlock:
         first_done.wait()
-    print("thread ba", threading.get_native_id(), flush=True)
+    say(f"thread ba {threading.get_native_id()}")
     with lock_b:
         if deadlock:
             both_hold_one.wait()

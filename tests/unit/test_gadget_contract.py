@@ -64,7 +64,7 @@ def test_lock_function_cookies_match():
         assert c_define(f"LOCK_FLAG_{name}") == getattr(gadget, f"LOCK_FLAG_{name}"), name
     assert c_define("MAX_LOCK_ARGUMENT") == gadget.MAX_LOCK_ARGUMENT
     for program in (gadget.LOCK_FUNCTION_PROGRAM, gadget.LOCK_FUNCTION_RETURN_PROGRAM,
-                    gadget.UNLOCK_FUNCTION_PROGRAM):
+                    gadget.UNLOCK_FUNCTION_PROGRAM, gadget.DESTROY_FUNCTION_PROGRAM):
         assert re.search(r'SEC\("uprobe/gadget_program_disabled"\)\nint (?:BPF_KRETPROBE\()?%s\b' % program, SOURCE)
     cookie = gadget.lock_function_cookie("musl", gadget.LockKind.GMUTEX, 2, gadget.LockMode.SHARED,
                                          gadget.Acquire.TRY, gadget.AcquiredWhen.TRUE, gadget.LOCK_FLAG_RECURSIVE)

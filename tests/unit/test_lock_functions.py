@@ -101,7 +101,7 @@ def test_glib_functions_are_found_in_the_library_a_process_maps():
     code = "import ctypes, sys; ctypes.CDLL('libglib-2.0.so.0'); print('ready', flush=True); sys.stdin.read()"
     (target,) = run_and_find([sys.executable, "-c", code], [lf.GLIB])
     assert os.path.realpath(target.path) == os.path.realpath(GLIB)
-    assert {p.symbol for p in target.probes} == {"g_mutex_lock", "g_mutex_trylock", "g_mutex_unlock"}
+    assert {p.symbol for p in target.probes} == {"g_mutex_lock", "g_mutex_trylock", "g_mutex_unlock", "g_mutex_clear"}
 
 
 def test_cpython_semaphores_only_in_cpython_processes():

@@ -18,6 +18,7 @@ log=${DOCKERD_LOG:-/var/log/igdeadlock-dockerd.log}
 # Our own pid file: `stop` only ever stops the dockerd that `start` started.
 pidfile=/run/igdeadlock-dockerd.pid
 start_timeout=${DOCKERD_START_TIMEOUT:-60}
+launched=
 
 answers() {
 	timeout 10 docker info >/dev/null 2>&1
@@ -27,6 +28,16 @@ our_pid() {
 	local pid
 	pid=$(cat "$pidfile" 2>/dev/null) || return 1
 	[ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] && echo "$pid"
+}
+
+# True while the dockerd being waited for has not exited: the one launched
+# here (its PID is known at once), else one started earlier or by others.
+still_starting() {
+	if [ -n "$launched" ]; then
+		kill -0 "$launched" 2>/dev/null
+	else
+		our_pid >/dev/null || pgrep -x dockerd >/dev/null
+	fi
 }
 
 fail() {
@@ -59,19 +70,23 @@ start() {
 		# default (it turns net.ipv4.ip_forward on), or every `docker run`
 		# warns "IPv4 forwarding is disabled". cgroupfs is the cgroup driver
 		# without systemd, spelled out because this is cgroup v1.
-		setsid "$dockerd" \
+		# setsid --wait: the background job lives exactly as long as dockerd,
+		# so "did it exit?" is asked of that PID and not of pgrep, which
+		# cannot see dockerd before setsid has exec'd it.
+		setsid --wait "$dockerd" \
 			--host unix:///var/run/docker.sock \
 			--pidfile "$pidfile" \
 			--bridge=none --iptables=false --ip-masq=false \
 			--exec-opt native.cgroupdriver=cgroupfs \
 			</dev/null >>"$log" 2>&1 &
+		launched=$!
 	fi
 
 	local start deadline
 	start=$(date +%s)
 	deadline=$((start + start_timeout))
 	while ! answers; do
-		if ! our_pid >/dev/null && ! pgrep -x dockerd >/dev/null; then
+		if ! still_starting; then
 			tail -n 5 "$log" >&2 || true
 			fail "dockerd exited at start; see $log (if another Docker engine owns /var/run/docker.sock or /var/lib/docker, stop it, then run $0 start again)"
 		fi

@@ -28,6 +28,7 @@ from igdeadlock.records import (
     ProcessEvent,
     ProcessExit,
     ProcessMeta,
+    PythonCode,
     StackTrace,
     ThreadResumed,
     UntracedWait,
@@ -73,6 +74,8 @@ class Collector:
         # processes whose lock records arrived (a futex wait outside the lock
         # functions is no lock record: a Go program's are no sign it is traced)
         self._with_locks: Set[Tuple[int, int]] = set()
+        # (pid, code object) -> what names it (CPython processes' Python frames)
+        self.python_codes: Dict[Tuple[int, int], PythonCode] = {}
         self.ticks: Dict[str, int] = {}
         self.ring_buffer_lost = 0
         self.warnings: List[str] = []
@@ -104,7 +107,8 @@ class Collector:
         hot path); returns the findings it completed."""
         kind = type(output)
         if kind is LockEdgeBatch:
-            self._with_locks.update(map(_PROCESS_OF_KEY, output.keys))
+            for process in set(map(_PROCESS_OF_KEY, output.keys)).difference(self._with_locks):
+                self._lock_events(*process)
             if self._run:
                 decode = output.decode
                 output = output._replace(decode=lambda raw: self._edge_sites(decode(raw)))
@@ -148,6 +152,8 @@ class Collector:
         elif kind is ProcessExit:
             self.store.process_exited(output)
             self.waits.process_exited(output.pid, output.process_start, output.exited)
+        elif kind is PythonCode:
+            self.python_codes[(output.pid, output.code)] = output
         elif kind is UntracedWait:
             sites = self.untraced_waits.setdefault((output.pid, output.process_start), {})
             site = self._site(output.site)

@@ -29,6 +29,7 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional,
 
 from igdeadlock.gadget import (
     CLIENT_PLACED_PROGRAMS,
+    DESTROY_FUNCTION_PROGRAM,
     LOCK_FUNCTION_PROGRAM,
     LOCK_FUNCTION_RETURN_PROGRAM,
     UNLOCK_FUNCTION_PROGRAM,
@@ -117,10 +118,32 @@ def lock_taken_programs(programs_json: bytes) -> Set[str]:
     return names
 
 
+def gadget_map(program_ids: Mapping[str, int], name: str) -> Optional[int]:
+    """An fd of the gadget's map ``name`` (the kernel keeps 15 characters of a
+    map's name), found among the maps of the gadget's programs; None if none."""
+    bpf = Bpf()
+    seen: Set[int] = set()
+    for prog_id in program_ids.values():
+        info = bpf.program(prog_id)
+        for map_id in info.map_ids if info is not None else ():
+            if map_id in seen:
+                continue
+            seen.add(map_id)
+            try:
+                fd = bpf.map_fd(map_id)
+            except BpfError:
+                continue
+            if bpf.map_name(fd) == name[:15]:
+                return fd
+            os.close(fd)
+    return None
+
+
 def lock_function_programs(programs_json: bytes) -> Set[str]:
     """The gadget's programs for lock functions beyond pthread's, those it has
     (an image built before them has none)."""
-    wanted = {LOCK_FUNCTION_PROGRAM, LOCK_FUNCTION_RETURN_PROGRAM, UNLOCK_FUNCTION_PROGRAM}
+    wanted = {LOCK_FUNCTION_PROGRAM, LOCK_FUNCTION_RETURN_PROGRAM, UNLOCK_FUNCTION_PROGRAM,
+              DESTROY_FUNCTION_PROGRAM}
     names = set()
     for entry in json.loads(programs_json or b"[]"):
         source = entry.get("Source", "").lstrip()
@@ -507,10 +530,12 @@ class LockLibraryProbes:
     def __init__(self, probes: ProbeSet, finder: LockLibraryFinder, per_process: bool,
                  report: Callable[[ProcessLibrary, int], None],
                  clock: Callable[[], float] = time.monotonic,
-                 functions: Optional[LockFunctionFinder] = None) -> None:
+                 functions: Optional[LockFunctionFinder] = None,
+                 on_functions: Optional[Callable[[int, FunctionTarget], None]] = None) -> None:
         self.probes = probes
         self.finder = finder
         self.functions = functions  # lock functions beyond pthread's, probed with each process's library
+        self.on_functions = on_functions  # told of each family found in a process
         self.per_process = per_process
         self.report = report
         self.clock = clock
@@ -530,6 +555,8 @@ class LockLibraryProbes:
         for target in self.functions.for_process(pid, library, libc):
             alone = self.per_process or target.per_process
             self.probes.attach_functions(target, pid if alone else EVERY_PROCESS)
+            if self.on_functions is not None:
+                self.on_functions(pid, target)
 
     def process_started(self, pid: int, process_start: int, paused: bool = False) -> None:
         """A process in scope started a program or was forked: probe its library,
@@ -575,6 +602,8 @@ class LockLibraryProbes:
                                                        predicted.library.flavor):
                     self.probes.attach_functions(target, pid if self.per_process or target.per_process
                                                  else EVERY_PROCESS)
+                    if self.on_functions is not None:
+                        self.on_functions(pid, target)
             give_up, _, _ = self._pending[pid]
             # what the process will map, known before it runs: it holds if it exits early
             self._pending[pid] = (give_up, process_start, replace(predicted, pid=pid, comm=found.comm))

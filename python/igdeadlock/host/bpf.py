@@ -10,8 +10,11 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
 BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
+BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_GET_FD_BY_ID = 19
 BPF_LINK_CREATE = 28
@@ -25,6 +28,9 @@ _ID, _NR_MAP_IDS, _MAP_IDS, _NAME = 4, 52, 56, 64
 _BTF_ID, _FUNC_INFO_REC_SIZE, _FUNC_INFO, _NR_FUNC_INFO = 128, 132, 136, 144
 _RUN_TIME_NS, _RUN_CNT = 192, 200
 MAX_MAP_IDS = 64
+# struct bpf_map_info: its size here, and where its name is
+MAP_INFO_SIZE = 80
+_MAP_NAME = 24
 
 # BTF kinds and the size of what follows each struct btf_type (12 bytes)
 BTF_KIND_FUNC = 12
@@ -136,6 +142,30 @@ class Bpf:
             name = self._btf_name(btf_id, func_info[1]) or name
         run_time, run_count = struct.unpack_from("<QQ", info, _RUN_TIME_NS)
         return ProgramInfo(prog_id, name, tuple(maps[:nr_maps]), run_time, run_count)
+
+    def map_fd(self, map_id: int) -> int:
+        attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<I", attr, 0, map_id)
+        return self.call(BPF_MAP_GET_FD_BY_ID, attr)
+
+    def map_name(self, fd: int) -> str:
+        """The kernel's (at most 15-character) name of a map."""
+        info = ctypes.create_string_buffer(MAP_INFO_SIZE)
+        self._info(fd, info)
+        return info.raw[_MAP_NAME:_MAP_NAME + 16].split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def map_update(self, fd: int, key: bytes, value: bytes) -> None:
+        key_buffer, value_buffer = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(
+            value, len(value))
+        attr = ctypes.create_string_buffer(32)
+        struct.pack_into("<IIQQQ", attr, 0, fd, 0, ctypes.addressof(key_buffer), ctypes.addressof(value_buffer), 0)
+        self.call(BPF_MAP_UPDATE_ELEM, attr)
+
+    def map_delete(self, fd: int, key: bytes) -> None:
+        key_buffer = ctypes.create_string_buffer(key, len(key))
+        attr = ctypes.create_string_buffer(32)
+        struct.pack_into("<IIQ", attr, 0, fd, 0, ctypes.addressof(key_buffer))
+        self.call(BPF_MAP_DELETE_ELEM, attr)
 
     def programs(self) -> List[ProgramInfo]:
         return [p for p in (self.program(i) for i in self.program_ids()) if p is not None]

@@ -24,6 +24,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import yaml
 
 from igdeadlock.gadget import (
+    DESTROY_FUNCTION_PROGRAM,
     LOCK_FLAG_ANY_RELEASER,
     LOCK_FLAG_RECURSIVE,
     LOCK_FLAG_WAIT_INTENT,
@@ -42,8 +43,8 @@ from igdeadlock.host.elf import STT_FUNC, ElfError, ElfFile
 from igdeadlock.host.locklib import FileId, LockLibrary, MappedRegion, _real_identity, parse_maps
 from igdeadlock.host.locklib import Inspected as _Inspected
 
-LOCK, TRYLOCK, TIMEDLOCK, UNLOCK = "lock", "trylock", "timedlock", "unlock"
-ROLES = (LOCK, TRYLOCK, TIMEDLOCK, UNLOCK)
+LOCK, TRYLOCK, TIMEDLOCK, UNLOCK, DESTROY = "lock", "trylock", "timedlock", "unlock", "destroy"
+ROLES = (LOCK, TRYLOCK, TIMEDLOCK, UNLOCK, DESTROY)
 _HOW = {LOCK: Acquire.BLOCKING, TRYLOCK: Acquire.TRY, TIMEDLOCK: Acquire.TIMED}
 
 
@@ -107,6 +108,7 @@ GLIB = LockFamily("GLib GMutex", LockKind.GMUTEX, (
     LockFunction("g_mutex_lock", LOCK),
     LockFunction("g_mutex_trylock", TRYLOCK, acquired_when=AcquiredWhen.TRUE),
     LockFunction("g_mutex_unlock", UNLOCK),
+    LockFunction("g_mutex_clear", DESTROY),
 ), waits=(r"g_cond_wait(_until)?",))
 # CPython 3.11, 3.12: threading.Lock and RLock's lock are semaphores of value 1
 # (PyThread_acquire_lock_timed: sem_trywait, then sem_clockwait or sem_wait).
@@ -118,6 +120,8 @@ CPYTHON_SEMAPHORE = LockFamily("CPython threading.Lock (a semaphore)", LockKind.
     LockFunction("sem_timedwait", TIMEDLOCK),
     LockFunction("sem_clockwait", TIMEDLOCK),
     LockFunction("sem_post", UNLOCK),
+    # a lock's semaphore is destroyed with it (PyThread_free_lock): its address names a new one after
+    LockFunction("sem_destroy", DESTROY),
 ), flags=LOCK_FLAG_ANY_RELEASER, in_libc=True, marker="PyThread_acquire_lock_timed", unless="_PyMutex_LockTimed")
 # CPython 3.13+: PyMutex; _PyMutex_LockTimed(m, timeout, flags) returns PY_LOCK_ACQUIRED (1). Its
 # waits park on a per-thread semaphore, not on the lock.
@@ -143,6 +147,7 @@ ABSEIL = LockFamily("Abseil absl::Mutex", LockKind.ABSL_MUTEX, (
     _absl("14ReaderLockWhenERKNS0_9ConditionE", LOCK, SHARED),
     _absl("13ReaderTryLockEv", TRYLOCK, SHARED), _absl("15try_lock_sharedEv", TRYLOCK, SHARED),
     _absl("12ReaderUnlockEv", UNLOCK, SHARED), _absl("13unlock_sharedEv", UNLOCK, SHARED),
+    _absl("D1Ev", DESTROY), _absl("D2Ev", DESTROY),
 ), flags=LOCK_FLAG_WAITS_ELSEWHERE,
    # a condition variable, an Await or a Notification sleeps on the thread's own semaphore
    waits=(r"absl::(\w+::)*(CondVar|Notification|synchronization_internal|base_internal)::.*",
@@ -155,7 +160,7 @@ BUILT_IN_FAMILIES: Tuple[LockFamily, ...] = (GLIB, CPYTHON_SEMAPHORE, CPYTHON_PY
 
 _RESULTS = {"zero": AcquiredWhen.ZERO, "true": AcquiredWhen.TRUE, "nonzero": AcquiredWhen.TRUE,
             "one": AcquiredWhen.ONE}
-_DECLARATION_KEYS = {"name", "library", "lock", "trylock", "timedlock", "unlock", "argument", "acquired",
+_DECLARATION_KEYS = {"name", "library", "lock", "trylock", "timedlock", "unlock", "destroy", "argument", "acquired",
                      "recursive", "any_releaser", "shared_lock", "shared_trylock", "shared_unlock"}
 
 
@@ -169,6 +174,7 @@ def load_declarations(path: str) -> List[LockFamily]:
             trylock: my_trylock        #   acquisitions and the unlock are needed
             timedlock: my_timedlock
             unlock: my_unlock
+            destroy: my_lock_destroy   # optional: the address names a new lock after it
             argument: 0                # which argument is the lock (0-4; default 0); a
                                        #   function may say its own: {function: f, argument: 1}
             acquired: zero             # how trylock/timedlock say they acquired:
@@ -241,13 +247,15 @@ def _declared_family(entry: Mapping[str, object], where: str) -> LockFamily:
     functions: List[LockFunction] = []
     roles = {"lock": (LOCK, LockMode.EXCLUSIVE), "trylock": (TRYLOCK, LockMode.EXCLUSIVE),
              "timedlock": (TIMEDLOCK, LockMode.EXCLUSIVE), "unlock": (UNLOCK, LockMode.EXCLUSIVE),
+             "destroy": (DESTROY, LockMode.EXCLUSIVE),
              "shared_lock": (LOCK, LockMode.SHARED), "shared_trylock": (TRYLOCK, LockMode.SHARED),
              "shared_unlock": (UNLOCK, LockMode.SHARED)}
     for key, (role, mode) in roles.items():
         if key in entry:
             for name, function_argument in _functions_of(entry[key], where, key, argument):
                 functions.append(LockFunction(name, role, function_argument, mode, _RESULTS[str(acquired)]))
-    if not any(f.role == UNLOCK for f in functions) or not any(f.role != UNLOCK for f in functions):
+    if not any(f.role == UNLOCK for f in functions) or not any(f.role in (LOCK, TRYLOCK, TIMEDLOCK)
+                                                               for f in functions):
         raise DeclarationError(f"{where}: needs an unlock and at least one of lock, trylock, timedlock")
     flags = (LOCK_FLAG_RECURSIVE if entry.get("recursive") else 0) | (
         LOCK_FLAG_ANY_RELEASER if entry.get("any_releaser") else 0)
@@ -310,6 +318,10 @@ class _FileFunctions:
 def _probes(family: LockFamily, found: Mapping[LockFunction, int], libc: str) -> Tuple[FunctionProbe, ...]:
     probes: List[FunctionProbe] = []
     for function, offset in found.items():
+        if function.role == DESTROY:
+            cookie = lock_function_cookie(libc, family.kind, function.argument, function.mode, Acquire.BLOCKING)
+            probes.append(FunctionProbe(DESTROY_FUNCTION_PROGRAM, offset, False, cookie, function.symbol))
+            continue
         if function.role == UNLOCK:
             cookie = lock_function_cookie(libc, family.kind, function.argument, function.mode,
                                           Acquire.BLOCKING, 0, family.flags)
@@ -359,6 +371,10 @@ class LockFunctionFinder:
                         if (offset := elf.vaddr_to_offset(symbol.value)) is not None})
                 if patterns and known.names is None:
                     known.names = []
+                    # decoding every symbol of a big program takes seconds: only
+                    # where a string table names what the patterns look for
+                    if not _string_tables_mention(elf, PATTERN_MARKER):
+                        return known
                     for symbol in elf.symbols():
                         if symbol.type == STT_FUNC and "Mutex" in symbol.name:
                             offset = elf.vaddr_to_offset(symbol.value)
@@ -430,7 +446,7 @@ class LockFunctionFinder:
                 found = self._resolve(family, functions)
                 if family.library is not None:
                     self._check_declared(family, seen_as, found)
-                if not found or not any(f.role != UNLOCK for f in found):
+                if not found or not any(f.role not in (UNLOCK, DESTROY) for f in found):
                     continue
                 if family.kind == LockKind.USER:
                     self.declared_seen[family.name] = True
@@ -471,6 +487,18 @@ class LockFunctionFinder:
                        f"'{family.name}' ({', '.join(f.symbol for f in family.functions if f.role in missing)})")
             if problem not in self.problems:
                 self.problems.append(problem)
+
+
+# What every function matched by pattern has in its name (absl::Mutex's methods).
+PATTERN_MARKER = b"_ZN4absl"
+
+
+def _string_tables_mention(elf: ElfFile, text: bytes) -> bool:
+    for name in (".dynstr", ".strtab"):
+        section = elf.section(name)
+        if section is not None and text in elf.read(section.offset, section.size):
+            return True
+    return False
 
 
 def _may_hold_patterns(path: str) -> bool:

@@ -44,6 +44,7 @@ from igdeadlock.records import (
     ProcessEvent,
     ProcessExit,
     ProcessMeta,
+    PythonCode,
     Record,
     StackTrace,
     ThreadResumed,
@@ -87,13 +88,15 @@ PLACEMENT_WAIT = 30.0
 
 
 def _stack(site: int, pid: int, count: int, files: Sequence[int], offsets: Sequence[int],
-           addresses: Sequence[int]) -> StackTrace:
+           addresses: Sequence[int], python_count: int = 0, python_code: Sequence[int] = (),
+           python_instr: Sequence[int] = ()) -> StackTrace:
     frames = []
     for file_id, offset, address in zip(files[:count], offsets[:count], addresses[:count]):
         if address < MIN_CODE_ADDRESS:
             break
         frames.append((file_id, offset, address))
-    return StackTrace(site, pid, tuple((f, o) for f, o, _ in frames), tuple(a for _, _, a in frames))
+    python = tuple(zip(python_code[:python_count], python_instr[:python_count]))
+    return StackTrace(site, pid, tuple((f, o) for f, o, _ in frames), tuple(a for _, _, a in frames), python)
 
 
 _HELD_FIELDS = (("held_count", INT), ("held_locks", INTS), ("held_gens", INTS), ("held_modes", INTS))
@@ -147,13 +150,18 @@ RECORD_SCHEMAS: Dict[str, RecordSchema] = {
         ProcessExit._make),
     "stacks": RecordSchema(
         (("site", INT), ("stack_pid", INT), ("frame_count", INT), ("frame_files", INTS), ("frame_offsets", INTS),
-         ("frame_addresses", INTS)),
-        lambda v: _stack(v[0], v[1], v[2], v[3], v[4], v[5]),
+         ("frame_addresses", INTS), ("python.python_frame_count", INT), ("python.python_code", INTS),
+         ("python.python_instr", INTS)),
+        lambda v: _stack(*v),
     ),
     "untraced_waits": RecordSchema(
         (("pid", INT), ("comm", TEXT), ("mntns_id", INT), ("process_start", INT), ("site", INT), ("count", INT),
          ("caller", INT), ("caller_file", INT), ("caller_offset", INT)),
         UntracedWait._make),
+    "python_codes": RecordSchema(
+        (("pid", INT), ("code", INT), ("first_line", INT), ("filename", TEXT), ("qualname", TEXT),
+         ("linetable_size", INT), ("linetable", INTS)),
+        lambda v: PythonCode(v[0], v[1], v[2], v[3], v[4], bytes(v[6][:v[5]]))),
     "files": RecordSchema(
         (("file_id", INT), ("inode", INT), ("device", INT), ("path", TEXT)), MappedFile._make),
     "counters": RecordSchema(
