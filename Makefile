@@ -7,6 +7,7 @@
 #   make kernels     fetch Debian's kernels of the kernel matrix (tools/kernels/kernels.txt)
 #   make test-kernels  boot each in a guest and test the gadget there (KERNELS="6.1 5.10": some)
 #   make test-k8s    the cluster up, then end-to-end tests against it (tests/k8s)
+#   make test-k8s-kernel  the same cluster in a guest of a kernel with kprobes (K8S_KERNEL=6.1): kubectl gadget run alone
 #   make demo        set up, build, trace an example program with a lock-order inversion
 #   make bench       measure the cost of tracing (BPF time per lock/unlock pair) and the analysis
 #   make diagrams    regenerate DEVELOPER.md's program-map diagrams from the built image
@@ -29,7 +30,7 @@ IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget"
 GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test load-test kernels setup-kernels test-kernels unit-test e2e-test test-k8s demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
+.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test load-test kernels setup-kernels test-kernels test-k8s-kernel unit-test e2e-test test-k8s demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
 
 help:
 	@sed -n '2,19p' Makefile | sed 's/^# \{0,1\}//'
@@ -99,6 +100,20 @@ kernels: setup-kernels
 
 test-kernels: setup kernels gadget
 	KERNELS="$(KERNELS)" $(VENV)/bin/pytest -q tests/kernels $(PYTEST_ARGS)
+
+# `kubectl gadget run` where ig attaches the uprobes itself: a single-node cluster
+# (tools/cluster) in a guest of a kernel with kprobes, and tests/k8s's kubectl
+# gadget tests against it. Not in make test: on an emulated CPU it takes tens of
+# minutes. The cluster's binaries are built here first (cached); its logs land in
+# build/kernels/k8s-$(K8S_KERNEL).
+K8S_KERNEL ?= 6.1
+test-k8s-kernel: setup setup-kernels gadget containers
+	@tools/setup-packages.sh cluster
+	@tools/cluster/build.sh >/dev/null
+	@tools/cluster/ig/build.sh >/dev/null
+	tools/kernels/kvm.py fetch $(K8S_KERNEL)
+	tools/kernels/kvm.py run $(K8S_KERNEL) --modules -m 6144 -t 5400 --out $(BUILD)/kernels/k8s-$(K8S_KERNEL) \
+		-- tools/kernels/k8s-guest.sh
 
 unit-test: setup-python
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)

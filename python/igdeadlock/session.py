@@ -46,6 +46,9 @@ from igdeadlock.report.model import (
 
 HOST_PARAM = "operator.LocalManager.host"  # trace host processes too, not only containers
 CONNECT_TIMEOUT = 3.0  # seconds to reach a gadget service before giving up
+FINAL_FETCH_SECONDS = 60.0  # beyond ten fetch intervals, for the last fetches after the end
+INCOMPLETE_END_NOTE = ("the gadget's last fetches did not come within {seconds:g}s of the end: lock events of "
+                       "the last moments may be missing from this report")
 
 
 class TraceError(RuntimeError):
@@ -319,15 +322,24 @@ class GadgetSession:
                 raise TraceError(explained or f"the gadget stream ended: {self.pump.error}")
             raise TraceError("the gadget stopped unexpectedly")
 
-    def final_fetch(self) -> None:
-        """Wait for two more fetches of every map: they hold what happened until now."""
+    def final_fetch(self) -> bool:
+        """Wait for two more fetches of every map: they hold what happened until
+        now. False if they did not come within FINAL_FETCH_SECONDS (a daemon on
+        a machine too busy to keep its fetch interval): then what happened last
+        may be missing, and the report must say so."""
         target = {name: self.collector.ticks.get(name, 0) + 2 for name in MAP_ITERATORS}
-        deadline = time.monotonic() + 10 * self.interval + 5.0
+        # two fetches take two intervals; the rest is for a loaded machine, and
+        # costs nothing where the fetches come on time
+        deadline = time.monotonic() + self.final_fetch_seconds()
         while any(self.collector.ticks.get(name, 0) < want for name, want in target.items()):
             if time.monotonic() > deadline:
-                return
+                return False
             self.pump_events(0.05)
         self.complete = True
+        return True
+
+    def final_fetch_seconds(self) -> float:
+        return 10 * self.interval + FINAL_FETCH_SECONDS
 
     def _detach(self) -> None:
         self.libraries = None  # nothing more gets probed

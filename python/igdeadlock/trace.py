@@ -21,6 +21,7 @@ from igdeadlock.ig.service import DEFAULT_DAEMON_ADDRESS, Address, GadgetService
 from igdeadlock.report.model import FindingView, Report
 from igdeadlock.session import (
     CONNECT_TIMEOUT,
+    INCOMPLETE_END_NOTE,
     GadgetSession,
     TraceError,
     collector_findings,
@@ -62,11 +63,12 @@ class TraceOutcome:
     notes: List[str] = field(default_factory=list)
     target: str = ""
     processes: List[ProcessCoverage] = field(default_factory=list)
+    report_notes: List[str] = field(default_factory=list)  # what limits the report as a whole
 
     @property
     def report(self) -> Report:
         return Report(self.findings, self.stats, [{"address": self.target, "state": "connected", "error": None}],
-                      self.processes)
+                      self.processes, list(self.report_notes))
 
 
 def trace_command(options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
@@ -134,6 +136,7 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         launcher = CommandLauncher(options.command, stdout=options.command_stdout)
         ended_by = "exit"
         started = False
+        report_notes: List[str] = []
         try:
             with GadgetSession(service, options.image, params, collector, options.attach, say,
                                tree_pid=launcher.pid, unlock_checks=options.unlock_checks,
@@ -152,7 +155,10 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
                             break
                         session.pump_events(0.05)
                     terminate(launcher.process)
-                    session.final_fetch()
+                    if not session.final_fetch():
+                        end_note = INCOMPLETE_END_NOTE.format(seconds=session.final_fetch_seconds())
+                        say(f"igdeadlock: {end_note}")
+                        report_notes.append(end_note)
                 except KeyboardInterrupt:
                     ended_by = "interrupt" if started else INTERRUPTED_BEFORE_START
         finally:
@@ -165,4 +171,4 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if address.scheme == "unix" else None
         processes = process_coverage(collector, options.lock_families, local)
         return TraceOutcome(collector_findings(collector, now, local=local), stats, status, ended_by,
-                            list(collector.warnings), str(address), processes)
+                            list(collector.warnings), str(address), processes, report_notes)

@@ -20,7 +20,7 @@ from igdeadlock.host.procfs import process_alive
 from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.service import Address, GadgetService, TlsConfig
 from igdeadlock.report.model import FindingView, Report
-from igdeadlock.session import HOST_PARAM, GadgetSession, collector_findings, process_coverage
+from igdeadlock.session import HOST_PARAM, INCOMPLETE_END_NOTE, GadgetSession, collector_findings, process_coverage
 
 MAX_BACKOFF = 30.0
 
@@ -48,6 +48,7 @@ class TargetState:
     state: str = CONNECTING
     error: Optional[str] = None
     connects: int = 0
+    end_note: str = ""  # what the end of its stream may lack
     interrupted: int = 0  # how often a running stream broke
 
 
@@ -98,7 +99,9 @@ class TargetRunner(threading.Thread):
                     while not self.stop_event.is_set():
                         session.pump_events(0.2)
                         self._flush_pending()
-                    session.final_fetch()
+                    if not session.final_fetch():
+                        self.status.end_note = INCOMPLETE_END_NOTE.format(seconds=session.final_fetch_seconds())
+                        self.say(f"igdeadlock: {self.spec.label}: {self.status.end_note}")
                     session.stop()
                     self._set(STOPPED, None)
                     return
@@ -202,7 +205,8 @@ class Watch:
             _add_stats(stats, runner.collector.stats(runner.decoder.counts()))
         stats["targets_lost"] = sum(1 for r in self.runners if r.status.state == LOST)
         stats["streams_interrupted"] = sum(r.status.interrupted for r in self.runners)
-        return Report(findings, stats, [r.describe() for r in self.runners], processes)
+        notes = [f"target {r.spec.label}: {r.status.end_note}" for r in self.runners if r.status.end_note]
+        return Report(findings, stats, [r.describe() for r in self.runners], processes, notes)
 
 
 def _events_lost(runner: TargetRunner) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Sequence
 
 import pytest
-from kube import CLUSTER_DIR, GADGET_NAMESPACE, REGISTRY, STATIC, WAIT, Cluster, K8sWatch, pod_manifest
+from kube import BUSYBOX, CLUSTER_DIR, GADGET_NAMESPACE, REGISTRY, STATIC, WAIT, Cluster, K8sWatch, pod_manifest
 
 from helpers import IMAGE, compile_program, require_root_and_ig
 
@@ -68,12 +68,13 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
 
 @pytest.fixture
 def start_pods(cluster: Cluster, namespace: str) -> Callable[..., List[str]]:
-    """start_pods(PROGRAM, NAME, ..., command=()): pods running tests/programs/PROGRAM.c
-    (or COMMAND, with the program at /igd/PROGRAM), once they are ready."""
+    """start_pods(PROGRAM, NAME, ..., command=(), image=BUSYBOX): pods running
+    tests/programs/PROGRAM.c (or COMMAND, with the program at /igd/PROGRAM), once
+    they are ready; linked statically for busybox, against glibc otherwise."""
 
-    def start(program: str, *names: str, command: Sequence[str] = ()) -> List[str]:
-        binary = compile_program(program, STATIC)
-        cluster.apply(*(pod_manifest(namespace, name, binary, command) for name in names))
+    def start(program: str, *names: str, command: Sequence[str] = (), image: str = BUSYBOX) -> List[str]:
+        binary = compile_program(program, STATIC if image == BUSYBOX else STATIC[:-1])
+        cluster.apply(*(pod_manifest(namespace, name, binary, command, image) for name in names))
         cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"--timeout={WAIT}",
                         *(f"pod/{name}" for name in names))
         return list(names)

@@ -18,6 +18,7 @@ from helpers import IGDEADLOCK, REPO, Lines
 # Pods and this host both reach the cluster's registry at this address.
 REGISTRY = "10.244.0.1:5000"
 BUSYBOX = f"{REGISTRY}/igdeadlock/busybox:1"  # the cluster's test image (static busybox)
+GLIBC = f"{REGISTRY}/igdeadlock/glibc:1"  # Debian's minbase: glibc with its ld.so.cache
 CLUSTER_DIR = REPO / "build" / "cluster"  # kubeconfig, kubectl, kubectl-gadget
 GADGET_NAMESPACE = "gadget"
 STATIC = ("-O0", "-g", "-fno-omit-frame-pointer", "-static")
@@ -61,15 +62,16 @@ class Cluster:
         return name
 
 
-def pod_manifest(namespace: str, name: str, program: Path, command: Sequence[str]) -> dict:
-    """A busybox pod with the static program at /igd/PROGRAM (read-only hostPath)."""
+def pod_manifest(namespace: str, name: str, program: Path, command: Sequence[str], image: str = BUSYBOX) -> dict:
+    """A pod of `image` (busybox: for a static program) with the program at
+    /igd/PROGRAM (read-only hostPath)."""
     inside = f"/igd/{program.name.rsplit('-', 1)[0]}"
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app": "igdeadlock-test"}},
         "spec": {
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": CONTAINER, "image": BUSYBOX, "command": list(command) or [inside],
+            "containers": [{"name": CONTAINER, "image": image, "command": list(command) or [inside],
                             "volumeMounts": [{"name": "program", "mountPath": inside, "readOnly": True}]}],
             "volumes": [{"name": "program", "hostPath": {"path": str(program), "type": "File"}}],
         },

@@ -8,7 +8,7 @@ import json
 import signal
 import subprocess
 
-from kube import CLUSTER_DIR, CONTAINER, record
+from kube import CLUSTER_DIR, CONTAINER, GLIBC, record
 
 from helpers import Lines
 from igdeadlock.host.attach import kernel_has_kprobes
@@ -53,3 +53,50 @@ def test_kubectl_gadget_run_enriches_the_records_of_a_pod(cluster, gadget_image,
         # attaches them itself on the gadget pod's node, see test_cluster_watch.py)
         fetches = [json.loads(line) for line in lines if line.startswith("[")]
         assert fetches and all(batch == [] for batch in fetches)
+
+
+def fetched_edges(line: str) -> list:
+    """The records of one fetch of the edges map (a JSON array), or []."""
+    if not line.startswith("["):
+        return []
+    try:
+        batch = json.loads(line)
+    except ValueError:
+        return []
+    return [r for r in batch if isinstance(r, dict)] if isinstance(batch, list) else []
+
+
+def test_kubectl_gadget_run_yields_a_pods_lock_edges_exactly_where_ig_attaches_uprobes(
+        cluster, gadget_image, namespace, start_pods, tmp_path):
+    """What users of a kernel with kprobes get from `kubectl gadget run` alone: the
+    gadget pod's ig attaches the uprobes to the container's libc (found through its
+    ld.so.cache) and the edges map fills with the pod's lock order, enriched with
+    its namespace and name. On a kernel without kprobes ig cannot place them, and
+    no edge comes (`igdeadlock watch --k8s` places them instead)."""
+    (pod,) = start_pods("churn", "inverter", image=GLIBC)  # an AB/BA every 100 ms, linked against glibc
+    errors = tmp_path / "kubectl-gadget.err"
+    with errors.open("w") as stderr:
+        run = subprocess.Popen([str(CLUSTER_DIR / "kubectl-gadget"), "run", gadget_image, "-n", namespace,
+                                "-o", "json"], stdout=subprocess.PIPE, stderr=stderr, text=True, env=cluster.env)
+    out = Lines(run.stdout)
+    try:
+        if kernel_has_kprobes():
+            line = out.wait_for(lambda line: any(r.get("comm") == "churn" for r in fetched_edges(line)),
+                                timeout=300)
+            edges = [r for r in fetched_edges(line) if r.get("comm") == "churn"]
+        else:
+            out.wait_count(lambda line: line.startswith("["), 5, timeout=300)  # five fetches, churn locking
+            edges = [r for line in out.seen for r in fetched_edges(line)]
+    finally:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.wait(60)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+    if not kernel_has_kprobes():
+        assert edges == [], edges
+        return
+    assert {(e["k8s"]["namespace"], e["k8s"]["podName"], e["k8s"]["containerName"]) for e in edges} == \
+        {(namespace, pod, CONTAINER)}, edges
+    assert all(e["runtime"]["containerImageName"].endswith("igdeadlock/glibc:1") for e in edges), edges

@@ -130,8 +130,9 @@ def test_kernel(kernel, prepared):
 def write_matrix() -> None:
     """build/kernels/matrix.md: the measured matrix, as README shows it."""
     lines = ["| kernel | Debian package | kprobes | loads | deepest stack (B) | insns (max) | verify (ms) | "
-             "AB/BA found: auto / ig / client | in a container: auto / ig | GMutex, Python (auto) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "AB/BA found: auto / ig / client | in a container: auto / ig | GMutex, Python (auto) | "
+             "coverage where ig attaches: host / container |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, (kernel, results) in sorted(MATRIX.items(), key=lambda item: kvm.natural_key(item[0])):
         figures = results["verifier"].get("watch", {})
         loads = "yes" if figures.get("loaded") else "no"
@@ -140,15 +141,27 @@ def write_matrix() -> None:
             runs = [r for r in results["runs"] if (r["what"], r["where"], r["attach"]) == (what, where, attach)]
             return "yes" if runs and "potential-deadlock" in runs[0].get("kinds", []) else "no"
 
+        def coverage(what, where, results=results):
+            """What the report says of the programs ig attached to: traced of seen."""
+            runs = [r for r in results["runs"] if (r["what"], r["where"], r["attach"]) == (what, where, "ig")]
+            # the host run's own program; everything a container watch saw is the container's
+            seen = [p for p in (runs[0].get("processes") or [] if runs else [])
+                    if where == "container" or (p.get("comm") or "").startswith(("abba", "churn"))]
+            if not seen:
+                return "-"
+            # where ig attaches, a process counts as traced once it sent lock events
+            return f"{sum(1 for p in seen if p.get('traced'))} of {len(seen)} traced"
+
         if kernel.expect == "refuse":
             sentence = next((line for r in results["runs"] for line in r["stderr"]), "")
             lines.append(f"| {results['release']} | {results['package']} | {'yes' if results['kprobes'] else 'no'} "
-                         f"| no | - | - | - | refused: “{sentence}” | - | - |")
+                         f"| no | - | - | - | refused: “{sentence}” | - | - | - |")
             continue
         lines.append(
             f"| {results['release']} | {results['package']} | {'yes' if results['kprobes'] else 'no'} | {loads} "
             f"| {figures.get('max_stack', '-')} | {figures.get('max_insns', '-')} | {figures.get('verify_ms', '-')} "
             f"| {found('trace', 'host', 'auto')} / {found('trace', 'host', 'ig')} / {found('trace', 'host', 'client')} "
             f"| {found('watch', 'container', 'auto')} / {found('watch', 'container', 'ig')} "
-            f"| {found('glib', 'host', 'auto')}, {found('python', 'host', 'auto')} |")
+            f"| {found('glib', 'host', 'auto')}, {found('python', 'host', 'auto')} "
+            f"| {coverage('trace', 'host')} / {coverage('watch', 'container')} |")
     (WORK / "matrix.md").write_text("\n".join(lines) + "\n")

@@ -23,7 +23,8 @@
 # this script creates: nothing depends on the machine's own network. The
 # kubeconfig for kubectl is build/cluster/kubeconfig in the repository.
 # No image is pulled from outside: the pod sandbox ("pause", pause.c here) and
-# the test image (static busybox) are made here and imported or pushed.
+# the test images (static busybox; Debian's minbase, for programs linked against
+# glibc) are made here and imported or pushed.
 #
 # Using it:
 #   export KUBECONFIG=$PWD/build/cluster/kubeconfig PATH=$PWD/build/cluster:$PATH
@@ -40,6 +41,9 @@ state=${IGDEADLOCK_CLUSTER_STATE:-/var/lib/igdeadlock-cluster}
 run=/run/igdeadlock-cluster
 log_prefix=/var/log/igdeadlock-cluster
 kubeconfig_out=$repo/build/cluster/kubeconfig
+# Every wait is this many times longer: a node on an emulated CPU (a kernel
+# matrix guest, tools/kernels) starts its components minutes, not seconds, late.
+slow=${IGDEADLOCK_CLUSTER_SLOW:-1}
 
 node=igdeadlock
 bridge=igdcni0
@@ -53,6 +57,10 @@ pod_registry=$gateway:5000
 containerd_sock=$run/containerd/containerd.sock
 pause_image=igdeadlock.local/pause:1
 test_image=$registry/igdeadlock/busybox:1
+# For programs linked against glibc: Debian's minbase root of tools/containers
+# (ig finds a container's libc through its ld.so.cache, which static busybox lacks).
+glibc_image=$registry/igdeadlock/glibc:1
+glibc_rootfs=${IGDEADLOCK_CACHE:-/var/cache/igdeadlock}/containers/debian-bookworm-minbase-$(dpkg --print-architecture).tar.gz
 pki=$state/pki
 # Bump when the certificates' recipe changes: they are made again.
 pki_recipe=1
@@ -140,7 +148,7 @@ configure() {
 
 # wait_for WHAT SECONDS COMMAND...: runs COMMAND until it succeeds.
 wait_for() {
-	local what=$1 seconds=$2 deadline
+	local what=$1 seconds=$(($2 * slow)) deadline
 	shift 2
 	deadline=$(($(date +%s) + seconds))
 	until "$@" >/dev/null 2>&1; do
@@ -165,8 +173,12 @@ prepare_host() {
 	fi
 	# cgroup v1 controllers the kubelet needs (the machines boot with them,
 	# but a missing one is mounted rather than reported later by the kubelet).
+	# On a unified (v2) hierarchy nothing is mounted: a v1 hierarchy would take
+	# its controller away from the kubelet's cgroups (a kernel-matrix guest
+	# boots with v2).
 	mountpoint -q /sys/fs/cgroup || fail "/sys/fs/cgroup is not mounted"
 	local c
+	[ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] ||
 	for c in cpu cpuacct cpuset memory devices freezer pids blkio; do
 		if ! mountpoint -q "/sys/fs/cgroup/$c" && grep -qw "^$c" /proc/cgroups; then
 			mkdir -p "/sys/fs/cgroup/$c"
@@ -369,6 +381,20 @@ build_images() {
 	image_archive "$dir/busybox" "$test_image" '["/bin/sh"]' "$dir/busybox.tar"
 	import_image "$test_image" "$dir/busybox.tar"
 	ctr_ images push --plain-http "$test_image" >/dev/null
+
+	# glibc: the root filesystem the Docker tests' image is made of (made once,
+	# with Docker, by build-images.sh).
+	if [ ! -s "$glibc_rootfs" ]; then
+		say "making Debian's minbase root filesystem (tools/containers/build-images.sh)"
+		"$repo/tools/containers/docker.sh" start >/dev/null
+		"$repo/tools/containers/build-images.sh" >/dev/null
+	fi
+	mkdir -p "$dir/glibc"
+	tar -C "$dir/glibc" --numeric-owner -xzf "$glibc_rootfs"
+	image_archive "$dir/glibc" "$glibc_image" '["/bin/bash"]' "$dir/glibc.tar"
+	rm -rf "$dir/glibc"
+	import_image "$glibc_image" "$dir/glibc.tar"
+	ctr_ images push --plain-http "$glibc_image" >/dev/null
 	rm -rf "$dir"
 }
 
@@ -714,7 +740,7 @@ EOF
 		kubectl_ -n gadget annotate --overwrite daemonset gadget "igdeadlock-deployed=$stamp" >/dev/null
 	fi
 	say "waiting for the gadget pod"
-	kubectl_ -n gadget rollout status daemonset/gadget --timeout=5m
+	kubectl_ -n gadget rollout status daemonset/gadget --timeout=$((5 * slow))m
 	ig_check
 }
 
@@ -736,15 +762,15 @@ ig_check() {
 		fail "could not build and push $gadget"
 	fi
 	(
-		sleep 6
+		sleep $((6 * slow))
 		for _ in 1 2 3; do
 			kubectl_ exec igdeadlock-hello -- /bin/hostname >/dev/null 2>&1 || true
 			sleep 1
 		done
 	) &
 	local poker=$!
-	say "kubectl gadget run $gadget --timeout 12"
-	if ! kubectl_gadget run "$gadget" --pull always --timeout 12 >"$out" 2>&1; then
+	say "kubectl gadget run $gadget --timeout $((12 * slow))"
+	if ! kubectl_gadget run "$gadget" --pull always --timeout $((12 * slow)) >"$out" 2>&1; then
 		wait "$poker" || true
 		cat "$out" >&2
 		fail "kubectl gadget run failed"

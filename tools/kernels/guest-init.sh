@@ -13,6 +13,11 @@ trap poweroff EXIT
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm
+# what udev would add to a devtmpfs: bash's process substitution needs /dev/fd
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+for n in 0:stdin 1:stdout 2:stderr; do
+	[ -e "/dev/${n#*:}" ] || ln -s "/proc/self/fd/${n%%:*}" "/dev/${n#*:}"
+done
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /tmp
@@ -25,6 +30,12 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 for dir in /var/lib/docker /var/lib/containerd /var/run/ig; do
 	[ -d "$dir" ] && mount -t tmpfs -o mode=0711 tmpfs "$dir"
 done
+# the kernel's modules, for a guest that needs more than it booted with
+if [ -s "$out/modules" ]; then
+	release=$(uname -r)
+	mkdir -p "/lib/modules/$release"
+	mount --bind "$(cat "$out/modules")" "/lib/modules/$release"
+fi
 ip link set lo up 2>/dev/null
 hostname "kvm-$(sed -n 's/.*igdeadlock.name=\([^ ]*\).*/\1/p' /proc/cmdline)"
 

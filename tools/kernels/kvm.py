@@ -3,9 +3,10 @@
 
     kvm.py list                          the kernels of kernels.txt
     kvm.py fetch [NAME...]               download and prepare them (cached)
-    kvm.py run NAME [-t SECONDS] -- COMMAND...
+    kvm.py run NAME [-t SECONDS] [-m MIB] [--modules] -- COMMAND...
                                          boot NAME, run COMMAND in the guest as
                                          root, print its output, exit with its status
+                                         (--modules: with all of its modules)
 
 A guest sees this machine's root filesystem read-only through 9p, under a
 tmpfs overlay (its writes vanish when it stops), so it runs the very ig, gadget
@@ -244,6 +245,29 @@ def download(package: str, directory: Path) -> Path:
     return deb
 
 
+def extract_kernel(package: str, directory: Path) -> tuple:
+    """Unpack `package` (and the image and module packages it depends on) into
+    `directory`/root: (root, release, modules_root, vmlinuz)."""
+    root = directory / "root"
+    deb = download(package, directory)
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    # Debian's 7.x kernels ship the image and the modules in packages the
+    # linux-image one depends on
+    depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True,
+                             check=True).stdout
+    for part in re.findall(r"\b(linux-(?:base|binary|modules)-[^\s,(]+)", depends):
+        subprocess.run(["dpkg-deb", "-x", str(download(part, directory)), str(root)], check=True)
+    # /boot/vmlinuz-RELEASE, or (7.x) /usr/lib/modules/RELEASE/vmlinuz
+    found = sorted((root / "boot").glob("vmlinuz-*")) + sorted(root.glob("usr/lib/modules/*/vmlinuz"))
+    if not found:
+        raise KernelError(f"{package} (and what it depends on) has no vmlinuz")
+    vmlinuz = found[0]
+    release = vmlinuz.name[len("vmlinuz-"):] if vmlinuz.parent.name == "boot" else vmlinuz.parent.name
+    modules_root = next(p for p in (root / "lib/modules" / release, root / "usr/lib/modules" / release)
+                        if p.exists())
+    return root, release, modules_root, vmlinuz
+
+
 def fetch(kernel: Kernel) -> Path:
     """The kernel's boot files (vmlinuz, initramfs, package name), made once."""
     ready = kernel.dir / "ready"
@@ -254,23 +278,7 @@ def fetch(kernel: Kernel) -> Path:
     print(f"kvm: preparing kernel {kernel.name} ({package})", file=sys.stderr)
     kernel.dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=kernel.dir) as tmp:
-        root = Path(tmp) / "root"
-        deb = download(package, Path(tmp))
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-        # Debian's 7.x kernels ship the image and the modules in packages the
-        # linux-image one depends on
-        depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True,
-                                 check=True).stdout
-        for part in re.findall(r"\b(linux-(?:base|binary|modules)-[^\s,(]+)", depends):
-            subprocess.run(["dpkg-deb", "-x", str(download(part, Path(tmp))), str(root)], check=True)
-        # /boot/vmlinuz-RELEASE, or (7.x) /usr/lib/modules/RELEASE/vmlinuz
-        found = sorted((root / "boot").glob("vmlinuz-*")) + sorted(root.glob("usr/lib/modules/*/vmlinuz"))
-        if not found:
-            raise KernelError(f"{package} (and what it depends on) has no vmlinuz")
-        vmlinuz = found[0]
-        release = vmlinuz.name[len("vmlinuz-"):] if vmlinuz.parent.name == "boot" else vmlinuz.parent.name
-        modules_root = next(p for p in (root / "lib/modules" / release, root / "usr/lib/modules" / release)
-                            if p.exists())
+        root, release, modules_root, vmlinuz = extract_kernel(package, Path(tmp))
         config = sorted((root / "boot").glob("config-*")) + sorted(modules_root.glob("config"))
         initramfs = make_initramfs(boot_modules(modules_root))
         shutil.copy(vmlinuz, kernel.dir / "vmlinuz")
@@ -280,6 +288,34 @@ def fetch(kernel: Kernel) -> Path:
         (kernel.dir / "package").write_text(f"{package} {release}\n")
     ready.touch()
     return kernel.dir
+
+
+def fetch_modules(kernel: Kernel) -> Path:
+    """All of the kernel's modules, with depmod's indexes, made once: a guest
+    that runs more than the tests (a Kubernetes node: bridges, veth, netfilter)
+    loads them with modprobe. Returns the directory that is the guest's
+    /lib/modules/RELEASE."""
+    boot = fetch(kernel)
+    package, release = (boot / "package").read_text().split()
+    tree = boot / "modules" / "lib" / "modules" / release
+    ready = boot / "modules" / "ready"
+    if ready.exists():
+        return tree
+    if shutil.which("depmod") is None:
+        raise KernelError("depmod is missing: install Debian's kmod")
+    print(f"kvm: unpacking the modules of {kernel.name} ({package})", file=sys.stderr)
+    shutil.rmtree(boot / "modules", ignore_errors=True)
+    update_lists(k.suite for k in read_kernels())
+    with tempfile.TemporaryDirectory(dir=boot) as tmp:
+        _, unpacked_release, modules_root, _ = extract_kernel(package, Path(tmp))
+        if unpacked_release != release:
+            raise KernelError(f"{package} now unpacks as {unpacked_release}, not {release}: "
+                              f"remove {boot} and fetch it again")
+        tree.parent.mkdir(parents=True)
+        shutil.move(str(modules_root), str(tree))
+    subprocess.run(["depmod", "-b", str(boot / "modules"), release], check=True)
+    ready.touch()
+    return tree
 
 
 # --- Running a command in a guest -------------------------------------------
@@ -317,11 +353,13 @@ def accelerator() -> List[str]:
 
 def run_in_guest(kernel: Kernel, command: Sequence[str], timeout: float = 900,
                  env: Optional[Dict[str, str]] = None, out: Optional[Path] = None,
-                 memory_mib: int = 4096) -> subprocess.CompletedProcess:
+                 memory_mib: int = 4096, modules: bool = False) -> subprocess.CompletedProcess:
     """Boot the kernel, run `command` in the guest (as root, in the current
     directory), and return its exit status and output (stdout and stderr
-    together). The guest's console is in the output of a guest that failed."""
+    together). The guest's console is in the output of a guest that failed.
+    With `modules`, the guest's modprobe finds all of the kernel's modules."""
     boot = fetch(kernel)
+    tree = fetch_modules(kernel) if modules else None
     qemu = qemu_binary()
     shared = Path(tempfile.mkdtemp(prefix=f"run-{kernel.name}-", dir=CACHE))
     try:
@@ -329,6 +367,8 @@ def run_in_guest(kernel: Kernel, command: Sequence[str], timeout: float = 900,
         (shared / "command").write_text(shlex.join(command) + "\n")
         (shared / "cwd").write_text(os.getcwd() + "\n")
         (shared / "env").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in guest_env.items()))
+        if tree is not None:
+            (shared / "modules").write_text(f"{tree}\n")
         console = shared / "console.log"
         args = [qemu, *accelerator(), "-smp", "2", "-m", str(memory_mib),
                 "-kernel", str(boot / "vmlinuz"), "-initrd", str(boot / "initramfs"),
@@ -384,6 +424,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_parser = sub.add_parser("run")
     run_parser.add_argument("name")
     run_parser.add_argument("-t", "--timeout", type=float, default=900)
+    run_parser.add_argument("-m", "--memory", type=int, default=4096, help="the guest's memory (MiB)")
+    run_parser.add_argument("--modules", action="store_true", help="let the guest load any of the kernel's modules")
     run_parser.add_argument("--env", action="append", default=[], help="NAME: pass this variable to the guest")
     run_parser.add_argument("--out", type=Path,
                             help="copy the files the command left in $IGDEADLOCK_GUEST_OUT/files here")
@@ -405,7 +447,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not command:
             parser.error("run: no COMMAND (kvm.py run NAME -- COMMAND...)")
         env = {name: os.environ[name] for name in args.env if name in os.environ}
-        result = run_in_guest(kernel_named(args.name), command, timeout=args.timeout, env=env, out=args.out)
+        result = run_in_guest(kernel_named(args.name), command, timeout=args.timeout, env=env, out=args.out,
+                              memory_mib=args.memory, modules=args.modules)
         sys.stdout.write(result.stdout)
         return result.returncode
     except KernelError as error:
