@@ -24,4 +24,11 @@ if [ "$status" -eq 0 ]; then
 	echo "tests: $status after $(($(date +%s) - started)) s" >>"$out/summary"
 fi
 cp /var/log/igdeadlock-cluster-*.log "$out/" 2>/dev/null
+if [ "$status" -ne 0 ] && [ -x build/cluster/kubectl ]; then
+	# why IG's gadget pod did not come up, if that is what failed
+	kubectl="build/cluster/kubectl --kubeconfig build/cluster/kubeconfig"
+	$kubectl -n gadget describe pods >"$out/gadget-pods.txt" 2>&1
+	$kubectl -n gadget logs daemonset/gadget --all-containers --previous >"$out/gadget-previous.log" 2>&1
+	$kubectl -n gadget logs daemonset/gadget --all-containers >"$out/gadget.log" 2>&1
+fi
 exit "$status"
