@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from contextlib import contextmanager
+from typing import Iterator
 
 from kube import CLUSTER_DIR, CONTAINER, GLIBC, record
 
@@ -14,21 +16,15 @@ from helpers import Lines
 from igdeadlock.host.attach import kernel_has_kprobes
 
 
-def test_kubectl_gadget_run_enriches_the_records_of_a_pod(cluster, gadget_image, namespace, start_pods, tmp_path):
-    (pod,) = start_pods("abba", "worker", command=["/bin/sleep", "1000000"])
-    errors = tmp_path / "kubectl-gadget.err"
-    with errors.open("w") as stderr:
-        run = subprocess.Popen([str(CLUSTER_DIR / "kubectl-gadget"), "run", gadget_image, "-n", namespace,
-                                "-o", "json"], stdout=subprocess.PIPE, stderr=stderr, text=True, env=cluster.env)
-    out = Lines(run.stdout)
+@contextmanager
+def kubectl_gadget_run(cluster, image: str, namespace: str, tmp_path) -> Iterator[Lines]:
+    """`kubectl gadget run IMAGE -n NAMESPACE -o json`, its stdout line by line;
+    interrupted (as Ctrl-C would) when the block ends."""
+    with (tmp_path / "kubectl-gadget.err").open("w") as stderr:
+        run = subprocess.Popen([str(CLUSTER_DIR / "kubectl-gadget"), "run", image, "-n", namespace, "-o", "json"],
+                               stdout=subprocess.PIPE, stderr=stderr, text=True, env=cluster.env)
     try:
-        # the map iterators print an array at every fetch: the gadget runs on the node
-        out.wait_for(lambda line: line.startswith("["), timeout=180)
-        program = cluster.kubectl("exec", "-n", namespace, pod, "--", "/igd/abba")
-        assert "thread ba" in program.stdout
-        # the program's exit, from the dead_pids datasource (a tracepoint)
-        exited = record(out.wait_for(lambda line: (record(line) or {}).get("comm") == "abba"
-                                     and "exited" in (record(line) or {}), timeout=60))
+        yield Lines(run.stdout)
     finally:
         run.send_signal(signal.SIGINT)
         try:
@@ -36,6 +32,18 @@ def test_kubectl_gadget_run_enriches_the_records_of_a_pod(cluster, gadget_image,
         except subprocess.TimeoutExpired:
             run.kill()
             run.wait()
+
+
+def test_kubectl_gadget_run_enriches_the_records_of_a_pod(cluster, gadget_image, namespace, start_pods, tmp_path):
+    (pod,) = start_pods("abba", "worker", command=["/bin/sleep", "1000000"])
+    with kubectl_gadget_run(cluster, gadget_image, namespace, tmp_path) as out:
+        # the map iterators print an array at every fetch: the gadget runs on the node
+        out.wait_for(lambda line: line.startswith("["), timeout=180)
+        program = cluster.kubectl("exec", "-n", namespace, pod, "--", "/igd/abba")
+        assert "thread ba" in program.stdout
+        # the program's exit, from the dead_pids datasource (a tracepoint)
+        exited = record(out.wait_for(lambda line: (record(line) or {}).get("comm") == "abba"
+                                     and "exited" in (record(line) or {}), timeout=60))
     assert exited is not None
     node = cluster.node()
     assert exited["k8s"]["namespace"] == namespace, exited
@@ -74,12 +82,7 @@ def test_kubectl_gadget_run_yields_a_pods_lock_edges_exactly_where_ig_attaches_u
     its namespace and name. On a kernel without kprobes ig cannot place them, and
     no edge comes (`igdeadlock watch --k8s` places them instead)."""
     (pod,) = start_pods("churn", "inverter", image=GLIBC)  # an AB/BA every 100 ms, linked against glibc
-    errors = tmp_path / "kubectl-gadget.err"
-    with errors.open("w") as stderr:
-        run = subprocess.Popen([str(CLUSTER_DIR / "kubectl-gadget"), "run", gadget_image, "-n", namespace,
-                                "-o", "json"], stdout=subprocess.PIPE, stderr=stderr, text=True, env=cluster.env)
-    out = Lines(run.stdout)
-    try:
+    with kubectl_gadget_run(cluster, gadget_image, namespace, tmp_path) as out:
         if kernel_has_kprobes():
             line = out.wait_for(lambda line: any(r.get("comm") == "churn" for r in fetched_edges(line)),
                                 timeout=300)
@@ -87,13 +90,6 @@ def test_kubectl_gadget_run_yields_a_pods_lock_edges_exactly_where_ig_attaches_u
         else:
             out.wait_count(lambda line: line.startswith("["), 5, timeout=300)  # five fetches, churn locking
             edges = [r for line in out.seen for r in fetched_edges(line)]
-    finally:
-        run.send_signal(signal.SIGINT)
-        try:
-            run.wait(60)
-        except subprocess.TimeoutExpired:
-            run.kill()
-            run.wait()
     if not kernel_has_kprobes():
         assert edges == [], edges
         return
