@@ -401,6 +401,7 @@ PYTHON_MAP = "python_processes"  # the gadget's map of CPython processes (pid ->
 _C_LIBRARY_FILE = re.compile(r"^(libc\.so|libc-[\d.]+\.so|libpthread|ld-musl-|libc\.musl)")
 _SYSCALL_FUNCTION = "syscall"
 MAX_UNTRACED_SITES_NAMED = 3
+UNLOCATED_CODE = "code in no file known at"  # a wait site whose address no mapped file was found for
 
 
 def untraced_wait_site(collector: Collector, symbolizer: Symbolizer, pid: int, site: int,
@@ -423,6 +424,10 @@ def untraced_wait_site(collector: Collector, symbolizer: Symbolizer, pid: int, s
     if known is not None and any(f.function and known.fullmatch(f.function) for f in frames):
         return None
     outside = next((f for f in frames if not (f.file and _C_LIBRARY_FILE.match(os.path.basename(f.file)))), first)
+    if not outside.file:
+        # the gadget's VMA lookup gave up (mmap lock contended) and the process
+        # is gone: whose wait this was is unknown, so it still counts
+        return f"{UNLOCATED_CODE} {outside.describe()}"
     return outside.describe()
 
 

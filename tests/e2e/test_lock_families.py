@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import IMAGE, compile_program, pkg_config, program_facts, run_cli, trace_json, unsuppressed
+from igdeadlock.session import UNLOCATED_CODE
 
 HANG = ("--hang-time", "2", "--stop-on-deadlock", "--timeout", "120")
 DEBIAN_PYTHON = "/usr/bin/python3"  # CPython 3.11, built by Debian
@@ -42,8 +43,14 @@ def test_glibs_condition_variables_are_no_untraced_locks(ig_daemon):
     """GLib's GCond waits on a futex through syscall(): a condition variable of
     a traced library, not a lock igdeadlock misses."""
     report, _ = trace_json(ig_daemon, [glib_program()])
-    assert all("outside every traced lock function" not in limit
-               for p in report["processes"] for limit in p["limits"]), report["processes"]
+    untraced = [limit for p in report["processes"] for limit in p["limits"]
+                if "outside every traced lock function" in limit]
+    # a wait whose code no file was found for (the gadget's VMA lookup gives up
+    # when the process's mmap lock is contended, as while threads start) cannot
+    # be told a GCond wait and rightly still counts; a located one must be known
+    sites = [site for limit in untraced
+             for site in limit.split(", in ", 1)[1].split(": locks taken there", 1)[0].split("; ")]
+    assert all(site.startswith(UNLOCATED_CODE) for site in sites), untraced
 
 
 def test_gmutex_threads_deadlocked_right_now(ig_daemon):
