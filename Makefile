@@ -27,7 +27,7 @@ PYTHON ?= python3
 BUILD := build
 IG ?= /usr/local/bin/ig
 IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget" { print $$2; exit }' tools/ig/go.mod)
-GADGET_SOURCES := program.bpf.c gadget.yaml build.yaml
+GADGET_SOURCES := program.bpf.c $(sort $(wildcard bpf/*.h)) gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
 .PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test load-test kernels setup-kernels test-kernels test-k8s-kernel unit-test e2e-test test-k8s demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
@@ -157,7 +157,7 @@ diagrams: gadget
 	tools/gen-developer-md.sh $(IG) $(IMAGE) > DEVELOPER.md.new && mv DEVELOPER.md.new DEVELOPER.md
 
 # C in Inspektor Gadget's style: its .clang-format, from the same module version as ig.
-C_SOURCES := program.bpf.c $(wildcard bench/*.c tests/programs/*.c tests/programs/*.cc tests/programs/*.h examples/*.c)
+C_SOURCES := program.bpf.c $(wildcard bpf/*.h bench/*.c tests/programs/*.c tests/programs/*.cc tests/programs/*.h examples/*.c)
 lint: setup-packages setup-python
 	cd python && ../$(VENV)/bin/ruff check igdeadlock ../tests ../bench ../tools
 	cd python && ../$(VENV)/bin/mypy

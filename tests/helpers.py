@@ -17,6 +17,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The gadget's C sources: the entry file (its probes) and the headers of bpf/, one per concern.
+GADGET_ENTRY = REPO / "program.bpf.c"
+GADGET_HEADERS = sorted((REPO / "bpf").glob("*.h"))
+
+
+def gadget_source() -> str:
+    """All of the gadget's C source, the entry file first."""
+    return "\n".join(path.read_text() for path in [GADGET_ENTRY, *GADGET_HEADERS])
 PROGRAMS = REPO / "tests" / "programs"
 BIN_CACHE = REPO / "tests" / ".bin"
 IGDEADLOCK = [sys.executable, "-m", "igdeadlock"]

@@ -1,4 +1,4 @@
-"""The gadget's contract: the values program.bpf.c and gadget.yaml define and
+"""The gadget's contract: the values bpf/contract.h and gadget.yaml define and
 the companion reads, written once. tests/unit/test_gadget_contract.py checks
 them against program.bpf.c.
 """

@@ -12,6 +12,7 @@ from igdeadlock import DEFAULT_IMAGE
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.waitfor import DEFAULT_HANG_SECONDS, Deadlock, Hang
+from igdeadlock.findings import collector_findings, learn_wait_stack, process_coverage
 from igdeadlock.host.command import CommandLauncher, check_command, terminate
 from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, LockFamily
 from igdeadlock.host.locklib import CommandError
@@ -24,11 +25,8 @@ from igdeadlock.session import (
     INCOMPLETE_END_NOTE,
     GadgetSession,
     TraceError,
-    collector_findings,
     gadget_params,
-    learn_wait_stack,
     local_daemon_answers,
-    process_coverage,
 )
 
 DEFAULT_ANALYSIS_SECONDS = 120.0

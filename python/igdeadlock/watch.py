@@ -15,12 +15,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.waitfor import DEFAULT_HANG_SECONDS
+from igdeadlock.findings import collector_findings, process_coverage
 from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, LockFamily
 from igdeadlock.host.procfs import process_alive
 from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.service import Address, GadgetService, TlsConfig
 from igdeadlock.report.model import FindingView, Report
-from igdeadlock.session import HOST_PARAM, INCOMPLETE_END_NOTE, GadgetSession, collector_findings, process_coverage
+from igdeadlock.session import HOST_PARAM, INCOMPLETE_END_NOTE, GadgetSession
 
 MAX_BACKOFF = 30.0
 

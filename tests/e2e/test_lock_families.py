@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import IMAGE, compile_program, pkg_config, program_facts, run_cli, trace_json, unsuppressed
-from igdeadlock.session import UNLOCATED_CODE
+from igdeadlock.findings import UNLOCATED_CODE
 
 HANG = ("--hang-time", "2", "--stop-on-deadlock", "--timeout", "120")
 DEBIAN_PYTHON = "/usr/bin/python3"  # CPython 3.11, built by Debian

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from helpers import REPO, gadget_object, require_root_and_ig
+from helpers import REPO, gadget_object, gadget_source, require_root_and_ig
 
 STACK_BUDGET = 448  # of the verifier's 512 bytes
 INSNS_SHARE = 0.5  # of the verifier's instruction budget
@@ -89,7 +89,7 @@ def test_every_program_loads_with_stack_and_complexity_headroom(measured, capsys
 
 def test_figures_cover_every_program_of_the_object(measured):
     """A program the tool could not see would be a program nobody measured."""
-    source = (REPO / "program.bpf.c").read_text()
+    source = gadget_source()
     programs = set(re.findall(r"^int (?:BPF_\w+\()?(\w+)", source, re.M))
     for report in measured.values():
         assert {p["name"] for p in report["programs"]} == programs

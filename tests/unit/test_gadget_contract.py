@@ -1,6 +1,7 @@
-"""The gadget's contract is written once per side: program.bpf.c (C enums and
-#defines) and igdeadlock/gadget.py must agree, and gadget.yaml must describe
-what the companion reads."""
+"""The gadget's contract is written once per side: bpf/contract.h (C enums and
+#defines) and igdeadlock/gadget.py must agree, the probes of program.bpf.c
+take what the companion places, and gadget.yaml must describe what the
+companion reads."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import yaml
 from igdeadlock import gadget
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE = (REPO / "program.bpf.c").read_text()
+CONTRACT = (REPO / "bpf" / "contract.h").read_text()  # the enums and bit layouts
+PROBES = (REPO / "program.bpf.c").read_text()  # the entry file: datasources and probes
 METADATA = yaml.safe_load((REPO / "gadget.yaml").read_text())
 
 # C enum -> (Python IntEnum, prefix of its constants in C)
@@ -33,14 +35,14 @@ ENUMS = {
 
 
 def c_enum(name: str) -> Dict[str, int]:
-    body = re.search(r"enum %s \{(.*?)\};" % name, SOURCE, re.S)
-    assert body, f"program.bpf.c has no enum {name}"
+    body = re.search(r"enum %s \{(.*?)\};" % name, CONTRACT, re.S)
+    assert body, f"bpf/contract.h has no enum {name}"
     return {m.group(1): int(m.group(2), 0) for m in re.finditer(r"(\w+)\s*=\s*(\w+)\s*,", body.group(1))}
 
 
-def c_define(name: str) -> int:
-    match = re.search(r"^#define %s (\w+)" % name, SOURCE, re.M)
-    assert match, f"program.bpf.c does not define {name}"
+def c_define(name: str, source: str = CONTRACT) -> int:
+    match = re.search(r"^#define %s (\w+)" % name, source, re.M)
+    assert match, f"the gadget does not define {name} where it is looked for"
     return int(match.group(1), 0)
 
 
@@ -62,10 +64,10 @@ def test_lock_function_cookies_match():
         assert c_define(f"COOKIE_{name}_SHIFT") == getattr(gadget, f"COOKIE_{name}_SHIFT"), name
     for name in ("RECURSIVE", "WAITS_ELSEWHERE", "ANY_RELEASER", "WAIT_INTENT"):
         assert c_define(f"LOCK_FLAG_{name}") == getattr(gadget, f"LOCK_FLAG_{name}"), name
-    assert c_define("MAX_LOCK_ARGUMENT") == gadget.MAX_LOCK_ARGUMENT
+    assert c_define("MAX_LOCK_ARGUMENT", PROBES) == gadget.MAX_LOCK_ARGUMENT
     for program in (gadget.LOCK_FUNCTION_PROGRAM, gadget.LOCK_FUNCTION_RETURN_PROGRAM,
                     gadget.UNLOCK_FUNCTION_PROGRAM, gadget.DESTROY_FUNCTION_PROGRAM):
-        assert re.search(r'SEC\("uprobe/gadget_program_disabled"\)\nint (?:BPF_KRETPROBE\()?%s\b' % program, SOURCE)
+        assert re.search(r'SEC\("uprobe/gadget_program_disabled"\)\nint (?:BPF_KRETPROBE\()?%s\b' % program, PROBES)
     cookie = gadget.lock_function_cookie("musl", gadget.LockKind.GMUTEX, 2, gadget.LockMode.SHARED,
                                          gadget.Acquire.TRY, gadget.AcquiredWhen.TRUE, gadget.LOCK_FLAG_RECURSIVE)
     assert cookie & gadget.COOKIE_LIBC_MASK == gadget.Libc.MUSL
@@ -91,7 +93,7 @@ def test_datasources_and_parameters_are_in_the_metadata():
     for param in (gadget.TREE_PID_PARAM, gadget.PAUSE_NEW_PROCESSES_PARAM):
         assert param.rpartition(".")[2] in keys
     for name in ("GADGET_MAPITER", "GADGET_TRACER"):
-        assert re.search(name, SOURCE)
+        assert re.search(name, PROBES)
 
 
 def test_the_metadata_says_what_the_enums_mean():

@@ -3,12 +3,13 @@ closes first."""
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from igdeadlock.host.keeper import FileOpener, MappedFileKeeper, kernel_device
+from igdeadlock.host.keeper import FileOpener, MappedFileKeeper, keeper_for, kept_for, kernel_device
 from igdeadlock.records import MappedFile, StackTrace
 
 
@@ -113,6 +114,23 @@ def test_no_file_is_kept_with_no_room():
     keeper = MappedFileKeeper(capacity=0, opener=opener)
     keeper.note(mapped(1))
     assert keeper.path(1) is None and not is_open(opener.fds[1])
+
+
+def test_one_keeper_serves_all_runs_of_a_target_and_closes_with_it():
+    class Target:  # a Collector, as far as the keeper is concerned
+        pass
+
+    target, other = Target(), Target()
+    assert kept_for(target) is None  # looking does not make one
+    keeper = keeper_for(target)
+    assert keeper_for(target) is keeper and kept_for(target) is keeper  # a reconnection's run: the same files
+    assert kept_for(other) is None
+    opener = keeper.opener = FakeOpener(by_identity={1})
+    keeper.note(mapped(1))
+    assert is_open(opener.fds[1])
+    del target, keeper
+    gc.collect()
+    assert not is_open(opener.fds[1])  # closed once the target is gone
 
 
 def test_a_file_out_of_reach_at_its_path_is_opened_by_its_device_and_inode():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from helpers import gadget_source
 from igdeadlock import gadget
 from igdeadlock.host import kernel
 
@@ -85,10 +86,10 @@ def test_a_verifier_rejection_is_its_last_word_not_its_log():
 
 
 def test_every_newer_helper_the_gadget_calls_is_a_requirement():
-    """A helper newer than the ring buffer (Linux 5.8) that program.bpf.c calls
+    """A helper newer than the ring buffer (Linux 5.8) that the gadget calls
     is listed with the kernel's own id for it (vmlinux.h's enum bpf_func_id)."""
     ids = {m.group(1): int(m.group(2)) for m in re.finditer(r"BPF_FUNC_(\w+) = (\d+)", VMLINUX_H.read_text())}
-    called = set(re.findall(r"\bbpf_(\w+)\(", (REPO / "program.bpf.c").read_text()))
+    called = set(re.findall(r"\bbpf_(\w+)\(", gadget_source()))
     newer = {f"bpf_{name}" for name in called if ids.get(name, 0) >= gadget.REQUIRED_HELPERS_FROM}
     listed = {name: number for number, name, _ in gadget.REQUIRED_HELPERS}
     assert newer == set(listed)

@@ -25,6 +25,9 @@ Two ways to open a file, both checked to give the inode the gadget reported:
 
 Files that are at their paths here, the same inode on the same device, are not
 kept: the Symbolizer finds them anyway.
+
+One keeper serves all the runs of a target (``keeper_for`` its Collector): the
+session notes records into it, the findings symbolize through it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import stat
 import struct
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
@@ -328,3 +332,23 @@ def _bounded_put(table: "OrderedDict[int, _Value]", key: int, value: _Value) -> 
     table.move_to_end(key)
     while len(table) > MAX_WAITING:
         table.popitem(last=False)
+
+
+_keepers: "weakref.WeakKeyDictionary[object, MappedFileKeeper]" = weakref.WeakKeyDictionary()
+
+
+def keeper_for(owner: object) -> MappedFileKeeper:
+    """The files a target's stacks go through, kept open: one keeper for all its
+    runs (a reconnection's records name the same files), closed with ``owner``
+    (the target's Collector) when it is collected."""
+    keeper = _keepers.get(owner)
+    if keeper is None:
+        keeper = _keepers[owner] = MappedFileKeeper()
+        weakref.finalize(owner, keeper.close)
+    return keeper
+
+
+def kept_for(owner: object) -> Optional[MappedFileKeeper]:
+    """The keeper ``keeper_for`` made for ``owner``, or None; never makes one (a
+    target traced through a remote service keeps no files: they are on its host)."""
+    return _keepers.get(owner)

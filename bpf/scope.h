@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* Copyright (c) 2026 The igdeadlock authors */
+
+/*
+ * Which processes are traced: IG's filters and a traced command's process
+ * tree. Owns tree_processes and the tree_pid parameter.
+ */
+
+#ifndef IGDEADLOCK_SCOPE_H
+#define IGDEADLOCK_SCOPE_H
+
+#include <vmlinux.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#include <gadget/buffer.h>
+#include <gadget/filter.h>
+#include <gadget/macros.h>
+#include <gadget/types.h>
+
+#include "sizes.h"
+
+/* The traced command's process (0: trace every process): only it and its
+ * descendants are traced, so bystanders produce no records. */
+const volatile gadget_pid tree_pid = 0;
+GADGET_PARAM(tree_pid);
+
+/* process -> 1: the descendants of tree_pid that are still running */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TREE_PROCESSES);
+	__type(key, gadget_pid);
+	__type(value, __u8);
+} tree_processes SEC(".maps");
+
+static __always_inline bool in_traced_tree(gadget_pid pid)
+{
+	return pid == tree_pid || bpf_map_lookup_elem(&tree_processes, &pid);
+}
+
+/* A process joins the traced tree (0), or cannot be tracked (an error). */
+static __always_inline long join_traced_tree(gadget_pid pid)
+{
+	__u8 one = 1;
+
+	return bpf_map_update_elem(&tree_processes, &pid, &one, BPF_ANY);
+}
+
+static __always_inline void leave_traced_tree(gadget_pid *pid)
+{
+	bpf_map_delete_elem(&tree_processes, pid);
+}
+
+/* Filters cost nothing unless the user set one (the constants are frozen). */
+static __always_inline bool current_is_filtered_out(void)
+{
+	if (!gadget_filter_by_mntns && targ_pid == 0 && targ_tid == 0 &&
+	    targ_uid == GADGET_INVALID_ID && targ_gid == GADGET_INVALID_ID &&
+	    targ_comm[0] == '\0' && tree_pid == 0)
+		return false;
+	if (tree_pid && !in_traced_tree(bpf_get_current_pid_tgid() >> 32))
+		return true;
+	return gadget_should_discard_data_current();
+}
+
+#endif /* IGDEADLOCK_SCOPE_H */
