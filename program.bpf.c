@@ -35,6 +35,7 @@
  *   bpf/locks.h          acquire and release: what each lock function does
  *   bpf/futex.h          blocked threads: futex waits inside and outside the locks
  *   bpf/processes.h      the traced tree, execs, exits
+ *   bpf/snapshot.h       the threads waiting on a futex now, read from the kernel
  */
 
 #include <vmlinux.h>
@@ -64,6 +65,7 @@
 #include "bpf/locks.h"
 #include "bpf/futex.h"
 #include "bpf/processes.h"
+#include "bpf/snapshot.h"
 
 /* ------------------------------------------------------------------------
  * Datasources
@@ -80,6 +82,7 @@ GADGET_TRACER(dead_pids, dead_pids, dead_pid);
 GADGET_TRACER(resumed, resumed_threads, resumed_thread);
 GADGET_TRACER(processes, process_events, process_event);
 GADGET_TRACER(misuse, misuse_events, misuse_event);
+GADGET_ITER(waiting, waiting_thread, snapshot_waiting_threads);
 
 /* ------------------------------------------------------------------------
  * Probes
@@ -392,6 +395,20 @@ SEC("tracepoint/syscalls/sys_exit_futex")
 int trace_futex_wait_end(struct syscall_trace_exit *ctx)
 {
 	return futex_wait_ended(ctx);
+}
+
+/* The blocked-thread snapshot: IG runs the iterator when the gadget starts
+ * and then as the `waiting` datasource's fetch-interval and fetch-count
+ * annotations say (once by default). */
+SEC("iter/task")
+int snapshot_waiting_threads(struct bpf_iter__task *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+
+	if (!task)
+		return 0;
+	return snapshot_thread(seq, task);
 }
 
 /* process and thread exits */

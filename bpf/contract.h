@@ -65,6 +65,14 @@ enum process_change {
 	PROCESS_FORK = 1, /* a new process in the traced command's tree */
 };
 
+/* The system call a thread of the blocked-thread snapshot waits in. */
+enum snapshot_call {
+	SNAPSHOT_FUTEX = 0, /* futex(2): a wait on one word */
+	SNAPSHOT_FUTEX_RESTART =
+		1, /* a timed futex wait resumed after a signal */
+	SNAPSHOT_FUTEX_WAITV = 2, /* futex_waitv(2): a wait on several words */
+};
+
 /* Misuse of a lock: a hang, or an error the program may not check. */
 enum misuse {
 	MISUSE_RELOCK_HELD =

@@ -332,13 +332,16 @@ static __always_inline int other_wait_started(void *ctx, struct thread_locks *t,
 static __always_inline int futex_wait_started(void *ctx, __u64 uaddr, __u64 op,
 					      __u64 timeout)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct blocked_key key = { .tid = (__u32)pid_tgid };
-	__u64 waited = 0;
+	struct blocked_key key = {};
+	__u64 waited = 0, pid_tgid;
 	struct thread_locks *t;
 	struct blocked_thread *b;
 	struct scratch_buffers *s;
 
+	if (hangs_only)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	key.tid = (__u32)pid_tgid;
 	t = thread_state(key.tid, NULL);
 	if (!t || !waits_for_lock(t, uaddr, op)) {
 		if (is_futex_wait(op))
@@ -398,12 +401,15 @@ static __always_inline void forget_thread_waits(gadget_tid tid)
  * fetch took its record), tell it the thread moved on. */
 static __always_inline int futex_wait_ended(void *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct blocked_key key = { .tid = (__u32)pid_tgid };
+	struct blocked_key key = {};
 	struct resumed_thread *event;
 	struct thread_locks *t;
-	__u64 *uaddr, waited;
+	__u64 *uaddr, waited, pid_tgid;
 
+	if (hangs_only)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	key.tid = (__u32)pid_tgid;
 	t = thread_state(key.tid, NULL);
 	if (t && t->wait.waiting) {
 		t->wait.waiting = 0;

@@ -168,13 +168,16 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 					  __u8 mode, __u8 kind, __u8 how,
 					  __u8 flags)
 {
-	gadget_tid tid = current_tid();
 	struct dep_cache_entry *cached;
 	struct thread_locks *t;
+	gadget_tid tid;
 	__u64 site;
 	__u32 gen = 0;
 	int i;
 
+	if (hangs_only)
+		return 0;
+	tid = current_tid();
 	if (!lock ||
 	    ((flags & LOCK_FLAG_ANY_RELEASER) && counts_beyond_one(lock)))
 		return 0;
@@ -265,9 +268,11 @@ static __always_inline int hand_over_request(struct pt_regs *ctx, __u64 lock,
 					     __u8 mode, __u8 kind, __u8 how,
 					     __u8 flags)
 {
-	struct lock_request *request =
-		bpf_map_lookup_elem(&lock_requests, &(__u32){ 0 });
+	struct lock_request *request;
 
+	if (hangs_only)
+		return 0;
+	request = bpf_map_lookup_elem(&lock_requests, &(__u32){ 0 });
 	if (!request || !lock)
 		return 0;
 	request->lock = lock;
@@ -316,11 +321,12 @@ static __always_inline bool acquired(struct pt_regs *ctx)
 /* Return of a try or timed lock function: 0 means acquired. */
 static __always_inline int lock_returned(struct pt_regs *ctx)
 {
-	gadget_tid tid = current_tid();
 	struct thread_locks *t;
 	int i;
 
-	t = thread_state(tid, NULL);
+	if (hangs_only)
+		return 0;
+	t = thread_state(current_tid(), NULL);
 	if (!t)
 		return 0;
 	if (!t->pending.active ||
@@ -408,11 +414,14 @@ static __always_inline void unlocked_unheld(void *ctx, __u64 lock, __u8 kind,
 static __always_inline int lock_released(struct pt_regs *ctx, __u64 lock,
 					 __u8 kind, __u8 flags)
 {
-	gadget_tid tid = current_tid();
 	struct thread_locks *t;
 	struct held_lock *held;
+	gadget_tid tid;
 	int i;
 
+	if (hangs_only)
+		return 0;
+	tid = current_tid();
 	if (kind == LOCK_KIND_SEMAPHORE &&
 	    semaphore_counts(lock, probed_libc(ctx))) {
 		released_by_any(lock); /* it may have been taken as a lock */
@@ -455,10 +464,12 @@ static __always_inline int lock_released(struct pt_regs *ctx, __u64 lock,
 /* destroy: the address stops naming this lock; later use is a new lock. */
 static __always_inline int lock_destroyed(__u64 lock)
 {
-	struct lock_id id = { .lock = lock,
-			      .pid = bpf_get_current_pid_tgid() >> 32 };
+	struct lock_id id = { .lock = lock };
 	__u32 *generations;
 
+	if (hangs_only)
+		return 0;
+	id.pid = bpf_get_current_pid_tgid() >> 32;
 	/* a process that never took a lock we saw has no edge to tell apart */
 	generations = lock_process(id.pid);
 	if (!lock || !generations)

@@ -287,7 +287,8 @@ static __always_inline int process_executed(void *ctx, struct task_struct *task,
 	release_thread(old_tid);
 	if (task->pid != old_tid)
 		release_thread(task->pid);
-	if (current_is_filtered_out())
+	/* no library to probe when only hangs are diagnosed */
+	if (hangs_only || current_is_filtered_out())
 		return 0;
 	paused = pause_new_processes && tree_pid && !bpf_send_signal(SIGSTOP);
 	send_process_event(ctx, task, PROCESS_EXEC, paused,

@@ -26,6 +26,11 @@
 const volatile gadget_pid tree_pid = 0;
 GADGET_PARAM(tree_pid);
 
+/* Diagnose hangs only: the lock probes and the futex tracepoints do nothing
+ * (the verifier drops their code), blocked threads come from the snapshot. */
+const volatile bool hangs_only = false;
+GADGET_PARAM(hangs_only);
+
 /* process -> 1: the descendants of tree_pid that are still running */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

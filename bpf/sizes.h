@@ -27,6 +27,8 @@
 #define DEP_CACHE_WAYS 2 /* requests a set keeps at once */
 #define DEP_CACHE_ENTRIES (DEP_CACHE_SETS * DEP_CACHE_WAYS)
 #define MAX_STACK_FRAMES 16 /* user frames kept per acquisition site */
+#define MAX_KERNEL_FRAMES \
+	8 /* kernel frames of a waiting thread in a snapshot */
 #define MAX_PYTHON_FRAMES \
 	8 /* Python frames kept per site of a CPython process */
 #define MAX_PYTHON_THREADS 64 /* thread states walked to find the current one */

@@ -190,3 +190,40 @@ def start_watch(daemon: str, report: Path, *extra: str) -> Tuple[subprocess.Pope
 def finding_of(comm_prefix: str):
     """Matches the first line of a live finding of a process whose name starts so."""
     return lambda line: "(pid=" in line and f", {comm_prefix}" in line
+
+
+FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98}[os.uname().machine]
+
+
+def thread_switches(pid: int) -> Dict[int, Tuple[int, int]]:
+    """Each thread of ``pid``: (the system call it is in, -1 if none; its context
+    switches so far). Empty once the process is gone."""
+    found = {}
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            call = Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()[0]
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue
+        switches = sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+        found[tid] = (int(call) if call.lstrip("-").isdigit() else -1, switches)
+    return found
+
+
+def wait_until_stuck(pid: int, threads: int, timeout: float = 60.0) -> List[int]:
+    """Wait until process ``pid`` has ``threads`` threads, each in a futex wait and
+    none run since the look before (its context switches unchanged): it hangs.
+    Returns their ids."""
+    deadline = time.monotonic() + timeout
+    before: Dict[int, Tuple[int, int]] = {}
+    while time.monotonic() < deadline:
+        now = thread_switches(pid)
+        if len(now) == threads and all(call == FUTEX_SYSCALL for call, _ in now.values()) and now == before:
+            return sorted(now)
+        before = now
+        time.sleep(0.2)
+    raise AssertionError(f"process {pid} did not hang: its threads are {before}")

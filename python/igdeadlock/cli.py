@@ -1,4 +1,5 @@
-"""Command line: ``igdeadlock trace [OPTIONS] -- COMMAND`` and ``igdeadlock watch [OPTIONS]``."""
+"""Command line: ``igdeadlock trace [OPTIONS] -- COMMAND``, ``igdeadlock watch [OPTIONS]`` and
+``igdeadlock snapshot [OPTIONS]``."""
 
 from __future__ import annotations
 
@@ -41,7 +42,21 @@ def _positive(text: str) -> float:
     return value
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _not_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or a positive number of seconds")
+    return value
+
+
+def _pid(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a process id (a positive number)")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, tracing: bool = True) -> None:
     output = parser.add_argument_group("report")
     output.add_argument("--format", choices=FORMATS, default="text", help="report format (default: text)")
     output.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
@@ -54,9 +69,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="an earlier JSON report: its findings are listed as suppressed with reason user, "
                              "so only new ones count")
     output.add_argument("--exit-code", action="store_true",
-                        help="exit with status 1 when an actual or potential deadlock is found")
+                        help="exit with status 1 when an actual or potential deadlock is found" +
+                        ("" if tracing else ", or a process whose every thread hangs"))
     gadget = parser.add_argument_group("gadget")
     gadget.add_argument("--image", default=DEFAULT_IMAGE, help=f"gadget image (default: {DEFAULT_IMAGE})")
+    gadget.add_argument("--ig", metavar="PATH", help="ig binary for a private daemon (default: ig on PATH)")
+    gadget.add_argument("--daemon-log", metavar="FILE", help="keep a private daemon's log in FILE")
+    if tracing:
+        _add_tracing(gadget)
+    tls = parser.add_argument_group("TLS to remote daemons")
+    tls.add_argument("--tls-ca", metavar="FILE", help="CA certificate that signed the daemon's certificate")
+    tls.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    tls.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
+    tls.add_argument("--tls-server-name", metavar="NAME", help="name expected in the daemon's certificate")
+
+
+def _add_tracing(gadget: argparse._ArgumentGroup) -> None:
+    """The options of lock-order tracing (trace, watch)."""
     gadget.add_argument("--fetch-interval", type=int, default=None, metavar="MS",
                         help="how often the gadget's maps are read, in milliseconds")
     gadget.add_argument("--attach", choices=("auto", "client", "ig"), default="auto",
@@ -71,13 +100,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="YAML: your own lock, trylock and unlock functions, traced like pthread's (see "
                              "README, Your own lock functions); repeat for several files. Only where this "
                              "client attaches the probes")
-    gadget.add_argument("--ig", metavar="PATH", help="ig binary for a private daemon (default: ig on PATH)")
-    gadget.add_argument("--daemon-log", metavar="FILE", help="keep a private daemon's log in FILE")
-    tls = parser.add_argument_group("TLS to remote daemons")
-    tls.add_argument("--tls-ca", metavar="FILE", help="CA certificate that signed the daemon's certificate")
-    tls.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    tls.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
-    tls.add_argument("--tls-server-name", metavar="NAME", help="name expected in the daemon's certificate")
+    gadget.add_argument("--snapshot-interval", type=_not_negative, default=2.0, metavar="SECONDS",
+                        help="take a blocked-thread snapshot this often, from the start: hangs that began "
+                             "before tracing are found too (0: none; default: 2)")
+
+
+def _add_targets(parser: argparse.ArgumentParser, verb: str) -> None:
+    """Where to look: daemons, a Kubernetes cluster's gadget pods, one container."""
+    parser.add_argument("--remote", metavar="ADDR", action="append", default=[],
+                        help="an ig daemon: unix:///path or tcp://host:port (repeat for several)")
+    parser.add_argument("--k8s", action="store_true", help=f"{verb} every gadget pod of a kubectl-gadget deployment")
+    parser.add_argument("--context", metavar="C", help="kubeconfig context (--k8s)")
+    parser.add_argument("--namespace", metavar="N", help="only pods in this namespace (--k8s; default: all)")
+    parser.add_argument("--pod", metavar="P", help="only this pod (--k8s)")
+    parser.add_argument("--node", metavar="NODE", action="append", default=[],
+                        help="only the gadget pods on these nodes (--k8s; repeat for several)")
+    parser.add_argument("--container", metavar="NAME",
+                        help=f"ig daemons: {verb} only the container(s) of this name (IG's filter, in the kernel)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--analysis-time", type=_positive, default=120.0, metavar="SECONDS",
                        help="at most this long to examine what is left of the lock-order graphs once "
                             "COMMAND ended; anything not examined is named in the report (default: 120)")
+    trace.add_argument("--pid", type=_pid, metavar="PID",
+                       help="trace this running process (and the processes it starts from now on) instead of "
+                            "a COMMAND, until it exits, --timeout or Ctrl-C; a snapshot first reports a hang "
+                            "already in progress")
     _add_common(trace)
     trace.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 
@@ -117,18 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream from every target at once, print new findings as they come with a status line, "
                     "and write the report at the end (--duration, or Ctrl-C).",
     )
-    watch.add_argument("--remote", metavar="ADDR", action="append", default=[],
-                       help="an ig daemon: unix:///path or tcp://host:port (repeat for several)")
-    watch.add_argument("--k8s", action="store_true", help="watch every gadget pod of a kubectl-gadget deployment")
-    watch.add_argument("--context", metavar="C", help="kubeconfig context (--k8s)")
-    watch.add_argument("--namespace", metavar="N", help="only pods in this namespace (--k8s; default: all)")
-    watch.add_argument("--pod", metavar="P", help="only this pod (--k8s)")
-    watch.add_argument("--node", metavar="NODE", action="append", default=[],
-                       help="only the gadget pods on these nodes (--k8s; repeat for several)")
+    _add_targets(watch, "watch")
     watch.add_argument("--containers-only", action="store_true",
                        help="ig daemons: trace containers only, not host processes")
-    watch.add_argument("--container", metavar="NAME",
-                       help="ig daemons: trace only the container(s) of this name (IG's filter, in the kernel)")
+    watch.add_argument("--hangs-only", action="store_true",
+                       help="trace no lock: diagnose hangs from blocked-thread snapshots alone (every "
+                            "--snapshot-interval), at next to no cost; potential deadlocks are not looked for")
     watch.add_argument("--duration", type=_positive, metavar="SECONDS", help="stop after SECONDS")
     watch.add_argument("--hang-time", type=_positive, default=10.0, metavar="SECONDS",
                        help="report all-threads-blocked when every thread of a process has waited this long "
@@ -139,6 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--status-interval", type=_positive, default=5.0, metavar="SECONDS",
                        help="how often the status line is printed (default: 5)")
     _add_common(watch)
+
+    snapshot = commands.add_parser(
+        "snapshot",
+        help="report the deadlocks and hangs of processes that are stuck now, tracing nothing (like jstack)",
+        description="Read every thread waiting in a futex now, the lock it waits for and that lock's owner, "
+                    "twice, --interval apart: threads blocked in a cycle in both are deadlocked, a process "
+                    "whose every thread waits is hung. Nothing is traced before, so a hang that began before "
+                    "igdeadlock started is reported; a deadlock that has not happened yet is not looked for.",
+    )
+    snapshot.add_argument("--pid", type=_pid, metavar="PID", action="append", default=[],
+                          help="only this process (repeat for several; default: every process of the host)")
+    _add_targets(snapshot, "look at")
+    snapshot.add_argument("--interval", type=_positive, default=0.5, metavar="SECONDS",
+                          help="between the two snapshots (default: 0.5)")
+    snapshot.add_argument("--hang-time", type=_positive, default=10.0, metavar="SECONDS",
+                          help="report all-threads-blocked when every thread of a process has waited this long "
+                               "(default: 10)")
+    snapshot.add_argument("--timeout", type=_positive, default=60.0, metavar="SECONDS",
+                          help="give up on targets whose snapshots have not come by then (default: 60)")
+    _add_common(snapshot, tracing=False)
+    snapshot.set_defaults(containers_only=False, fetch_interval=None, attach="ig", unlock_checks=False,
+                          lock_functions=[])
     return parser
 
 
@@ -216,6 +275,11 @@ def trace_command_line(args: argparse.Namespace) -> Optional[List[str]]:
     command: List[str] = list(args.cmd)
     if command and command[0] == "--":
         command = command[1:]
+    if args.pid is not None:
+        if command:
+            _say("igdeadlock trace: give a COMMAND or --pid, not both")
+            return None
+        return []
     if not command:
         _say("igdeadlock trace: no command given: igdeadlock trace [OPTIONS] -- COMMAND [ARG...]")
         return None
@@ -249,6 +313,8 @@ def run_trace(args: argparse.Namespace) -> int:
         analysis_seconds=args.analysis_time,
         hang_seconds=args.hang_time,
         unlock_checks=args.unlock_checks,
+        pid=args.pid,
+        snapshot_interval=args.snapshot_interval,
     )
     try:
         options.lock_families = _lock_families(args)
@@ -282,12 +348,13 @@ def finish_trace(args: argparse.Namespace, outcome: "TraceOutcome") -> int:
 
     for note in outcome.notes:
         _say(f"igdeadlock: ig: {note}")
+    ended = f"process {args.pid} was left running" if args.pid is not None else "the command was terminated"
     if outcome.ended_by == "timeout":
-        _say(f"igdeadlock: --timeout reached after {args.timeout:g}s; the command was terminated")
+        _say(f"igdeadlock: --timeout reached after {args.timeout:g}s; {ended}")
     elif outcome.ended_by == "deadlock":
-        _say("igdeadlock: stopped at the deadlock (--stop-on-deadlock); the command was terminated")
+        _say(f"igdeadlock: stopped at the deadlock (--stop-on-deadlock); {ended}")
     elif outcome.ended_by == "interrupt":
-        _say("igdeadlock: interrupted; the command was terminated")
+        _say(f"igdeadlock: interrupted; {ended}")
     report = outcome.report
     report.findings = judged(args, report.findings)
     if outcome.ended_by == INTERRUPTED_BEFORE_START:
@@ -359,6 +426,9 @@ def run_watch(args: argparse.Namespace) -> int:
     if args.k8s is False and (args.context or args.namespace or args.pod or args.node):
         _say("igdeadlock watch: --context, --namespace, --pod and --node need --k8s")
         return EXIT_ERROR
+    if args.hangs_only and not args.snapshot_interval:
+        _say("igdeadlock watch: --hangs-only finds hangs in snapshots: --snapshot-interval must not be 0")
+        return EXIT_ERROR
     from igdeadlock.ig.daemon import DaemonError
     from igdeadlock.ig.k8s import KubernetesError
     from igdeadlock.report.text import render_finding
@@ -377,7 +447,8 @@ def run_watch(args: argparse.Namespace) -> int:
             daemon.stop()
         return EXIT_INTERRUPTED if interrupted else EXIT_ERROR
     watch = Watch(specs, args.image, args.attach, _say, analysis_seconds=args.analysis_time,
-                  hang_seconds=args.hang_time, unlock_checks=args.unlock_checks, lock_families=families)
+                  hang_seconds=args.hang_time, unlock_checks=args.unlock_checks, lock_families=families,
+                  hangs_only=args.hangs_only, snapshot_interval=args.snapshot_interval)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     next_status = time.monotonic() + args.status_interval
     watch.start()
@@ -415,6 +486,77 @@ def run_watch(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if args.exit_code and _found_deadlock(report) else EXIT_OK
 
 
+def snapshot_pids(args: argparse.Namespace) -> Optional[List[int]]:
+    """The processes --pid names that can be looked at, each other one said
+    why not; None when --pid named some and none can."""
+    from igdeadlock.host.procfs import why_not_a_user_process
+
+    kept = []
+    for pid in dict.fromkeys(args.pid):
+        why = why_not_a_user_process(pid)
+        if why is None:
+            kept.append(pid)
+        else:
+            _say(f"igdeadlock snapshot: {why}: left out")
+    return kept if kept or not args.pid else None
+
+
+def run_snapshot(args: argparse.Namespace) -> int:
+    if args.k8s is False and (args.context or args.namespace or args.pod or args.node):
+        _say("igdeadlock snapshot: --context, --namespace, --pod and --node need --k8s")
+        return EXIT_ERROR
+    pids = snapshot_pids(args)
+    if pids is None:
+        _say("igdeadlock snapshot: none of the processes given can be looked at")
+        return EXIT_ERROR
+    from igdeadlock.ig.daemon import DaemonError
+    from igdeadlock.ig.k8s import KubernetesError
+    from igdeadlock.watch import Watch
+
+    private: List["PrivateDaemon"] = []
+    try:
+        specs = watch_targets(args, private)
+    except (KubernetesError, DaemonError, ValueError, OSError) as exc:
+        _say(f"igdeadlock: {exc}")
+        for daemon in private:
+            daemon.stop()
+        return EXIT_ERROR
+    watch = Watch(specs, args.image, "ig", _say, hang_seconds=args.hang_time, hangs_only=True,
+                  snapshot_interval=args.interval, snapshot_pids=pids)
+    deadline = time.monotonic() + args.timeout
+    watch.start()
+    try:
+        # two snapshots from every target (a deadlock is one still there at the second)
+        while watch.snapshots_taken() < 2 and time.monotonic() < deadline:
+            if watch.settled() and all(t["state"] != "connected" for t in (r.describe() for r in watch.runners)):
+                break  # no target could be reached
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        _say("igdeadlock: interrupted; writing what the snapshots showed")
+    finally:
+        watch.stop()
+        for daemon in private:
+            daemon.stop()
+    report = watch.report()
+    report.findings = judged(args, report.findings)
+    for runner in watch.runners:
+        taken = runner.collector.waits.snapshots
+        target = runner.spec.label
+        if taken < 2:
+            state = runner.describe()
+            why = f": {state['error']}" if state["error"] else ""
+            report.notes.append(f"target {target}: {taken} snapshot(s) of the 2 needed to confirm a deadlock{why}")
+    report.notes.append(
+        "a snapshot of the threads waiting now, twice: lock order was not traced, so a deadlock that has not "
+        "happened yet is not looked for (igdeadlock trace or watch find those)")
+    _write(render(report, args.format, args.show_suppressed), args.output)
+    if all(r.collector.waits.snapshots == 0 for r in watch.runners):
+        _say("igdeadlock: no snapshot could be taken, so this report covers nothing")
+        return EXIT_ERROR
+    hung = any(f.kind == "all-threads-blocked" and not f.suppressed for f in report.findings)
+    return EXIT_FINDINGS if args.exit_code and (_found_deadlock(report) or hung) else EXIT_OK
+
+
 def tune_garbage_collector() -> None:
     """Collect cyclic garbage less often: the companion makes millions of small
     tuples and dictionaries that hold no reference cycles, and frequent young
@@ -426,6 +568,7 @@ def tune_garbage_collector() -> None:
 _MODULES = {
     "trace": ("igdeadlock.trace", "igdeadlock.report"),
     "watch": ("igdeadlock.watch", "igdeadlock.ig.k8s", "igdeadlock.report"),
+    "snapshot": ("igdeadlock.watch", "igdeadlock.ig.k8s", "igdeadlock.report"),
 }
 
 
@@ -434,7 +577,7 @@ def main(argv: Optional[Sequence[str]] = None, interrupted: Callable[[], bool] =
     __main__); it then counts as Ctrl-C before anything was traced."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands: dict = {"trace": run_trace, "watch": run_watch}
+    commands: dict = {"trace": run_trace, "watch": run_watch, "snapshot": run_snapshot}
     handler: Optional[Callable[[argparse.Namespace], int]] = commands.get(args.command)
     if handler is None:
         parser.print_help(sys.stderr)

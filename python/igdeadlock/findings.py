@@ -19,10 +19,10 @@ from igdeadlock.analysis.misuse import LockMisuse
 from igdeadlock.analysis.waitfor import Deadlock, Hang
 from igdeadlock.host.keeper import kept_for
 from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, LockFamily, known_waits
-from igdeadlock.host.procfs import code_locations
+from igdeadlock.host.procfs import learn_code_locations as locate_code
 from igdeadlock.host.stackscan import scan_stack
 from igdeadlock.host.symbolize import Symbolizer
-from igdeadlock.records import BlockedThread, Frame, MappedFile, StackTrace
+from igdeadlock.records import BlockedThread, Frame, StackTrace
 from igdeadlock.report.model import (
     FindingView,
     build_deadlock_findings,
@@ -140,7 +140,7 @@ def collector_findings(collector: Collector, now_boot_ns: Optional[int] = None,
         if local:
             learn_wait_stack(collector, wait)
         addresses = collector.wait_stacks.get((wait.pid, wait.tid), wait.wait_frames)
-        return symbolizer.resolve(collector.raw_stack(wait.pid, addresses)) if addresses else None
+        return bottom_trimmed(symbolizer.resolve(collector.raw_stack(wait.pid, addresses))) if addresses else None
 
     deadlocks = [d for d in (only if only is not None else collector.waits.deadlocks.values())
                  if isinstance(d, Deadlock)]
@@ -148,12 +148,25 @@ def collector_findings(collector: Collector, now_boot_ns: Optional[int] = None,
     cycles = [c for c in (only if only is not None else collector.store.all_findings()) if isinstance(c, Cycle)]
     misuses = [m for m in (only if only is not None else collector.misuses.all_findings())
                if isinstance(m, LockMisuse)]
-    views = link_related(build_deadlock_findings(deadlocks, stack_of, now_boot_ns) +
+    views = link_related(build_deadlock_findings(deadlocks, stack_of, now_boot_ns, wait_stack_of=wait_stack_of) +
                          build_hang_findings(hangs, stack_of, wait_stack_of, now_boot_ns) +
                          build_findings(cycles, stack_of) + build_misuse_findings(misuses, stack_of))
     keys = ([d.key for d in deadlocks] + [h.key for h in hangs] + [c.key for c in cycles] +
             [m.key for m in misuses])
     return [_place(collector, view, key) for view, key in zip(views, keys)]
+
+
+# Where every thread's stack begins: a stack read by scanning (host/stackscan.py)
+# may go on with stale return addresses below them.
+_STACK_BOTTOMS = re.compile(r"(__GI_)?_*clone3?|_start")
+
+
+def bottom_trimmed(frames: List[Frame]) -> List[Frame]:
+    """A scanned stack up to where its thread began (clone, clone3, _start)."""
+    for i, frame in enumerate(frames):
+        if frame.function and _STACK_BOTTOMS.fullmatch(frame.function):
+            return frames[:i + 1]
+    return frames
 
 
 def learn_wait_stack(collector: Collector, wait: BlockedThread) -> None:
@@ -171,14 +184,7 @@ def learn_code_locations(collector: Collector, pid: int, addresses: Sequence[int
     """Name code addresses of a process on this host that no stack of the gadget
     named, from its /proc/PID/maps while it runs: the files under ids of their
     own (below 0), the addresses in ``collector.resolved`` as the gadget's are."""
-    bare = [a for a in addresses if (pid, a) not in collector.resolved]
-    ids = {(m.path, m.inode): file_id for file_id, m in collector.files.items() if file_id < 0}
-    for address, (path, offset, inode, device) in code_locations(pid, bare).items():
-        file_id = ids.get((path, inode))
-        if file_id is None:
-            file_id = ids[(path, inode)] = -1 - len(ids)
-            collector.files[file_id] = MappedFile(file_id, inode, device, path)
-        collector.resolved[(pid, address)] = (file_id, offset)
+    locate_code(pid, addresses, collector.files, collector.resolved)
 
 
 def _place(collector: Collector, view: FindingView, key: tuple) -> FindingView:

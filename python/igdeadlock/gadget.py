@@ -62,6 +62,14 @@ class ProcessChange(IntEnum):
     FORK = 1  # a new process in the traced command's tree
 
 
+class SnapshotCall(IntEnum):
+    """The system call a thread of the blocked-thread snapshot waits in (enum snapshot_call)."""
+
+    FUTEX = 0  # futex(2): a wait on one word
+    FUTEX_RESTART = 1  # a timed futex wait resumed after a signal
+    FUTEX_WAITV = 2  # futex_waitv(2): a wait on several words (the record's word is their array)
+
+
 class Misuse(IntEnum):
     """Misuse of a lock (enum misuse)."""
 
@@ -188,24 +196,38 @@ UNTRACED_WAITS, PYTHON_CODES = "untraced_waits", "python_codes"
 # fetched together, every fetch interval
 MAP_ITERATORS = (EDGES, STACKS, FILES, COUNTERS, BLOCKED, UNTRACED_WAITS, PYTHON_CODES)
 RESUMED, PROCESSES, DEAD_PIDS, MISUSE = "resumed", "processes", "dead_pids", "misuse"  # events, as they happen
+# The blocked-thread snapshot: a task iterator IG runs at the start of a run, then as the
+# datasource's fetch-interval and fetch-count annotations say (operator.oci.annotate).
+WAITING = "waiting"
+SNAPSHOT_PROGRAM = "snapshot_waiting_threads"  # its task iterator program
 
 # Parameters (gadget.yaml's params.ebpf, as IG names them).
 TREE_PID_PARAM = "operator.oci.ebpf.tree-pid"  # trace only this process and its descendants
 PAUSE_NEW_PROCESSES_PARAM = "operator.oci.ebpf.pause-new-processes"  # stop new tree processes until probed
+HANGS_ONLY_PARAM = "operator.oci.ebpf.hangs-only"  # no lock tracing: the lock probes and futex tracepoints do nothing
+ANNOTATE_PARAM = "operator.oci.annotate"  # datasource annotations set for one run (IG's oci operator)
+
+
+def snapshot_schedule(interval_ms: int, count: int = 0) -> str:
+    """The annotate parameter that makes IG run the snapshot every ``interval_ms``
+    milliseconds, ``count`` times (0: until the run stops)."""
+    return f"{WAITING}:fetch-interval={interval_ms}ms,{WAITING}:fetch-count={count}"
 
 
 # --- What the gadget needs of the kernel --------------------------------------
-# The BPF helpers program.bpf.c calls that not every kernel it may meet has:
+# The BPF helpers the gadget calls that not every kernel it may meet has:
 # (helper id, name, first Linux release). The ids are the kernel's enum
 # bpf_func_id: a verifier that does not know a helper names only its number.
-# Checked against program.bpf.c by tests/unit/test_gadget_contract.py.
+# Checked against the gadget's source by tests/unit/test_kernel_support.py.
 
 REQUIRED_HELPERS: Tuple[Tuple[int, str, str], ...] = (
     (125, "bpf_ktime_get_boot_ns", "5.8"),
+    (127, "bpf_seq_write", "5.7"),  # the blocked-thread snapshot's task iterator
     (131, "bpf_ringbuf_reserve", "5.8"),
     (132, "bpf_ringbuf_submit", "5.8"),
     (133, "bpf_ringbuf_discard", "5.8"),
     (134, "bpf_ringbuf_query", "5.8"),
+    (141, "bpf_get_task_stack", "5.9"),
     (158, "bpf_get_current_task_btf", "5.11"),
     (164, "bpf_for_each_map_elem", "5.13"),
     (169, "bpf_timer_init", "5.15"),  # in tracing (tp_btf) programs since then too

@@ -187,8 +187,51 @@ class BlockedThread(NamedTuple):
     held: Tuple[Tuple[int, int, int], ...]  # (lock, gen, mode) triples, as HeldLock
     process_threads: int = 0  # threads its process had when the wait began
     # kind LockKind.FUTEX (a wait outside the lock functions: lock is the futex
-    # word): the return addresses of its user stack, innermost first
+    # word), or any wait a snapshot found: the return addresses of its user
+    # stack, innermost first
     wait_frames: Tuple[int, ...] = ()
+    # from a snapshot: the thread's context switches so far, the same in two
+    # snapshots while it waits all along; 0 from the trace
+    switches: int = 0
+
+
+class BlockedSnapshot(NamedTuple):
+    """Every thread a blocked-thread snapshot found waiting (host/snapshot.py
+    made them BlockedThread records): the waits of the threads it does not list
+    have ended. ``processes``: how many processes it looked at."""
+
+    threads: Tuple[BlockedThread, ...]
+    processes: int = 0
+
+
+class WaitingThread(NamedTuple):
+    """A thread the blocked-thread snapshot found in a futex wait, as the kernel
+    alone tells it (nothing traced before): the lock word, how long it has not
+    run, its user registers and kernel stack. User space that can read the
+    process makes a BlockedThread of it (host/snapshot.py)."""
+
+    pid: int
+    tid: int
+    comm: str
+    mntns_id: int
+    process_start: int
+    ns_tid: int  # the thread's id in its own pid namespace (C libraries record owners by it)
+    futex: int  # the futex word (futex_waitv: the address of its array of waits)
+    op: int  # the futex command with its flags
+    value: int  # the word's value the wait expects
+    owner_tid: int  # a PI futex's owner as the kernel knows it, 0 if none known
+    call: int  # gadget.SnapshotCall
+    timed: int  # the wait has a deadline
+    last_ran: int  # scheduler clock (ns) the thread last started to run (its wait began about then)
+    switches: int  # its context switches so far: unchanged while it waits
+    since: int  # boot time (ns) it has waited since, about; 0 if unknown
+    observed: int  # boot time (ns) of the snapshot
+    process_threads: int
+    user_pc: int
+    user_sp: int
+    user_fp: int
+    user_saved: Tuple[int, ...]  # its callee-saved registers (a lock function keeps its lock in one)
+    kernel_frames: Tuple[int, ...]  # return addresses of its kernel stack, innermost first
 
 
 class ProcessEvent(NamedTuple):
@@ -267,7 +310,7 @@ class LogMessage:
 
 
 Record = Union[LockEdge, ProcessExit, StackTrace, MappedFile, Counter, BlockedThread, ThreadResumed, ProcessMeta,
-               ProcessEvent, MisuseEvent, UntracedWait, PythonCode]
+               ProcessEvent, MisuseEvent, UntracedWait, PythonCode, WaitingThread, BlockedSnapshot]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from igdeadlock.analysis.collector import Collector
-from igdeadlock.gadget import MAP_ITERATORS, PAUSE_NEW_PROCESSES_PARAM, TREE_PID_PARAM, LockKind
+from igdeadlock.gadget import (
+    ANNOTATE_PARAM,
+    HANGS_ONLY_PARAM,
+    MAP_ITERATORS,
+    PAUSE_NEW_PROCESSES_PARAM,
+    SNAPSHOT_PROGRAM,
+    TREE_PID_PARAM,
+    WAITING,
+    LockKind,
+    snapshot_schedule,
+)
 from igdeadlock.host import attach as attach_mod
 from igdeadlock.host import kernel as kernel_mod
 from igdeadlock.host.bpf import Bpf
@@ -24,13 +34,15 @@ from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, FunctionTarget, Loc
 from igdeadlock.host.locklib import LockLibraryFinder, ProcessLibrary
 from igdeadlock.host.procfs import mount_namespace_of, process_start_ns, running_pids
 from igdeadlock.host.python import python_process
+from igdeadlock.host.snapshot import LocalSnapshots, SnapshotReader, kernel_known_wait
 from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.proto import api_pb2
 from igdeadlock.ig.service import Address, GadgetRun, GadgetService, WireError
-from igdeadlock.records import ProcessEvent, ProcessExit
+from igdeadlock.records import BlockedSnapshot, FetchTick, ProcessEvent, ProcessExit, WaitingThread
 
 HOST_PARAM = "operator.LocalManager.host"  # trace host processes too, not only containers
 CONNECT_TIMEOUT = 3.0  # seconds to reach a gadget service before giving up
+DEFAULT_SNAPSHOT_SECONDS = 2.0  # between two blocked-thread snapshots: a deadlock is confirmed by the second
 FINAL_FETCH_SECONDS = 60.0  # beyond ten fetch intervals, for the last fetches after the end
 INCOMPLETE_END_NOTE = ("the gadget's last fetches did not come within {seconds:g}s of the end: lock events of "
                        "the last moments may be missing from this report")
@@ -120,7 +132,9 @@ class GadgetSession:
                  on_findings: Optional[Callable[[List[object]], None]] = None,
                  tree_pid: Optional[int] = None, unlock_checks: bool = False,
                  server_pids: Sequence[int] = (),
-                 lock_families: Sequence[LockFamily] = BUILT_IN_FAMILIES) -> None:
+                 lock_families: Sequence[LockFamily] = BUILT_IN_FAMILIES,
+                 hangs_only: bool = False, snapshot_interval: float = DEFAULT_SNAPSHOT_SECONDS,
+                 snapshot_pids: Sequence[int] = (), tree_running: bool = False) -> None:
         self.service = service
         # the processes of this host behind a service reached over TCP (a gadget
         # pod's): only the programs they load are this run's
@@ -135,6 +149,7 @@ class GadgetSession:
         if tree_pid is not None:
             self.params[TREE_PID_PARAM] = str(tree_pid)
         self.tree_pid = tree_pid
+        self.tree_running = tree_running  # tree_pid ran before the trace: probe it as it is
         self.collector = collector
         # the files its stacks go through, kept open in case their processes and
         # containers are gone by the report (a local daemon's: they are on this host)
@@ -154,6 +169,19 @@ class GadgetSession:
         interval = self.params.get("operator.oci.ebpf.map-fetch-interval", "1000ms")
         self.interval = float(interval[:-2]) / 1000.0 if interval.endswith("ms") else 1.0
         self.complete = False  # a final fetch took in everything that happened until it began
+        # Blocked-thread snapshots (host/snapshot.py): a local daemon's are taken here, every
+        # snapshot_interval seconds (0: never); a remote target's by IG, on the same schedule.
+        self.hangs_only = hangs_only  # no lock tracing at all: the probes do nothing, none is placed
+        if hangs_only:
+            self.params[HANGS_ONLY_PARAM] = "true"
+        self.snapshot_interval = snapshot_interval
+        self.snapshot_pids = tuple(snapshot_pids)  # only these processes (none: all in scope)
+        self.snapshots: Optional[LocalSnapshots] = None
+        self._next_snapshot = 0.0
+        self._waiting: List[WaitingThread] = []  # a remote target's snapshot, until its end
+        if service.address.scheme != "unix" and snapshot_interval:
+            self.params[ANNOTATE_PARAM] = snapshot_schedule(int(snapshot_interval * 1000))
+        self._flavors: Dict[int, Optional[str]] = {}
 
     def start(self, timeout: float = 60.0) -> None:
         if self.service.address.scheme == "unix":
@@ -161,14 +189,16 @@ class GadgetSession:
             missing = kernel_mod.missing_features()
             if missing:
                 raise TraceError(kernel_mod.describe_missing(missing, kernel_mod.kernel_release()))
-        client_attach = self.attach_mode == "client" or (
-            self.attach_mode == "auto" and not attach_mod.kernel_has_kprobes())
+        local = self.service.address.scheme == "unix"
+        client_attach = not self.hangs_only and (self.attach_mode == "client" or (
+            self.attach_mode == "auto" and not attach_mod.kernel_has_kprobes()))
         # ig places the pthread probes only; where it does (auto, on a kernel with
         # kprobes) and the daemon runs here, this client places the other lock
         # families' (GLib, CPython, Abseil, declared ones)
-        families_here = bool(self.lock_families) and (client_attach or (
-            self.attach_mode == "auto" and self.service.address.scheme == "unix"))
-        before = attach_mod.program_ids() if families_here else set()
+        families_here = not self.hangs_only and bool(self.lock_families) and (client_attach or (
+            self.attach_mode == "auto" and local))
+        local_snapshots = local and self.snapshot_interval > 0
+        before = attach_mod.program_ids() if families_here or local_snapshots else set()
         if (client_attach or families_here) and self.tree_pid is not None:
             # probes go into each process of the tree alone: new processes wait for them
             self.params[PAUSE_NEW_PROCESSES_PARAM] = "true"
@@ -191,9 +221,17 @@ class GadgetSession:
                 raise explain_image_error(self.image, exc) from exc
         listing = info.extraInfo.data["ebpf.programs"].content if "ebpf.programs" in info.extraInfo.data else b""
         every_point = attach_mod.probe_points(listing, self.unlock_checks)
+        owner = attach_mod.socket_peer_pid(self.service.address.location) if local else None
+        if local_snapshots and SNAPSHOT_PROGRAM.encode() in listing:
+            self._start_snapshots(before, owner, {p.symbol for p in every_point})
+        elif local_snapshots:
+            self.say(f"igdeadlock: the image {self.image} takes no blocked-thread snapshots (it predates them): "
+                     "a hang that began before tracing is not seen")
         points = every_point if client_attach else []
         taken = attach_mod.lock_taken_programs(listing) if client_attach else set()
         function_programs = attach_mod.lock_function_programs(listing) if families_here else set()
+        if self.hangs_only:
+            return  # no lock is traced: nothing to place
         if not client_attach:
             if self.unlock_checks:
                 self.say("igdeadlock: --unlock-checks has no effect where ig attaches the probes: ig does not "
@@ -204,8 +242,6 @@ class GadgetSession:
                              "igdeadlock does not (use --attach auto or client, on the daemon's host)")
                 return
         try:
-            address = self.service.address
-            owner = attach_mod.socket_peer_pid(address.location) if address.scheme == "unix" else None
             self.program_ids = attach_mod.find_programs({p.program for p in points} | taken | function_programs,
                                                         before, timeout=30.0, owner=owner, owners=self.server_pids)
         except attach_mod.AttachError as exc:
@@ -224,9 +260,60 @@ class GadgetSession:
             self.collector.probes_known = True
             self.say("igdeadlock: this kernel has no kprobes, so ig cannot attach uprobes; igdeadlock attaches "
                      "them itself, to each traced process's own C library")
+        libraries = self.libraries
         if self.tree_pid is None:
-            libraries = self.libraries
             self._guarded(lambda: libraries.scan_running(running_pids()))
+        elif self.tree_running:
+            tree = self.tree_pid
+            self._guarded(lambda: libraries.scan_running([tree]))
+
+    def _start_snapshots(self, before: Set[int], owner: Optional[int], symbols: Set[str]) -> None:
+        """Snapshots of a local daemon's host are taken here: the daemon's
+        iterator program run from this client (see LocalSnapshots)."""
+        try:
+            found = attach_mod.find_programs({SNAPSHOT_PROGRAM}, before, timeout=30.0, owner=owner,
+                                             owners=self.server_pids)
+        except attach_mod.AttachError as exc:
+            raise TraceError(f"{exc} (blocked-thread snapshots need the gadget's iterator program)") from exc
+        if self.finder is None:
+            self.finder = LockLibraryFinder(symbols)
+        # igdeadlock's own processes are never reported: this one and its daemon
+        excluded = {os.getpid()} | ({owner} if owner else set())
+        reader = SnapshotReader(self._flavor_of, self.collector.files, self.collector.resolved, excluded)
+        try:
+            self.snapshots = LocalSnapshots(found[SNAPSHOT_PROGRAM], reader,
+                                            lambda raw: self.decoder.raw_records(WAITING, raw),  # type: ignore
+                                            self.snapshot_pids)
+        except OSError as exc:
+            raise TraceError(f"cannot run the gadget's snapshot iterator: {exc}") from exc
+        for pid in self.snapshots.gone:
+            self.say(f"igdeadlock: process {pid} ended before its snapshot could be taken")
+        self.snapshot_now()
+
+    def _flavor_of(self, pid: int) -> Optional[str]:
+        """The C library of a process with a thread in a snapshot (where its locks keep owners)."""
+        if pid not in self._flavors:
+            assert self.finder is not None
+            found = self.finder.for_process(pid)
+            self._flavors[pid] = found.library.flavor if found.library is not None else None
+        return self._flavors[pid]
+
+    def snapshot_now(self) -> List[object]:
+        """Take a blocked-thread snapshot of this host now; the findings it confirms."""
+        if self.snapshots is None:
+            return []
+        self._next_snapshot = time.monotonic() + self.snapshot_interval
+        try:
+            blocked, processes = self.snapshots.take()
+        except (OSError, ValueError) as exc:
+            raise TraceError(f"the blocked-thread snapshot failed: {exc}") from exc
+        return self._consume(BlockedSnapshot(tuple(blocked), processes))
+
+    def _consume(self, output: Any) -> List[object]:
+        found = self.collector.consume(output)
+        if found and self.on_findings is not None:
+            self.on_findings(found)
+        return found
 
     def _functions_found(self, pid: int, target: FunctionTarget) -> None:
         """A CPython process: the gadget walks its Python frames at each new site."""
@@ -277,6 +364,18 @@ class GadgetSession:
         else:
             libraries.process_exited(output.pid, output.process_start)
 
+    def _remote_snapshot(self, output: Any) -> None:
+        """IG's snapshot of a remote target, record by record until its end. (A
+        local daemon's may miss the host's other pid namespaces: this client
+        takes those itself.)"""
+        if self.service.address.scheme == "unix":
+            return
+        if type(output) is WaitingThread:
+            self._waiting.append(output)
+            return
+        waiting, self._waiting = self._waiting, []
+        self._consume(BlockedSnapshot(tuple(kernel_known_wait(w) for w in waiting), len({w.pid for w in waiting})))
+
     def _wait_until_live(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout + self.interval
         while self.collector.ticks.get("edges", 0) == 0:
@@ -290,14 +389,18 @@ class GadgetSession:
         event = self.pump.next(timeout)
         while event is not None:
             for output in self.decoder.feed(event):
-                if type(output) in (ProcessEvent, ProcessExit):
+                kind = type(output)
+                if kind in (ProcessEvent, ProcessExit):
                     self._follow(output)
-                elif self.keeper is not None and type(output) in MappedFileKeeper.RECORDS:
+                elif self.keeper is not None and kind in MappedFileKeeper.RECORDS:
                     self.keeper.note(output)
-                found = self.collector.consume(output)
-                if found and self.on_findings is not None:
-                    self.on_findings(found)
+                elif kind is WaitingThread or (isinstance(output, FetchTick) and output.datasource == WAITING):
+                    self._remote_snapshot(output)
+                    continue
+                self._consume(output)
             event = self.pump.next(0)
+        if self.snapshots is not None and time.monotonic() >= self._next_snapshot:
+            self.snapshot_now()
         if self.libraries is not None:
             self._guarded(self.libraries.poll)
         if self.pump.ended:
@@ -330,6 +433,9 @@ class GadgetSession:
         self.libraries = None  # nothing more gets probed
         if self.probes is not None:
             self.probes.detach()
+        if self.snapshots is not None:
+            self.snapshots.close()
+            self.snapshots = None
 
     def stop(self) -> None:
         """Detach, stop the gadget and take in what it still sends (unless a

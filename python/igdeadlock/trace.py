@@ -1,4 +1,5 @@
-"""``igdeadlock trace``: run one command under the gadget, from start to report."""
+"""``igdeadlock trace``: run one command under the gadget, from start to report,
+or trace a process that runs already (``--pid``) until it ends."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from igdeadlock.findings import collector_findings, learn_wait_stack, process_co
 from igdeadlock.host.command import CommandLauncher, check_command, terminate
 from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, LockFamily
 from igdeadlock.host.locklib import CommandError
-from igdeadlock.host.procfs import process_alive
+from igdeadlock.host.procfs import process_alive, process_start_ns, why_not_a_user_process
 from igdeadlock.ig.daemon import DaemonError, PrivateDaemon, find_ig
 from igdeadlock.ig.service import DEFAULT_DAEMON_ADDRESS, Address, GadgetService, TlsConfig, WireError, parse_address
 from igdeadlock.report.model import FindingView, Report
 from igdeadlock.session import (
     CONNECT_TIMEOUT,
+    DEFAULT_SNAPSHOT_SECONDS,
     INCOMPLETE_END_NOTE,
     GadgetSession,
     TraceError,
@@ -50,6 +52,8 @@ class TraceOptions:
     hang_seconds: float = DEFAULT_HANG_SECONDS  # every thread waiting this long: all-threads-blocked
     unlock_checks: bool = False  # probe every mutex unlock: unlocks of another thread's lock are seen
     lock_families: Sequence[LockFamily] = BUILT_IN_FAMILIES  # lock functions beyond pthread's
+    pid: Optional[int] = None  # trace this running process (and what it starts) instead of a command
+    snapshot_interval: float = DEFAULT_SNAPSHOT_SECONDS  # blocked-thread snapshots this often (0: none)
 
 
 @dataclass
@@ -70,13 +74,19 @@ class TraceOutcome:
 
 
 def trace_command(options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
-    """Trace ``options.command`` and its process tree; report when it ends."""
-    if not options.command:
+    """Trace ``options.command`` and its process tree (or the running process
+    ``options.pid``); report when it ends."""
+    if options.pid is not None:
+        why = why_not_a_user_process(options.pid)
+        if why is not None:
+            raise TraceError(why)
+    elif not options.command:
         raise TraceError("no command to trace: igdeadlock trace [OPTIONS] -- COMMAND [ARG...]")
-    try:
-        check_command(options.command)
-    except CommandError as exc:
-        raise TraceError(str(exc)) from None
+    else:
+        try:
+            check_command(options.command)
+        except CommandError as exc:
+            raise TraceError(str(exc)) from None
     local = options.remote is None or options.remote.startswith("unix://") or options.remote.startswith("/")
     if local and os.geteuid() != 0:
         raise TraceError("igdeadlock trace needs root to trace with eBPF: run it with sudo")
@@ -100,6 +110,54 @@ def trace_command(options: TraceOptions, say: Callable[[str], None]) -> TraceOut
     finally:
         if private is not None:
             private.stop()
+
+
+class _NewCommand:
+    """COMMAND, held before its exec until tracing is live, ended with the trace."""
+
+    def __init__(self, options: TraceOptions) -> None:
+        self.launcher = CommandLauncher(options.command, stdout=options.command_stdout)
+        self.pid = self.launcher.pid
+        self.already_running = False
+
+    def release(self) -> None:
+        self.launcher.release()
+
+    def running(self) -> bool:
+        return self.launcher.process.poll() is None
+
+    def end(self) -> None:
+        terminate(self.launcher.process)
+
+    def abort(self) -> None:
+        self.launcher.abort()
+
+    def status(self, started: bool) -> Optional[int]:
+        return self.launcher.process.returncode if started else None
+
+
+class _RunningProcess:
+    """A process that ran before the trace: traced until it ends, never stopped here."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = process_start_ns(pid) or 0
+        self.already_running = True
+
+    def release(self) -> None:
+        pass
+
+    def running(self) -> bool:
+        return process_alive(self.pid, self.start) is not False
+
+    def end(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def status(self, started: bool) -> Optional[int]:
+        return None
 
 
 def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], None]) -> TraceOutcome:
@@ -131,20 +189,24 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
         collector = Collector(on_deadlock=on_deadlock, target=str(address),
                               node=socket.gethostname() if local else "", alive=process_alive if local else None,
                               hang_seconds=options.hang_seconds)
-        launcher = CommandLauncher(options.command, stdout=options.command_stdout)
+        traced = _RunningProcess(options.pid) if options.pid is not None else _NewCommand(options)
         ended_by = "exit"
         started = False
         report_notes: List[str] = []
         try:
             with GadgetSession(service, options.image, params, collector, options.attach, say,
-                               tree_pid=launcher.pid, unlock_checks=options.unlock_checks,
-                               lock_families=options.lock_families) as session:
+                               tree_pid=traced.pid, unlock_checks=options.unlock_checks,
+                               lock_families=options.lock_families, snapshot_interval=options.snapshot_interval,
+                               # a running process's snapshot iterates its threads alone; a
+                               # command's, the gadget's tree filter selects
+                               snapshot_pids=(traced.pid,) if traced.already_running else (),
+                               tree_running=traced.already_running) as session:
                 try:
                     session.start()
-                    launcher.release()
+                    traced.release()
                     started = True
                     deadline = None if options.timeout is None else time.monotonic() + options.timeout
-                    while launcher.process.poll() is None:
+                    while traced.running():
                         if deadline is not None and time.monotonic() >= deadline:
                             ended_by = "timeout"
                             break
@@ -152,7 +214,7 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
                             ended_by = "deadlock"
                             break
                         session.pump_events(0.05)
-                    terminate(launcher.process)
+                    traced.end()
                     if not session.final_fetch():
                         end_note = INCOMPLETE_END_NOTE.format(seconds=session.final_fetch_seconds())
                         say(f"igdeadlock: {end_note}")
@@ -160,11 +222,11 @@ def _trace_with(address: Address, options: TraceOptions, say: Callable[[str], No
                 except KeyboardInterrupt:
                     ended_by = "interrupt" if started else INTERRUPTED_BEFORE_START
         finally:
-            launcher.abort()
+            traced.abort()
         # every graph examined to the end, within the bound; what is left is said
         collector.store.finish(options.analysis_seconds)
         stats = collector.stats(session.decoder.counts())
-        status = launcher.process.returncode if started else None
+        status = traced.status(started)
         stats["command_exit_status"] = status
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if address.scheme == "unix" else None
         processes = process_coverage(collector, options.lock_families, local)

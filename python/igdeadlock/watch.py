@@ -21,7 +21,7 @@ from igdeadlock.host.procfs import process_alive
 from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.service import Address, GadgetService, TlsConfig
 from igdeadlock.report.model import FindingView, Report
-from igdeadlock.session import HOST_PARAM, INCOMPLETE_END_NOTE, GadgetSession
+from igdeadlock.session import DEFAULT_SNAPSHOT_SECONDS, HOST_PARAM, INCOMPLETE_END_NOTE, GadgetSession
 
 MAX_BACKOFF = 30.0
 
@@ -59,8 +59,12 @@ class TargetRunner(threading.Thread):
     def __init__(self, spec: TargetSpec, image: str, attach: str, stop: threading.Event,
                  found: "queue.Queue[FindingView]", say: Callable[[str], None],
                  hang_seconds: float = DEFAULT_HANG_SECONDS, unlock_checks: bool = False,
-                 lock_families: Sequence[LockFamily] = BUILT_IN_FAMILIES) -> None:
+                 lock_families: Sequence[LockFamily] = BUILT_IN_FAMILIES, hangs_only: bool = False,
+                 snapshot_interval: float = DEFAULT_SNAPSHOT_SECONDS, snapshot_pids: Sequence[int] = ()) -> None:
         super().__init__(name=f"target {spec.label}", daemon=True)
+        self.hangs_only = hangs_only
+        self.snapshot_interval = snapshot_interval
+        self.snapshot_pids = tuple(snapshot_pids)
         self.unlock_checks = unlock_checks
         self.lock_families = tuple(lock_families)
         self.spec = spec
@@ -71,7 +75,7 @@ class TargetRunner(threading.Thread):
         self.say = say
         self.collector = Collector(target=spec.label, node=spec.node, alive=process_alive if spec.local else None,
                                    containers_only=spec.containers_only or spec.params.get(HOST_PARAM) == "false",
-                                   hang_seconds=hang_seconds)
+                                   hang_seconds=hang_seconds, lock_tracing=not hangs_only)
         self.decoder = StreamDecoder(lazy_edges=True)
         self.status = TargetState()
         self._lock = threading.Lock()
@@ -92,7 +96,9 @@ class TargetRunner(threading.Thread):
                     session = GadgetSession(service, self.image, self.spec.params, self.collector, self.attach,
                                             self.say, decoder=self.decoder, on_findings=self._report,
                                             unlock_checks=self.unlock_checks, lock_families=self.lock_families,
-                                            server_pids=self.spec.server_pids() if self.spec.local else ())
+                                            server_pids=self.spec.server_pids() if self.spec.local else (),
+                                            hangs_only=self.hangs_only, snapshot_interval=self.snapshot_interval,
+                                            snapshot_pids=self.snapshot_pids)
                     session.start()
                     self._set(CONNECTED, None)
                     self.status.connects += 1
@@ -163,10 +169,14 @@ class Watch:
     hang_seconds: float = DEFAULT_HANG_SECONDS  # every thread waiting this long: all-threads-blocked
     unlock_checks: bool = False  # probe every mutex unlock (local targets)
     lock_families: Sequence[LockFamily] = BUILT_IN_FAMILIES  # lock functions beyond pthread's (local targets)
+    hangs_only: bool = False  # no lock tracing: blocked-thread snapshots only
+    snapshot_interval: float = DEFAULT_SNAPSHOT_SECONDS  # between two snapshots (0: none)
+    snapshot_pids: Sequence[int] = ()  # snapshots of these processes only (none: all in scope)
 
     def start(self) -> None:
         self.runners = [TargetRunner(spec, self.image, self.attach, self.stop_event, self.found, self.say,
-                                     self.hang_seconds, self.unlock_checks, self.lock_families)
+                                     self.hang_seconds, self.unlock_checks, self.lock_families, self.hangs_only,
+                                     self.snapshot_interval, self.snapshot_pids)
                         for spec in self.specs]
         for runner in self.runners:
             runner.start()
@@ -178,6 +188,14 @@ class Watch:
             runner.join(max(0.1, deadline - time.monotonic()))
         for spec in self.specs:
             spec.close()
+
+    def snapshots_taken(self) -> int:
+        """Blocked-thread snapshots every target has taken (the fewest of them)."""
+        return min((r.collector.waits.snapshots for r in self.runners), default=0)
+
+    def settled(self) -> bool:
+        """Every target is connected or has given up connecting once."""
+        return all(r.status.connects or r.status.state == LOST for r in self.runners)
 
     def status_line(self) -> str:
         targets = [r.describe() for r in self.runners]
@@ -201,7 +219,9 @@ class Watch:
         stats: Dict[str, object] = {}
         for runner in self.runners:
             runner.collector.store.finish(self.analysis_seconds)
-            findings.extend(collector_findings(runner.collector, local=runner.spec.local))
+            # a target on this host shares its boot clock: waits still going on say how long so far
+            now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if runner.spec.local else None
+            findings.extend(collector_findings(runner.collector, now, local=runner.spec.local))
             processes.extend(process_coverage(runner.collector, self.lock_families, runner.spec.local))
             _add_stats(stats, runner.collector.stats(runner.decoder.counts()))
         stats["targets_lost"] = sum(1 for r in self.runners if r.status.state == LOST)

@@ -6,8 +6,11 @@
  *                 then its right one)
  *   "rwlock":     two threads read-lock A and B, then each write-locks the
  *                 other: each writer waits for the other thread's reader
+ *   "rwlock-writers": two threads write-lock A and B, then each write-locks
+ *                 the other: each writer waits for the other writer
  * argv[2] "errorcheck": the mutexes are error-checking ones (musl records the
- * owner of those only).
+ * owner of those only); "pi": priority-inheritance ones (the kernel knows
+ * their owner: FUTEX_LOCK_PI).
  * Prints its mount namespace ("mntns N") so tests can check the report. */
 #include "facts.h"
 #include <pthread.h>
@@ -19,7 +22,7 @@
 static pthread_mutex_t mutexes[MAX_THREADS];
 static pthread_rwlock_t rwlocks[2];
 static pthread_barrier_t all_hold_first;
-static int threads = 2, use_rwlocks;
+static int threads = 2, use_rwlocks, writers_first;
 static pthread_mutexattr_t mutex_type;
 
 static void *take_two(void *arg)
@@ -31,7 +34,10 @@ static void *take_two(void *arg)
 	snprintf(name, sizeof(name), "t%ld", i);
 	say_thread(name);
 	if (use_rwlocks) {
-		pthread_rwlock_rdlock(&rwlocks[i]);
+		if (writers_first)
+			pthread_rwlock_wrlock(&rwlocks[i]);
+		else
+			pthread_rwlock_rdlock(&rwlocks[i]);
 		pthread_barrier_wait(&all_hold_first);
 		pthread_rwlock_wrlock(&rwlocks[next]);
 	} else {
@@ -63,11 +69,15 @@ int main(int argc, char **argv)
 		threads = atoi(argv[2]);
 	if (threads < 2 || threads > MAX_THREADS)
 		return 2;
-	use_rwlocks = strcmp(mode, "rwlock") == 0;
+	writers_first = strcmp(mode, "rwlock-writers") == 0;
+	use_rwlocks = strcmp(mode, "rwlock") == 0 || writers_first;
 	pthread_mutexattr_init(&mutex_type);
 	if (argc > 2 && strcmp(argv[2], "errorcheck") == 0)
 		pthread_mutexattr_settype(&mutex_type,
 					  PTHREAD_MUTEX_ERRORCHECK);
+	if (argc > 2 && strcmp(argv[2], "pi") == 0)
+		pthread_mutexattr_setprotocol(&mutex_type,
+					      PTHREAD_PRIO_INHERIT);
 	say_mntns();
 	for (int i = 0; i < threads; i++) {
 		char name[16];

@@ -31,6 +31,7 @@ ENUMS = {
     "tracking_stat": (gadget.Stat, "STAT_"),
     "misuse": (gadget.Misuse, "MISUSE_"),
     "acquired_when": (gadget.AcquiredWhen, "ACQUIRED_"),
+    "snapshot_call": (gadget.SnapshotCall, "SNAPSHOT_"),
 }
 
 
@@ -87,11 +88,12 @@ def test_every_counter_has_a_name():
 
 def test_datasources_and_parameters_are_in_the_metadata():
     datasources = set(METADATA["datasources"])
-    events = {gadget.RESUMED, gadget.PROCESSES, gadget.DEAD_PIDS, gadget.MISUSE}
+    events = {gadget.RESUMED, gadget.PROCESSES, gadget.DEAD_PIDS, gadget.MISUSE, gadget.WAITING}
     assert set(gadget.MAP_ITERATORS) | events <= datasources
     keys = {p["key"] for p in METADATA["params"]["ebpf"].values()}
-    for param in (gadget.TREE_PID_PARAM, gadget.PAUSE_NEW_PROCESSES_PARAM):
+    for param in (gadget.TREE_PID_PARAM, gadget.PAUSE_NEW_PROCESSES_PARAM, gadget.HANGS_ONLY_PARAM):
         assert param.rpartition(".")[2] in keys
+    assert re.search(r"GADGET_ITER\(%s, waiting_thread, " % gadget.WAITING, PROBES)
     for name in ("GADGET_MAPITER", "GADGET_TRACER"):
         assert re.search(name, PROBES)
 

@@ -17,6 +17,7 @@ from igdeadlock.analysis.misuse import MisuseTracker
 from igdeadlock.analysis.waitfor import DEFAULT_HANG_SECONDS, Deadlock, WaitForTracker
 from igdeadlock.gadget import BLOCKED, COUNTER_MEANINGS, COUNTER_NAMES, EDGES, LockKind
 from igdeadlock.records import (
+    BlockedSnapshot,
     BlockedThread,
     Counter,
     FetchTick,
@@ -49,7 +50,8 @@ class Collector:
                  on_deadlock: Optional[Callable[[Deadlock], None]] = None,
                  target: str = "", node: str = "",
                  alive: Optional[Callable[[int, int], Optional[bool]]] = None,
-                 containers_only: bool = False, hang_seconds: float = DEFAULT_HANG_SECONDS) -> None:
+                 containers_only: bool = False, hang_seconds: float = DEFAULT_HANG_SECONDS,
+                 lock_tracing: bool = True) -> None:
         self.store = LockGraphStore(keep_session)
         self.waits = WaitForTracker(keep_session, hang_seconds)
         self.misuses = MisuseTracker()
@@ -86,13 +88,18 @@ class Collector:
         # this client found elsewhere on the host are out of scope.
         self.containers_only = containers_only
         self.namespaces_seen: Set[int] = set()
+        self.snapshot_processes = 0  # the most processes one blocked-thread snapshot looked at
+        # False: hangs only (snapshots), no lock is traced: no process is "traced" or "not traced"
+        self.lock_tracing = lock_tracing
         self._run = 0
 
     def begin_run(self) -> None:
         """A new gadget run on the same target (a reconnection): its site numbers
         start over, and what it knew about blocked threads is gone."""
         self._run += 1
+        snapshots = self.waits.snapshots
         self.waits = WaitForTracker(self.waits.keep_session, self.waits.hang_seconds)
+        self.waits.snapshots = snapshots
         self.ticks = {}
 
     def _site(self, site: int) -> int:
@@ -130,6 +137,10 @@ class Collector:
             return self._detected([found]) if found is not None else []
         elif kind is ThreadResumed:
             self.waits.thread_resumed(output.tid)
+        elif kind is BlockedSnapshot:
+            self.snapshot_processes = max(self.snapshot_processes, output.processes)
+            self.waits.snapshot_taken(output.threads)
+            return self._waits_ticked(snapshot=True)
         elif kind is StackTrace:
             site = self._site(output.site)
             self.stacks[site] = output._replace(site=site)
@@ -142,6 +153,8 @@ class Collector:
             # sent with a process's first lock record: it was traced
             self.namespaces_seen.add(output.mntns_id)
             self.meta[(output.pid, output.process_start)] = output
+            if not self.lock_tracing:
+                return []
             self.coverage.seen(output.pid, output.process_start, mntns_id=output.mntns_id)
             if (output.pid, output.process_start) in self._with_locks:
                 self.coverage.lock_events_from(output.pid, output.process_start, "", output.mntns_id)
@@ -172,11 +185,7 @@ class Collector:
                     self.reap()
                 return self._detected(self.store.analyse())
             if output.datasource == BLOCKED:
-                deadlocks = self._detected(self.waits.tick())
-                for deadlock in deadlocks:
-                    if self.on_deadlock is not None:
-                        self.on_deadlock(deadlock)  # type: ignore[arg-type]
-                return deadlocks
+                return self._waits_ticked()
         elif kind is LogMessage:
             lost = _LOST_SAMPLES.search(output.text)
             if lost:
@@ -184,6 +193,14 @@ class Collector:
             elif output.level <= 3 and not any(h in output.text for h in _EXPECTED_WARNINGS):
                 self.warnings.append(output.text)
         return []
+
+    def _waits_ticked(self, snapshot: bool = False) -> List[object]:
+        """The blocked threads are up to date: deadlocks and hangs confirmed now."""
+        found = self._detected(self.waits.tick(snapshot))
+        for deadlock in found:
+            if self.on_deadlock is not None:
+                self.on_deadlock(deadlock)  # type: ignore[arg-type]
+        return found
 
     def _lock_events(self, pid: int, process_start: int) -> None:
         self._with_locks.add((pid, process_start))
@@ -253,6 +270,7 @@ class Collector:
             "processes_exited": self.store.stats.processes_exited,
             "processes_tracked": len(self.store.graphs),
             "fetches": self.ticks.get(EDGES, 0),
+            "snapshots": self.waits.snapshots,
             "edge_records_batched": transport["edge_records_batched"],
             # observations beyond MAX_EVIDENCE_PER_EDGE of one edge, not kept
             "evidence_dropped": self.store.evidence_dropped(),

@@ -6,13 +6,19 @@ the lock it waits for). A cycle still there at the next fetch is a deadlock.
 Threads in endless futex waits outside the lock functions (condition
 variables, joins, barriers) count too for the other hang: every thread of a
 process waiting, for long, with no lock cycle among them.
+Blocked threads come from two places: the trace (a thread seen starting to
+wait inside a lock it acquires, until it resumes) and snapshots (every thread
+waiting at one moment, read from the kernel and the process's memory, with
+nothing traced before). A snapshot's cycle is confirmed by the next snapshot
+when each of its threads has not run in between (the same ``switches``): a
+thread that waits all along cannot have released what it holds.
 Pure: no I/O, no gRPC.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
@@ -38,8 +44,9 @@ class WaitStep:
     mode: int
     kind: int
     since: int  # boot time (ns) the wait started
-    site: int  # where the thread requested the lock it waits for
+    site: int  # where the thread requested the lock it waits for (0: a snapshot's wait)
     owner_tid: int  # glibc's owner of waits_for, 0 if unknown
+    wait: Optional[BlockedThread] = field(default=None, compare=False)  # the record (its stack at the wait)
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,10 @@ class WaitForTracker:
         self.blocked: Dict[int, BlockedThread] = {}
         self.deadlocks: Dict[Tuple, Deadlock] = {}
         self.hangs: Dict[Tuple, Hang] = {}
-        self._candidates: Set[Tuple] = set()
+        # cycles of the last tick -> how each of their threads waited then
+        self._candidates: Dict[Tuple, FrozenSet[Tuple[int, int]]] = {}
+        self._from_snapshot: Set[int] = set()  # threads blocked as the last snapshot saw them
+        self.snapshots = 0
         self._arrived: Dict[int, float] = {}  # tid -> clock() when its record came
         self.keep_session = keep_session
         self.hang_seconds = hang_seconds
@@ -116,10 +126,34 @@ class WaitForTracker:
         if self.keep_session is None or self.keep_session(record.session_id):
             self.blocked[record.tid] = record
             self._arrived[record.tid] = self.clock()
+            self._from_snapshot.discard(record.tid)  # the trace knows more (the locks it holds)
 
     def thread_resumed(self, tid: int) -> None:
         self.blocked.pop(tid, None)
         self._arrived.pop(tid, None)
+        self._from_snapshot.discard(tid)
+
+    def snapshot_taken(self, threads: Iterable[BlockedThread]) -> None:
+        """A snapshot listed every thread waiting now: a thread of the previous
+        one it does not list waits no more; one the trace saw blocked keeps
+        the trace's record. Call tick() after it."""
+        now = self.clock()
+        listed: Set[int] = set()
+        stored: Set[int] = set()
+        for record in threads:
+            if self.keep_session is not None and not self.keep_session(record.session_id):
+                continue
+            listed.add(record.tid)
+            if record.tid in self.blocked and record.tid not in self._from_snapshot:
+                continue  # blocked as the trace saw it
+            self.blocked[record.tid] = record
+            self._arrived[record.tid] = now
+            stored.add(record.tid)
+        for tid in self._from_snapshot - listed:
+            self.blocked.pop(tid, None)
+            self._arrived.pop(tid, None)
+        self._from_snapshot = stored
+        self.snapshots += 1
 
     def process_exited(self, pid: int, start: int = 0, exited: int = 0) -> None:
         """The process is gone: its threads wait no more, and its deadlocks
@@ -135,16 +169,25 @@ class WaitForTracker:
                 if hang.process == (pid, start) and not hang.ended:
                     self.hangs[key] = replace(hang, ended=exited)
 
-    def tick(self) -> List[object]:
-        """After each fetch of blocked threads: newly confirmed deadlocks, then
-        new hangs of processes without one."""
+    def tick(self, snapshot: bool = False) -> List[object]:
+        """After each fetch of blocked threads (``snapshot``: after a snapshot):
+        newly confirmed deadlocks, then new hangs of processes without one. A
+        cycle with a thread a snapshot found is observed again at the next
+        snapshot only: a fetch in between has not looked at that thread."""
         current = {d.key: d for d in find_wait_cycles(self.blocked.values())}
         new: List[object] = []
+        seen: Dict[Tuple, FrozenSet[Tuple[int, int]]] = {}
         for key, deadlock in sorted(current.items(), key=lambda kv: repr(kv[0])):
-            if key in self._candidates and key not in self.deadlocks:
+            if any(tid in self._from_snapshot for tid in deadlock.threads) != snapshot:
+                if key in self._candidates:
+                    seen[key] = self._candidates[key]  # not looked at again by this tick
+                continue
+            seen[key] = self._waits_of(deadlock)
+            # the same threads, each still in the same wait (not run in between)
+            if self._candidates.get(key) == seen[key] and key not in self.deadlocks:
                 self.deadlocks[key] = deadlock
                 new.append(deadlock)
-        self._candidates = set(current)
+        self._candidates = seen
         in_cycles = {d.process for d in current.values()}
         for hang in find_hangs(self.blocked.values(), self._waited, self.hang_seconds):
             # a lock cycle explains its hang: the deadlock is the finding
@@ -152,6 +195,12 @@ class WaitForTracker:
                 self.hangs[hang.key] = hang
                 new.append(hang)
         return new
+
+    def _waits_of(self, deadlock: Deadlock) -> FrozenSet[Tuple[int, int]]:
+        """How each thread of a cycle waits: a snapshot's thread by when it last
+        ran, a traced one by when its wait began."""
+        waits = (self.blocked[tid] for tid in deadlock.threads)
+        return frozenset((b.tid, b.switches or b.since) for b in waits)
 
     def _waited(self, b: BlockedThread) -> float:
         """Seconds thread ``b`` has waited: before its record came, and since."""
@@ -190,7 +239,7 @@ def find_wait_cycles(blocked: Iterable[BlockedThread]) -> List[Deadlock]:
                 b = waiting[tid]
                 previous = waiting[ring[i - 1]]
                 steps.append(WaitStep(tid, b.comm, (previous.lock, previous.gen), (b.lock, b.gen), b.mode, b.kind,
-                                      b.since, b.site, b.owner_tid))
+                                      b.since, b.site, b.owner_tid, b))
             first = waiting[ring[0]]
             found.append(Deadlock(process, first.comm, first.mntns_id, tuple(steps)))
     return found

@@ -1,5 +1,6 @@
 """The bpf(2) calls the client needs: list loaded programs with their full
-names (from BTF), their maps and their run-time statistics."""
+names (from BTF), their maps and their run-time statistics; attach programs to
+perf events; run a task iterator."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_GET_FD_BY_ID = 19
 BPF_LINK_CREATE = 28
+BPF_ITER_CREATE = 33
+BPF_TRACE_ITER = 28  # link attach type: an iterator program
 BPF_PERF_EVENT = 41  # link attach type: a program on a perf event, with a cookie
+ITER_READ_SIZE = 64 * 1024
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 
@@ -96,6 +100,34 @@ class Bpf:
         attr = ctypes.create_string_buffer(32)
         struct.pack_into("<IIIIQ", attr, 0, prog_fd, perf_fd, BPF_PERF_EVENT, 0, cookie)
         return self.call(BPF_LINK_CREATE, attr)
+
+    def iterator_link(self, prog_fd: int, pid: int = 0) -> int:
+        """A link of a task iterator program (``pid``: only that process's
+        threads, Linux 6.1+; 0: every task of this pid namespace)."""
+        info = ctypes.create_string_buffer(16)  # union bpf_iter_link_info: task.tid, task.pid, task.pid_fd
+        struct.pack_into("<II", info, 0, 0, pid)
+        attr = ctypes.create_string_buffer(32)
+        struct.pack_into("<IIIIQI", attr, 0, prog_fd, 0, BPF_TRACE_ITER, 0,
+                         ctypes.addressof(info) if pid else 0, len(info) if pid else 0)
+        return self.call(BPF_LINK_CREATE, attr)
+
+    def read_iterator(self, link_fd: int) -> bytes:
+        """One run of an iterator: everything its program wrote."""
+        attr = ctypes.create_string_buffer(8)
+        struct.pack_into("<I", attr, 0, link_fd)
+        fd = self.call(BPF_ITER_CREATE, attr)
+        chunks: List[bytes] = []
+        try:
+            while True:
+                try:
+                    chunk = os.read(fd, ITER_READ_SIZE)
+                except BlockingIOError:
+                    continue  # the kernel cuts a long run into reads (EAGAIN): go on
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
 
     def program_ids(self) -> Iterator[int]:
         current = 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, MutableMapping, Optional, Tuple
+
+from igdeadlock.records import MappedFile
 
 _CLOCK_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
@@ -28,6 +30,26 @@ def process_alive(pid: int, start_ns: int) -> Optional[bool]:
     if started is None:
         return None
     return abs(started - start_ns) <= 2 * _CLOCK_TICK_NS
+
+
+PF_KTHREAD = 0x00200000  # the flags of /proc/PID/stat: a kernel thread
+
+
+def why_not_a_user_process(pid: int) -> Optional[str]:
+    """Why process ``pid`` of this host cannot be looked at for locks (it does
+    not exist, it is a kernel thread), or None when it can."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return f"there is no process {pid}"
+    try:
+        flags = int(fields[6])  # field 9 of stat, counted after the comm
+    except (IndexError, ValueError):
+        return None
+    if flags & PF_KTHREAD:
+        return f"process {pid} is a kernel thread: it takes no user-space locks"
+    return None
 
 
 def mount_namespace_of(pid: int) -> int:
@@ -91,3 +113,18 @@ def container_pids(container_ids: Iterable[str], proc: str = "/proc") -> List[in
         if any(i in text for i in wanted):
             found.append(int(name))
     return sorted(found)
+
+
+def learn_code_locations(pid: int, addresses: Iterable[int], files: MutableMapping[int, MappedFile],
+                         resolved: MutableMapping[Tuple[int, int], Tuple[int, int]]) -> None:
+    """Name code addresses of a running process from its /proc/PID/maps: each
+    file gets an id of its own in ``files`` (below 0, apart from the gadget's),
+    each address its (file id, offset) in ``resolved``, keyed (pid, address)."""
+    bare = [a for a in addresses if (pid, a) not in resolved]
+    ids = {(m.path, m.inode): file_id for file_id, m in files.items() if file_id < 0}
+    for address, (path, offset, inode, device) in code_locations(pid, bare).items():
+        file_id = ids.get((path, inode))
+        if file_id is None:
+            file_id = ids[(path, inode)] = -1 - len(ids)
+            files[file_id] = MappedFile(file_id, inode, device, path)
+        resolved[(pid, address)] = (file_id, offset)

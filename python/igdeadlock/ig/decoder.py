@@ -49,6 +49,7 @@ from igdeadlock.records import (
     StackTrace,
     ThreadResumed,
     UntracedWait,
+    WaitingThread,
 )
 
 
@@ -77,6 +78,9 @@ def _held(count: int, locks: Sequence[int], gens: Sequence[int], modes: Sequence
         return ((locks[0], gens[0], modes[0]),)
     return tuple(zip(locks[:count], gens[:count], modes[:count]))
 
+
+# A kernel address read as a signed 64-bit field is negative: its bits are the address.
+ADDRESS_MASK = (1 << 64) - 1
 
 # Frame-pointer unwinding through code built without frame pointers ends in
 # junk (0, or a small number): the stack ends at the first such frame.
@@ -128,7 +132,7 @@ def _blocked_schema() -> RecordSchema:
             if address < MIN_CODE_ADDRESS:
                 break  # unwinding junk: the stack ends here
             kept.append(address)
-        return BlockedThread._make((*v[:count], _held(*v[count:count + 4]), threads, tuple(kept)))
+        return BlockedThread._make((*v[:count], _held(*v[count:count + 4]), threads, tuple(kept), 0))
 
     return RecordSchema(
         tuple((name, TEXT if name == "comm" else INT) for name in names) + _HELD_FIELDS +
@@ -136,9 +140,22 @@ def _blocked_schema() -> RecordSchema:
         make, per_process=True)
 
 
+def _waiting_schema() -> RecordSchema:
+    """Snapshot records: every field by name, the kernel stack cut at its length."""
+    names = WaitingThread._fields[:-2]
+    count = len(names)
+    return RecordSchema(
+        tuple((name, TEXT if name == "comm" else INT) for name in names) +
+        (("user_saved", INTS), ("kernel_frame_count", INT), ("kernel_frames", INTS)),
+        lambda v: WaitingThread._make((*v[:count], tuple(a & ADDRESS_MASK for a in v[count]),
+                                       tuple(a & ADDRESS_MASK for a in v[count + 2][:v[count + 1]]))),
+        per_process=True)
+
+
 RECORD_SCHEMAS: Dict[str, RecordSchema] = {
     "edges": _with_held(LockEdge, batch_keys=EDGE_KEY_FIELDS),
     "blocked": _blocked_schema(),
+    "waiting": _waiting_schema(),
     "misuse": RecordSchema(
         tuple((name, TEXT if name == "comm" else INT) for name in MisuseEvent._fields), MisuseEvent._make,
         per_process=True),
@@ -335,6 +352,29 @@ class StreamDecoder:
         if layout.type == DATASOURCE_TYPE_ARRAY:
             out.append(FetchTick(layout.name, len(elements)))
         return out
+
+    def raw_records(self, datasource: str, data: bytes) -> List[Record]:
+        """The records of structs the gadget wrote elsewhere than to IG (an
+        iterator this client ran itself): ``data`` is the structs laid end to
+        end, each as the datasource's first payload describes it. Records that
+        do not decode are counted as rejected."""
+        layout = next((lay for lay in self.layouts.values() if lay.name == datasource), None)
+        schema = self.schemas.get(datasource)
+        if layout is None or schema is None:
+            raise DecodeError(f"the gadget has no datasource {datasource} this client can read")
+        ends = [f.offset + f.size for f in layout.fields if f.payload_index == 0 and f.size]
+        if not ends:
+            raise DecodeError(f"datasource {datasource}: no fixed-size fields")
+        size = -(-max(ends) // 8) * 8  # a struct of 64-bit members ends on a multiple of 8
+        extract = compile_extractor(raw_layout(layout, ((0, size),)), schema.fields, raw=True)
+        records: List[Record] = []
+        for offset in range(0, len(data) - len(data) % size, size):
+            try:
+                records.append(schema.make(extract(data[offset:offset + size])))
+            except (DecodeError, IndexError, TypeError, ValueError, struct.error):
+                self.stats.rejected += 1
+        self.stats.rejected += 1 if len(data) % size else 0
+        return records
 
     def _lazy_batch(self, layout: DataSourceLayout, payload: bytes) -> Optional[List[Output]]:
         """A batch as one LockEdgeBatch, when its records are framed alike; else None."""

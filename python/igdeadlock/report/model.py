@@ -196,7 +196,11 @@ def finding_id(kind: str, process: ProcessKey, locks: Iterable[LockId]) -> str:
 
 def build_deadlock_findings(deadlocks: Iterable[Deadlock], stack_of: StackLookup,
                             now_boot_ns: Optional[int], lock_kinds: Optional[Mapping[LockId, int]] = None,
+                            wait_stack_of: Optional[Callable[[BlockedThread], Optional[List[Frame]]]] = None,
                             ) -> List[FindingView]:
+    """Each thread of a lock cycle: the lock it waits for, who holds it, and
+    where it asked for it (a traced acquisition's site) or where it waits (a
+    snapshot's wait: its stack, read while it waited)."""
     findings = []
     for deadlock in deadlocks:
         steps = deadlock.steps
@@ -212,7 +216,8 @@ def build_deadlock_findings(deadlocks: Iterable[Deadlock], stack_of: StackLookup
                 mode=step.mode,
                 blocked_for=max(0.0, (until - step.since) / 1e9) if until and step.since else None,
                 owner_tid=step.owner_tid,
-                stack=stack_of(step.site),
+                stack=stack_of(step.site) if step.site or wait_stack_of is None or step.wait is None
+                else wait_stack_of(step.wait),
             )
             for i, step in enumerate(steps)
         )
