@@ -10,8 +10,10 @@ unlock programs from the kernel's
 bpf statistics (kernel.bpf_stats_enabled). Then it loads real servers (bench/servers.py:
 memcached, MariaDB) untraced, under empty programs on every function the gadget
 probes plus pthread_mutex_unlock (the two-probe floor every peer pays) and under
-igdeadlock; times `igdeadlock trace` from start to the command and from the
-command's end to the report; and runs bench/analysis.py.
+igdeadlock, and untraced against `watch --hangs-only` (bench/hangs.py, with the
+time a snapshot of 1,000 waiting threads takes); times `igdeadlock trace` from
+start to the command and from the command's end to the report; and runs
+bench/analysis.py.
 Prints Markdown tables; needs root.
 """
 
@@ -42,6 +44,7 @@ from igdeadlock.session import GadgetSession, gadget_params
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+import hangs  # noqa: E402  (this directory's: what diagnosing hangs costs)
 import servers  # noqa: E402  (this directory's: real servers under load)
 
 from helpers import IGDEADLOCK, Lines  # noqa: E402  (the tests' helpers: running igdeadlock, following its output)
@@ -360,6 +363,13 @@ def main() -> int:
             results_servers = real_servers(args.image, empty, args.server_seconds)
     except (servers.ServerError, OSError, subprocess.SubprocessError) as exc:
         print(f"real servers: not measured: {exc}", file=sys.stderr)
+    results_hangs: Dict[str, Dict[str, object]] = {}
+    snapshot: Dict[str, float] = {}
+    try:
+        snapshot = hangs.snapshot_cost(args.image)
+        results_hangs = hangs.servers_under_hangs_only(args.image, args.server_seconds)
+    except (servers.ServerError, OSError, subprocess.SubprocessError) as exc:
+        print(f"hangs only: not measured: {exc}", file=sys.stderr)
     timing: Dict[str, float] = {}
     try:
         timing = start_and_stop(args.image)
@@ -375,6 +385,8 @@ def main() -> int:
           f"per exec (sched_process_exec) {exits['exec_us']:.2f} us")
     if results_servers:
         print("\n" + render_servers(results_servers))
+    if results_hangs or snapshot:
+        print("\n" + hangs.render(results_hangs, snapshot))
     if timing:
         print(f"\n`igdeadlock trace -- date` (median of 3): with a running daemon {timing['running_start_s']:.2f} s "
               f"to the command's start, {timing['running_stop_s']:.2f} s from its end to the report; with a "
@@ -385,7 +397,8 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"workloads": results, "analysis": analysis, "maps": memory,
                                                "bystander": results_bystander, "exits": exits,
-                                               "servers": results_servers, "start_stop": timing}, indent=2))
+                                               "servers": results_servers, "start_stop": timing,
+                                               "hangs_only": results_hangs, "snapshot": snapshot}, indent=2))
     return 0
 
 

@@ -36,8 +36,8 @@ def summary(graph: ProcessGraph) -> list:
 
 def blocked(tid: int, waits_for: int, holds: Sequence[Tuple[int, int]], mode: int = W, how: int = 0,
             owner: int = 0, pid: int = PID, kind: int = 0, threads: int = 0, observed: int = 20,
-            frames: Tuple[int, ...] = ()) -> BlockedThread:
+            frames: Tuple[int, ...] = (), switches: int = 0) -> BlockedThread:
     return BlockedThread(pid=pid, tid=tid, comm="t", mntns_id=1, process_start=1, session_id=pid, lock=waits_for,
                          gen=0, mode=mode, kind=kind, how=how, site=0, since=10, observed=observed, owner_tid=owner,
                          held=tuple(HeldLock(lock, 0, m) for lock, m in holds), process_threads=threads,
-                         wait_frames=frames)
+                         wait_frames=frames, switches=switches)

@@ -179,7 +179,7 @@ class GadgetSession:
         self.snapshots: Optional[LocalSnapshots] = None
         self._next_snapshot = 0.0
         self._waiting: List[WaitingThread] = []  # a remote target's snapshot, until its end
-        if service.address.scheme != "unix" and snapshot_interval:
+        if not self._snapshots_here() and snapshot_interval:
             self.params[ANNOTATE_PARAM] = snapshot_schedule(int(snapshot_interval * 1000))
         self._flavors: Dict[int, Optional[str]] = {}
 
@@ -197,7 +197,7 @@ class GadgetSession:
         # families' (GLib, CPython, Abseil, declared ones)
         families_here = not self.hangs_only and bool(self.lock_families) and (client_attach or (
             self.attach_mode == "auto" and local))
-        local_snapshots = local and self.snapshot_interval > 0
+        local_snapshots = self._snapshots_here() and self.snapshot_interval > 0
         before = attach_mod.program_ids() if families_here or local_snapshots else set()
         if (client_attach or families_here) and self.tree_pid is not None:
             # probes go into each process of the tree alone: new processes wait for them
@@ -278,7 +278,7 @@ class GadgetSession:
         if self.finder is None:
             self.finder = LockLibraryFinder(symbols)
         # igdeadlock's own processes are never reported: this one and its daemon
-        excluded = {os.getpid()} | ({owner} if owner else set())
+        excluded = {os.getpid(), *self.server_pids} | ({owner} if owner else set())
         reader = SnapshotReader(self._flavor_of, self.collector.files, self.collector.resolved, excluded)
         try:
             self.snapshots = LocalSnapshots(found[SNAPSHOT_PROGRAM], reader,
@@ -289,6 +289,11 @@ class GadgetSession:
         for pid in self.snapshots.gone:
             self.say(f"igdeadlock: process {pid} ended before its snapshot could be taken")
         self.snapshot_now()
+
+    def _snapshots_here(self) -> bool:
+        """Whether the target's host is this one (a local daemon, or a gadget pod
+        on this node): its snapshots are taken here, its waits read from /proc."""
+        return self.service.address.scheme == "unix" or bool(self.server_pids)
 
     def _flavor_of(self, pid: int) -> Optional[str]:
         """The C library of a process with a thread in a snapshot (where its locks keep owners)."""
@@ -368,7 +373,7 @@ class GadgetSession:
         """IG's snapshot of a remote target, record by record until its end. (A
         local daemon's may miss the host's other pid namespaces: this client
         takes those itself.)"""
-        if self.service.address.scheme == "unix":
+        if self._snapshots_here():
             return
         if type(output) is WaitingThread:
             self._waiting.append(output)

@@ -69,3 +69,31 @@ def test_gadget_pod_listing_and_filters():
     assert kube_manager_params(None, None) == {"operator.KubeManager.all-namespaces": "true"}
     assert kube_manager_params("shop", "cart-1") == {"operator.KubeManager.namespace": "shop",
                                                      "operator.KubeManager.podname": "cart-1"}
+
+
+def test_snapshot_k8s_of_gadget_pods_elsewhere_reads_what_the_kernel_tells(fake_cluster, program):
+    """Gadget pods whose processes are not on this host: IG's own snapshots (at
+    the interval the client sets) are all there is, the kernel's view alone. A
+    hang is seen; no glibc owner is known, so no lock cycle is guessed."""
+    from helpers import wait_until_stuck
+
+    env, log = fake_cluster
+    hung = subprocess.Popen([str(program("deadlock")), "abba"], stdout=subprocess.DEVNULL)
+    try:
+        wait_until_stuck(hung.pid, 3)
+        result = subprocess.run([*IGDEADLOCK, "snapshot", "--k8s", "--image", IMAGE, "--format", "json",
+                                 "--hang-time", "0.5", "--interval", "0.5"],
+                                capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        hung.kill()
+        hung.wait()
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    hangs = [f for f in report["findings"] if f["kind"] == "all-threads-blocked" and f["pid"] == hung.pid]
+    assert len(hangs) == 2  # one from each "node"'s daemon: both see this host's process
+    for hang in hangs:
+        assert {b["wait_kind"] for b in hang["blocked"]} == {"futex"}
+        assert all(not b["held_by"] for b in hang["blocked"])
+    assert [f for f in report["findings"] if f["kind"] == "actual-deadlock"] == []
+    sent = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all("waiting:fetch-interval=500ms" in p.get("operator.oci.annotate", "") for p in sent)

@@ -145,3 +145,53 @@ def test_overlapping_and_dynamic_fields_are_decoded_one_by_one():
     element = api_pb2.DataElement(payload=[struct.pack("<II", 7, 9), b"pod-a"])
     assert layout.decode_element(element) == {
         "outer": struct.pack("<II", 7, 9), "outer.low": 7, "outer.high": 9, "name": "pod-a"}
+
+
+def waiting_datasource():
+    """A datasource shaped like the snapshot's waiting threads: one struct payload,
+    then an enrichment field in a payload of its own (which raw records lack)."""
+    from igdeadlock.records import WaitingThread
+
+    fields, offset, layout = [], 0, {}
+    for name in WaitingThread._fields:
+        if name in ("user_saved", "kernel_frames"):
+            kind, size = U64 | ARRAY, 6 * 8 if name == "user_saved" else 8 * 8
+        else:
+            kind, size = (CSTRING, 16) if name == "comm" else (U64, 8)
+        if name == "kernel_frames":
+            fields.append(field("kernel_frame_count", U64, offset, 8))
+            layout["kernel_frame_count"] = offset
+            offset += 8
+        fields.append(field(name, kind, offset, size))
+        layout[name] = offset
+        offset += size
+    fields.append(field("k8s.podName", 12, 0, 0, payload=1))
+    return api_pb2.DataSource(id=0, name="waiting", type=2, fields=fields), layout, offset
+
+
+def test_records_of_an_iterator_run_here_decode_by_the_datasource_layout():
+    from igdeadlock.records import WaitingThread
+
+    ds, layout, size = waiting_datasource()
+    decoder = StreamDecoder()
+    decoder.set_info(api_pb2.GadgetInfo(dataSources=[ds]))
+    record = bytearray(size)
+    for name, offset in layout.items():
+        if name == "comm":
+            record[offset:offset + 4] = b"prog"
+        elif name == "kernel_frame_count":
+            struct.pack_into("<Q", record, offset, 2)
+        elif name in ("user_saved", "kernel_frames"):
+            struct.pack_into("<QQ", record, offset, 0xFFFFFFFF81000000, 0x42)
+        else:
+            struct.pack_into("<Q", record, offset, offset + 1)
+    two = bytes(record) * 2
+    (first, second) = decoder.raw_records("waiting", two)
+    assert isinstance(first, WaitingThread) and first == second
+    assert first.comm == "prog" and first.tid == layout["tid"] + 1 and first.futex == layout["futex"] + 1
+    assert first.kernel_frames == (0xFFFFFFFF81000000, 0x42)  # cut at its count
+    assert first.user_saved[:2] == (0xFFFFFFFF81000000, 0x42)
+    assert decoder.raw_records("waiting", two + b"\0" * 5) == [first, first]  # a stray tail is rejected...
+    assert decoder.stats.rejected == 1  # ...and counted
+    with pytest.raises(DecodeError):
+        decoder.raw_records("no_such_datasource", two)

@@ -137,3 +137,57 @@ def test_a_lock_cycle_is_reported_as_the_deadlock_not_as_a_hang():
 
 def test_futex_waits_are_no_lock_waits():
     assert find_wait_cycles([blocked(1, 0xA, [(0xB, W)], kind=FUTEX), blocked(2, 0xB, [(0xA, W)])]) == []
+
+
+def snapshot_of(*waits):
+    """A snapshot's records: (tid, waits for, owner, context switches so far)."""
+    return [blocked(tid, lock, [], owner=owner, switches=switches) for tid, lock, owner, switches in waits]
+
+
+def test_a_snapshot_cycle_is_confirmed_by_the_next_snapshot_when_no_thread_ran():
+    tracker = WaitForTracker()
+    tracker.snapshot_taken(snapshot_of((1, 0xB, 2, 10), (2, 0xA, 1, 20)))
+    assert tracker.tick(snapshot=True) == []
+    tracker.snapshot_taken(snapshot_of((1, 0xB, 2, 10), (2, 0xA, 1, 20)))
+    (deadlock,) = tracker.tick(snapshot=True)
+    assert deadlock.threads == (1, 2)
+    assert tracker.snapshots == 2
+
+
+def test_a_thread_that_ran_between_two_snapshots_waits_anew():
+    """Contention: the same thread on the same lock, but it ran in between (its
+    context switches went up): the cycle of the first look is no deadlock."""
+    tracker = WaitForTracker()
+    tracker.snapshot_taken(snapshot_of((1, 0xB, 2, 10), (2, 0xA, 1, 20)))
+    assert tracker.tick(snapshot=True) == []
+    tracker.snapshot_taken(snapshot_of((1, 0xB, 2, 11), (2, 0xA, 1, 20)))
+    assert tracker.tick(snapshot=True) == []
+    tracker.snapshot_taken(snapshot_of((1, 0xB, 2, 11), (2, 0xA, 1, 20)))
+    assert [d.threads for d in tracker.tick(snapshot=True)] == [(1, 2)]
+
+
+def test_fetches_between_snapshots_do_not_confirm_a_snapshot_cycle():
+    tracker = WaitForTracker()
+    tracker.snapshot_taken(snapshot_of((1, 0xB, 2, 10), (2, 0xA, 1, 20)))
+    assert tracker.tick(snapshot=True) == []
+    assert tracker.tick() == [] and tracker.tick() == []  # map fetches: nothing looked at the threads again
+    tracker.snapshot_taken(snapshot_of((1, 0xB, 2, 10), (2, 0xA, 1, 20)))
+    assert len(tracker.tick(snapshot=True)) == 1
+
+
+def test_a_thread_missing_from_the_next_snapshot_waits_no_more():
+    tracker = WaitForTracker()
+    tracker.snapshot_taken(snapshot_of((1, 0xB, 2, 10), (2, 0xA, 1, 20)))
+    tracker.snapshot_taken(snapshot_of((1, 0xB, 2, 10)))
+    assert set(tracker.blocked) == {1}
+    assert tracker.tick(snapshot=True) == []
+
+
+def test_the_trace_knows_a_blocked_thread_better_than_a_snapshot():
+    tracker = WaitForTracker()
+    traced = blocked(1, 0xB, [(0xA, W)])
+    tracker.thread_blocked(traced)
+    tracker.snapshot_taken(snapshot_of((1, 0xB, 0, 10), (2, 0xA, 1, 20)))
+    assert tracker.blocked[1] is traced  # with the locks it holds, which no snapshot knows
+    tracker.snapshot_taken(snapshot_of((2, 0xA, 1, 20)))
+    assert 1 in tracker.blocked  # until the trace says it resumed
