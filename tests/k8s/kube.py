@@ -57,6 +57,14 @@ class Cluster:
         """Until the gadget DaemonSet has its pod on every node, ready."""
         self.kubectl("rollout", "status", "-n", GADGET_NAMESPACE, "daemonset/gadget", f"--timeout={WAIT}")
 
+    def pod_pids(self, namespace: str, pod: str) -> List[int]:
+        """The processes of a pod's containers, on this host (the cluster's one node)."""
+        from igdeadlock.host.procfs import container_pids
+
+        status = json.loads(self.kubectl("get", "pod", "-n", namespace, pod, "-o", "json").stdout)["status"]
+        ids = [c["containerID"].rpartition("://")[2] for c in status.get("containerStatuses", [])]
+        return container_pids(ids)
+
     def node(self) -> str:
         (name,) = self.kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
         return name

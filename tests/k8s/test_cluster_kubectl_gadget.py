@@ -12,7 +12,7 @@ from typing import Iterator
 
 from kube import CLUSTER_DIR, CONTAINER, GLIBC, record
 
-from helpers import Lines
+from helpers import IGDEADLOCK, Lines, program_facts, wait_until_stuck
 from igdeadlock.host.attach import kernel_has_kprobes
 
 
@@ -59,19 +59,54 @@ def test_kubectl_gadget_run_enriches_the_records_of_a_pod(cluster, gadget_image,
         # ig cannot place the gadget's uprobes on a kernel without kprobes: no
         # lock edge, stack or lock record ever comes (igdeadlock watch --k8s
         # attaches them itself on the gadget pod's node, see test_cluster_watch.py)
-        fetches = [json.loads(line) for line in lines if line.startswith("[")]
-        assert fetches and all(batch == [] for batch in fetches)
+        fetches = [line for line in lines if line.startswith("[")]
+        assert fetches and all(fetched_edges(line) == [] for line in fetches)
 
 
-def fetched_edges(line: str) -> list:
-    """The records of one fetch of the edges map (a JSON array), or []."""
+def fetched(line: str, field: str) -> list:
+    """The records of one fetch of an array datasource (a JSON array) that have ``field``, or []."""
     if not line.startswith("["):
         return []
     try:
         batch = json.loads(line)
     except ValueError:
         return []
-    return [r for r in batch if isinstance(r, dict)] if isinstance(batch, list) else []
+    return [r for r in batch if isinstance(r, dict) and field in r] if isinstance(batch, list) else []
+
+
+def fetched_edges(line: str) -> list:
+    """The records of one fetch of the edges map, or []."""
+    return fetched(line, "to_lock")
+
+
+def test_kubectl_gadget_run_yields_the_waiting_threads_of_a_deadlocked_pod(
+        cluster, gadget_image, namespace, start_pods, tmp_path):
+    """The blocked-thread snapshot needs no uprobe: `kubectl gadget run` alone
+    lists the threads of a pod that deadlocked before it started, each with the
+    lock word it waits on and the pod it is in; `igdeadlock snapshot --k8s` on
+    the node reads their owners and reports the deadlock with pod and container."""
+    (pod,) = start_pods("deadlock", "hung")  # AB/BA behind a barrier: deadlocked at once
+    (pid,) = cluster.pod_pids(namespace, pod)
+    wait_until_stuck(pid, 3)
+    facts = program_facts(cluster.kubectl("logs", "-n", namespace, pod).stdout)
+    with kubectl_gadget_run(cluster, gadget_image, namespace, tmp_path) as out:
+        line = out.wait_for(lambda line: bool(fetched(line, "futex")), timeout=180)
+    waiting = {r["ns_tid"]: r for r in fetched(line, "futex")}
+    t0, t1 = facts["t0"][0], facts["t1"][0]  # as the pod's pid namespace numbers them
+    assert {t0, t1} <= set(waiting), waiting
+    assert {waiting[t0]["futex"], waiting[t1]["futex"]} == {facts["L0"][0], facts["L1"][0]}
+    for record_ in (waiting[t0], waiting[t1]):
+        assert (record_["pid"], record_["k8s"]["namespace"], record_["k8s"]["podName"],
+                record_["k8s"]["containerName"]) == (pid, namespace, pod, CONTAINER)
+        assert record_["timed"] == 0 and record_["kernel_frame_count"] > 0
+    result = subprocess.run([*IGDEADLOCK, "snapshot", "--k8s", "--namespace", namespace, "--image", gadget_image,
+                             "--format", "json"], capture_output=True, text=True, env=cluster.env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (deadlock,) = [f for f in json.loads(result.stdout)["findings"] if f["kind"] == "actual-deadlock"]
+    assert (deadlock["pid"], deadlock["namespace"], deadlock["pod"], deadlock["container"]) == \
+        (pid, namespace, pod, CONTAINER)
+    assert {int(m, 16) for m in deadlock["mutexes"]} == {facts["L0"][0], facts["L1"][0]}
+    assert all(b["held_by"] for b in deadlock["blocked"])
 
 
 def test_kubectl_gadget_run_yields_a_pods_lock_edges_exactly_where_ig_attaches_uprobes(

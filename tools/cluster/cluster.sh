@@ -710,7 +710,13 @@ operator:
     - $pod_registry
 EOF
 	local stamp current
-	stamp=$(cat "$state/config/ig-daemon.yaml" <(echo "$image $containerd_sock") | sha256sum | cut -c1-16)
+	# IG's gadget pods run outside the host's pid namespace and read task
+	# iterators (the gadget's blocked-thread snapshot) from it through a
+	# transient systemd unit; a host without systemd gets pods in its pid
+	# namespace instead, where IG reads them directly.
+	local host_pid=false
+	[ -S /run/systemd/private ] || host_pid=true
+	stamp=$(cat "$state/config/ig-daemon.yaml" <(echo "$image $containerd_sock $host_pid") | sha256sum | cut -c1-16)
 	current=$(kubectl_ -n gadget get daemonset gadget -o jsonpath='{.metadata.annotations.igdeadlock-deployed}' 2>/dev/null || true)
 	if [ "$current" = "$stamp" ]; then
 		say "Inspektor Gadget is deployed ($image)"
@@ -736,6 +742,11 @@ EOF
 			kubectl_ -n gadget patch daemonset gadget --type=json -p \
 				"[{\"op\": \"remove\", \"path\": \"/spec/template/spec/containers/0/securityContext/capabilities/add/$((index - 1))\"}]" >/dev/null
 			say "gadget pods: SYS_RESOURCE left out (this machine cannot grant it)"
+		fi
+		if [ "$host_pid" = true ]; then
+			kubectl_ -n gadget patch daemonset gadget --type=merge \
+				-p '{"spec": {"template": {"spec": {"hostPID": true}}}}' >/dev/null
+			say "gadget pods: in the host's pid namespace (no systemd here to read task iterators through)"
 		fi
 		kubectl_ -n gadget annotate --overwrite daemonset gadget "igdeadlock-deployed=$stamp" >/dev/null
 	fi
