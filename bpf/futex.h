@@ -243,7 +243,7 @@ static __always_inline void note_untraced_wait(struct pt_regs *ctx)
 	__u64 *site;
 	long bytes;
 
-	if (current_is_filtered_out())
+	if (current_is_filtered_out() || current_is_igdeadlock())
 		return;
 	s = scratch();
 	if (!s)

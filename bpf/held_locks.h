@@ -330,7 +330,8 @@ static __always_inline struct thread_locks *thread_state(gadget_tid tid,
 		if (!t || t->owner != tid)
 			return NULL;
 	} else {
-		if (!probe_ctx || current_is_filtered_out())
+		if (!probe_ctx || current_is_filtered_out() ||
+		    current_is_igdeadlock())
 			return NULL;
 		t = claim_slot(probe_ctx, tid, &index);
 		if (!t) {

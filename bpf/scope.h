@@ -3,7 +3,8 @@
 
 /*
  * Which processes are traced: IG's filters and a traced command's process
- * tree. Owns tree_processes and the tree_pid parameter.
+ * tree, never igdeadlock's own. Owns tree_processes, ignored_processes and the
+ * tree_pid and hangs_only parameters.
  */
 
 #ifndef IGDEADLOCK_SCOPE_H
@@ -42,6 +43,24 @@ struct {
 static __always_inline bool in_traced_tree(gadget_pid pid)
 {
 	return pid == tree_pid || bpf_map_lookup_elem(&tree_processes, &pid);
+}
+
+/* process -> 1: igdeadlock's own processes (the companion, its daemon),
+ * never traced; written by the companion on their host */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_IGNORED_PROCESSES);
+	__type(key, gadget_pid);
+	__type(value, __u8);
+} ignored_processes SEC(".maps");
+
+/* The current process is one of igdeadlock's own: it takes no thread state,
+ * and its waits are not counted. */
+static __always_inline bool current_is_igdeadlock(void)
+{
+	gadget_pid pid = bpf_get_current_pid_tgid() >> 32;
+
+	return bpf_map_lookup_elem(&ignored_processes, &pid);
 }
 
 /* A process joins the traced tree (0), or cannot be tracked (an error). */

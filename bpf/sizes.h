@@ -61,6 +61,7 @@
 #define MAX_COUNTERS 4096 /* (counter, process) pairs between two fetches */
 
 #define MAX_TREE_PROCESSES 16384 /* processes of a traced command's tree */
+#define MAX_IGNORED_PROCESSES 64 /* igdeadlock's own processes, never traced */
 #define MAX_LOCK_PROCESSES 16384 /* processes with lock state at once */
 #define EXE_NAME_MAX 128 /* longest executable name in process events */
 

@@ -153,7 +153,7 @@ def collector_findings(collector: Collector, now_boot_ns: Optional[int] = None,
                          build_findings(cycles, stack_of) + build_misuse_findings(misuses, stack_of))
     keys = ([d.key for d in deadlocks] + [h.key for h in hangs] + [c.key for c in cycles] +
             [m.key for m in misuses])
-    return [_place(collector, view, key) for view, key in zip(views, keys)]
+    return [_place(collector, view, key) for view, key in zip(views, keys) if view.pid not in collector.own_pids]
 
 
 # Where every thread's stack begins: a stack read by scanning (host/stackscan.py)

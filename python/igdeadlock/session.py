@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.gadget import (
@@ -179,9 +179,9 @@ class GadgetSession:
         self.snapshots: Optional[LocalSnapshots] = None
         self._next_snapshot = 0.0
         self._waiting: List[WaitingThread] = []  # a remote target's snapshot, until its end
-        if not self._snapshots_here() and snapshot_interval:
+        if not self._on_this_host() and snapshot_interval:
             self.params[ANNOTATE_PARAM] = snapshot_schedule(int(snapshot_interval * 1000))
-        self._flavors: Dict[int, Optional[str]] = {}
+        self._libraries: Dict[Tuple[int, int], Optional[Tuple[str, str]]] = {}
 
     def start(self, timeout: float = 60.0) -> None:
         if self.service.address.scheme == "unix":
@@ -197,8 +197,8 @@ class GadgetSession:
         # families' (GLib, CPython, Abseil, declared ones)
         families_here = not self.hangs_only and bool(self.lock_families) and (client_attach or (
             self.attach_mode == "auto" and local))
-        local_snapshots = self._snapshots_here() and self.snapshot_interval > 0
-        before = attach_mod.program_ids() if families_here or local_snapshots else set()
+        local_snapshots = self._on_this_host() and self.snapshot_interval > 0
+        before = attach_mod.program_ids() if families_here or self._on_this_host() else set()
         if (client_attach or families_here) and self.tree_pid is not None:
             # probes go into each process of the tree alone: new processes wait for them
             self.params[PAUSE_NEW_PROCESSES_PARAM] = "true"
@@ -222,6 +222,8 @@ class GadgetSession:
         listing = info.extraInfo.data["ebpf.programs"].content if "ebpf.programs" in info.extraInfo.data else b""
         every_point = attach_mod.probe_points(listing, self.unlock_checks)
         owner = attach_mod.socket_peer_pid(self.service.address.location) if local else None
+        if self._on_this_host():
+            self._ignore_ourselves(before, owner)
         if local_snapshots and SNAPSHOT_PROGRAM.encode() in listing:
             self._start_snapshots(before, owner, {p.symbol for p in every_point})
         elif local_snapshots:
@@ -279,7 +281,7 @@ class GadgetSession:
             self.finder = LockLibraryFinder(symbols)
         # igdeadlock's own processes are never reported: this one and its daemon
         excluded = {os.getpid(), *self.server_pids} | ({owner} if owner else set())
-        reader = SnapshotReader(self._flavor_of, self.collector.files, self.collector.resolved, excluded)
+        reader = SnapshotReader(self._library_of, self.collector.files, self.collector.resolved, excluded)
         try:
             self.snapshots = LocalSnapshots(found[SNAPSHOT_PROGRAM], reader,
                                             lambda raw: self.decoder.raw_records(WAITING, raw),  # type: ignore
@@ -290,18 +292,41 @@ class GadgetSession:
             self.say(f"igdeadlock: process {pid} ended before its snapshot could be taken")
         self.snapshot_now()
 
-    def _snapshots_here(self) -> bool:
+    def _ignore_ourselves(self, before: Set[int], owner: Optional[int]) -> None:
+        """igdeadlock's own processes on this host (this one, its daemon, a
+        gadget pod's) go into the gadget's ignored_processes before any probe
+        is placed: never traced, never reported."""
+        ours = {os.getpid(), *self.server_pids} | ({owner} if owner else set())
+        self.collector.own_pids |= ours
+        try:
+            programs = attach_mod.find_programs({LOCK_PROGRAM}, before, timeout=30.0, owner=owner,
+                                                owners=self.server_pids)
+            fd = attach_mod.gadget_map(programs, IGNORED_MAP)
+        except (attach_mod.AttachError, OSError):
+            fd = None
+        if fd is None:
+            return  # an image without the map: the report still leaves them out
+        try:
+            for pid in sorted(ours):
+                Bpf().map_update(fd, struct.pack("<I", pid), b"\x01")
+        except OSError:
+            pass  # full or gone: the report still leaves them out
+        finally:
+            os.close(fd)
+
+    def _on_this_host(self) -> bool:
         """Whether the target's host is this one (a local daemon, or a gadget pod
         on this node): its snapshots are taken here, its waits read from /proc."""
         return self.service.address.scheme == "unix" or bool(self.server_pids)
 
-    def _flavor_of(self, pid: int) -> Optional[str]:
-        """The C library of a process with a thread in a snapshot (where its locks keep owners)."""
-        if pid not in self._flavors:
+    def _library_of(self, pid: int, start: int) -> Optional[Tuple[str, str]]:
+        """The C library of a process with a thread in a snapshot (where its locks
+        keep owners): its flavor and path; None if it has none."""
+        if (pid, start) not in self._libraries:
             assert self.finder is not None
-            found = self.finder.for_process(pid)
-            self._flavors[pid] = found.library.flavor if found.library is not None else None
-        return self._flavors[pid]
+            library = self.finder.for_process(pid).library
+            self._libraries[(pid, start)] = (library.flavor, library.path) if library is not None else None
+        return self._libraries[(pid, start)]
 
     def snapshot_now(self) -> List[object]:
         """Take a blocked-thread snapshot of this host now; the findings it confirms."""
@@ -338,7 +363,7 @@ class GadgetSession:
         self.python.add(pid)
 
     def _library_found(self, found: ProcessLibrary, process_start: int) -> None:
-        if not self.collector.probes_known:
+        if not self.collector.probes_known or found.pid in self.collector.own_pids:
             return  # ig placed the pthread probes: only lock records tell which processes it traces
         library = found.library
         start = process_start or process_start_ns(found.pid) or 0
@@ -373,7 +398,7 @@ class GadgetSession:
         """IG's snapshot of a remote target, record by record until its end. (A
         local daemon's may miss the host's other pid namespaces: this client
         takes those itself.)"""
-        if self._snapshots_here():
+        if self._on_this_host():
             return
         if type(output) is WaitingThread:
             self._waiting.append(output)
@@ -477,3 +502,5 @@ class GadgetSession:
 # Lock kinds whose processes are CPython: their Python frames are walked.
 PYTHON_KINDS = frozenset({LockKind.SEMAPHORE, LockKind.PYMUTEX})
 PYTHON_MAP = "python_processes"  # the gadget's map of CPython processes (pid -> layout)
+IGNORED_MAP = "ignored_process"  # ignored_processes, as the kernel keeps its name (15 characters)
+LOCK_PROGRAM = "trace_uprobe_mutex_lock"  # a program of the gadget that uses that map

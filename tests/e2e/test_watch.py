@@ -105,3 +105,28 @@ def test_watch_merges_daemons_and_survives_a_killed_one(two_daemons, program, tm
     assert [o["target"] for o in ring_cluster["occurrences"]] == [addresses[0]]
     assert sorted(o["target"] for o in by_locks[frozenset(abba_locks)]["occurrences"]) == sorted(addresses)
     assert {f["kind"] for f in report["findings"] if f["pid"] in ours} == {"potential-deadlock"}
+
+
+def test_a_host_wide_watch_never_traces_igdeadlock_itself(ig_daemon, program, tmp_path):
+    """The companion is a CPython program with locks of its own, and its daemon
+    runs on the same host: neither is traced, nor reported, however host-wide
+    the watch."""
+    from helpers import start_watch
+    from igdeadlock.host.attach import socket_peer_pid
+
+    out = tmp_path / "report.json"
+    watch, lines = start_watch(ig_daemon, out)
+    try:
+        finished = run_to_end([str(program("abba"))])
+        lines.wait_for(finding_of("abba-"))  # tracing works, host-wide
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(120) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    report = json.loads(out.read_text())
+    ours = {watch.pid, socket_peer_pid(ig_daemon.replace("unix://", ""))}
+    assert None not in ours
+    assert [p for p in report["processes"] if p["pid"] in ours] == []
+    assert [f for f in report["findings"] if f["pid"] in ours] == []
+    assert any(f["pid"] == finished.pid for f in report["findings"])

@@ -89,6 +89,10 @@ class Collector:
         self.containers_only = containers_only
         self.namespaces_seen: Set[int] = set()
         self.snapshot_processes = 0  # the most processes one blocked-thread snapshot looked at
+        self.snapshot_waits = 0  # waiting threads, summed over every snapshot
+        # igdeadlock's own processes on the target's host: never in a report (the
+        # gadget leaves them out; what it sent before it knew of them is dropped here)
+        self.own_pids: Set[int] = set()
         # False: hangs only (snapshots), no lock is traced: no process is "traced" or "not traced"
         self.lock_tracing = lock_tracing
         self._run = 0
@@ -139,6 +143,7 @@ class Collector:
             self.waits.thread_resumed(output.tid)
         elif kind is BlockedSnapshot:
             self.snapshot_processes = max(self.snapshot_processes, output.processes)
+            self.snapshot_waits += len(output.threads)
             self.waits.snapshot_taken(output.threads)
             return self._waits_ticked(snapshot=True)
         elif kind is StackTrace:
@@ -271,6 +276,7 @@ class Collector:
             "processes_tracked": len(self.store.graphs),
             "fetches": self.ticks.get(EDGES, 0),
             "snapshots": self.waits.snapshots,
+            "snapshot_waits": self.snapshot_waits,
             "edge_records_batched": transport["edge_records_batched"],
             # observations beyond MAX_EVIDENCE_PER_EDGE of one edge, not kept
             "evidence_dropped": self.store.evidence_dropped(),
@@ -293,7 +299,7 @@ class Collector:
         for pid, counts in sorted(self.process_counters.items()):
             for name, count in sorted(counts.items()):
                 self.coverage.latest(pid).limits.append(f"{count} {meanings.get(name, name)}")
-        entries = self.coverage.processes(self.probes_known)
+        entries = [e for e in self.coverage.processes(self.probes_known) if e.pid not in self.own_pids]
         if self.containers_only:
             entries = [e for e in entries if e.mntns_id in self.namespaces_seen]
         for entry in entries:

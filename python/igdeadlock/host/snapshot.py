@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterable, List, MutableMapping, Optional, Seq
 
 from igdeadlock.gadget import Acquire, LockKind, LockMode, SnapshotCall
 from igdeadlock.host.bpf import Bpf, BpfError
-from igdeadlock.host.procfs import learn_code_locations
+from igdeadlock.host.procfs import code_locations, learn_code_locations
 from igdeadlock.host.stackscan import scan_stack
 from igdeadlock.host.symbolize import Symbolizer
 from igdeadlock.records import BlockedThread, Frame, MappedFile, StackTrace, WaitingThread
@@ -242,8 +242,11 @@ def lock_wait(waiting: WaitingThread, what: Optional[str], process: _Process,
 class SnapshotReader:
     """Completes snapshot records of this host's threads from /proc.
 
-    ``flavor_of(pid)``: the process's C library ("musl" or "glibc", None if
-    unknown). ``excluded``: processes that are igdeadlock's own (the
+    ``library_of(pid, process_start)``: the process's C library, (flavor, "musl" or "glibc";
+    its path as the process sees it), None for a process with no C library lock
+    functions (a Go program). A thread whose wait is not made in that file
+    (a Go runtime's futex) waits in no lock this reads: its stack is left for a
+    finding to read (a big program's symbols take seconds). ``excluded``: processes that are igdeadlock's own (the
     companion, its daemon), never reported. ``files`` and ``locations``
     (a Collector's ``files`` and ``resolved``) learn where the frames it reads
     point, so that they are named after the process is gone. Each wait is
@@ -251,11 +254,15 @@ class SnapshotReader:
     same way.
     """
 
-    flavor_of: Callable[[int], Optional[str]]
+    library_of: Callable[[int, int], Optional[Tuple[str, str]]]
     files: MutableMapping[int, MappedFile]
     locations: MutableMapping[Tuple[int, int], Tuple[int, int]]
     excluded: Set[int] = field(default_factory=set)
     _done: Dict[Tuple[int, int], Tuple[BlockedThread, Tuple[int, ...]]] = field(default_factory=dict)
+    _symbolizer: Optional[Symbolizer] = None  # names only, each file's symbols read once
+
+    def __post_init__(self) -> None:
+        self._symbolizer = Symbolizer(self.files, use_addr2line=False)
 
     def complete(self, threads: Iterable[WaitingThread]) -> List[BlockedThread]:
         """The snapshot's threads as blocked-thread records, igdeadlock's own left out."""
@@ -268,6 +275,12 @@ class SnapshotReader:
             for w in waiting:
                 by_process.setdefault(w.pid, []).append(w)
             for pid, threads_of in sorted(by_process.items()):
+                library = self.library_of(pid, threads_of[0].process_start)
+                flavor, path = library if library is not None else (None, None)
+                pcs = code_locations(pid, [w.user_pc for w in threads_of]) if library is not None else {}
+                in_library = [w for w in threads_of if pcs.get(w.user_pc, ("",))[0] == path]
+                blocked += [kernel_known_wait(w) for w in threads_of if w not in in_library]
+                threads_of = in_library
                 ns_tids = {w.ns_tid for w in threads_of}
                 fresh = [w for w in threads_of if (w.tid, w.switches) not in self._done]
                 frames = self._stacks(pid, fresh)
@@ -280,7 +293,7 @@ class SnapshotReader:
                     else:
                         process = processes.get(pid)
                         if process is None:
-                            process = processes[pid] = _Process(pid, self.flavor_of(pid) == "musl")
+                            process = processes[pid] = _Process(pid, flavor == "musl")
                         stack = frames.get(w.tid, (w.user_pc,) if w.user_pc else ())
                         try:
                             record = self._record(w, wait_function(names.get(w.tid, []), w), process, ns_tids)
@@ -326,7 +339,8 @@ class SnapshotReader:
         """The innermost frames of each stack, named (no source lines: the names tell
         what a thread waits in)."""
         learn_code_locations(pid, {a for stack in stacks.values() for a in stack}, self.files, self.locations)
-        symbolizer = Symbolizer(self.files, use_addr2line=False)
+        symbolizer = self._symbolizer
+        assert symbolizer is not None
         names = {}
         for tid, stack in stacks.items():
             top = stack[:FRAMES_LOOKED_AT]
