@@ -190,17 +190,7 @@ struct {
 /* The current thread's id in its own pid namespace: how it sees itself. */
 static __always_inline __u32 current_ns_tid(void)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct pid *pid = BPF_CORE_READ(task, thread_pid);
-	unsigned int level = BPF_CORE_READ(pid, level);
-	__u32 nr = 0;
-
-	bpf_probe_read_kernel(
-		&nr, sizeof(nr),
-		(void *)pid + bpf_core_field_offset(struct pid, numbers) +
-			level * bpf_core_type_size(struct upid) +
-			bpf_core_field_offset(struct upid, nr));
-	return nr;
+	return task_ns_tid(bpf_get_current_task_btf());
 }
 
 /* Claim a free slot for a new thread (first lock operation, in the probe

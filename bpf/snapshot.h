@@ -85,21 +85,6 @@ struct waiting_thread {
 	__u64 kernel_frames[MAX_KERNEL_FRAMES];
 };
 
-/* The task's id in its own pid namespace (how its process sees it). */
-static __always_inline __u32 task_ns_tid(struct task_struct *task)
-{
-	struct pid *pid = BPF_CORE_READ(task, thread_pid);
-	unsigned int level = BPF_CORE_READ(pid, level);
-	__u32 nr = 0;
-
-	bpf_probe_read_kernel(
-		&nr, sizeof(nr),
-		(void *)pid + bpf_core_field_offset(struct pid, numbers) +
-			level * bpf_core_type_size(struct upid) +
-			bpf_core_field_offset(struct upid, nr));
-	return nr;
-}
-
 /* Asleep in the kernel (not running, not about to). */
 static __always_inline bool task_sleeps(struct task_struct *task)
 {

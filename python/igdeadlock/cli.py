@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from igdeadlock.ig.service import Address, TlsConfig
     from igdeadlock.report.model import Report
     from igdeadlock.trace import TraceOutcome
-    from igdeadlock.watch import TargetSpec
+    from igdeadlock.watch import TargetSpec, Watch
 
 FORMATS = ("text", "json", "sarif", "dot", "mermaid", "html")  # the renderers of igdeadlock.report
 
@@ -468,12 +468,7 @@ def run_watch(args: argparse.Namespace) -> int:
                 next_status = time.monotonic() + args.status_interval
     except KeyboardInterrupt:
         _say("igdeadlock: interrupted; writing the report")
-    finally:
-        watch.stop()
-        for daemon in private:
-            daemon.stop()
-    report = watch.report()
-    report.findings = judged(args, report.findings)
+    report = stopped_report(watch, private, args)
     never = [t for t in report.targets if not t["connects"]]
     for target in never:
         # what was never traced is named: its silence is not "no deadlock"
@@ -484,6 +479,18 @@ def run_watch(args: argparse.Namespace) -> int:
         _say("igdeadlock: no target was ever traced, so this report covers nothing")
         return EXIT_ERROR
     return EXIT_FINDINGS if args.exit_code and _found_deadlock(report) else EXIT_OK
+
+
+def stopped_report(watch: "Watch", private: List["PrivateDaemon"], args: argparse.Namespace) -> "Report":
+    """Stop every target (and the private daemons), then their report, judged."""
+    try:
+        watch.stop()
+    finally:
+        for daemon in private:
+            daemon.stop()
+    report = watch.report()
+    report.findings = judged(args, report.findings)
+    return report
 
 
 def snapshot_pids(args: argparse.Namespace) -> Optional[List[int]]:
@@ -533,12 +540,7 @@ def run_snapshot(args: argparse.Namespace) -> int:
             time.sleep(0.05)
     except KeyboardInterrupt:
         _say("igdeadlock: interrupted; writing what the snapshots showed")
-    finally:
-        watch.stop()
-        for daemon in private:
-            daemon.stop()
-    report = watch.report()
-    report.findings = judged(args, report.findings)
+    report = stopped_report(watch, private, args)
     for runner in watch.runners:
         taken = runner.collector.waits.snapshots
         target = runner.spec.label

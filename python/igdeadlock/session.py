@@ -32,16 +32,24 @@ from igdeadlock.host.bpf import Bpf
 from igdeadlock.host.keeper import MappedFileKeeper, keeper_for
 from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, FunctionTarget, LockFamily, LockFunctionFinder
 from igdeadlock.host.locklib import LockLibraryFinder, ProcessLibrary
-from igdeadlock.host.procfs import mount_namespace_of, process_start_ns, running_pids
+from igdeadlock.host.procfs import (
+    Mapping,
+    file_mappings,
+    learn_code_locations,
+    mount_namespace_of,
+    process_start_ns,
+    running_pids,
+)
 from igdeadlock.host.python import python_process
 from igdeadlock.host.snapshot import LocalSnapshots, SnapshotReader, kernel_known_wait
 from igdeadlock.ig.decoder import StreamDecoder
 from igdeadlock.ig.proto import api_pb2
 from igdeadlock.ig.service import Address, GadgetRun, GadgetService, WireError
-from igdeadlock.records import BlockedSnapshot, FetchTick, ProcessEvent, ProcessExit, WaitingThread
+from igdeadlock.records import BlockedSnapshot, FetchTick, ProcessEvent, ProcessExit, StackTrace, WaitingThread
 
 HOST_PARAM = "operator.LocalManager.host"  # trace host processes too, not only containers
 CONNECT_TIMEOUT = 3.0  # seconds to reach a gadget service before giving up
+MAX_KEPT_MAPPINGS = 4096  # processes whose mappings are kept for their stacks (the latest)
 DEFAULT_SNAPSHOT_SECONDS = 2.0  # between two blocked-thread snapshots: a deadlock is confirmed by the second
 FINAL_FETCH_SECONDS = 60.0  # beyond ten fetch intervals, for the last fetches after the end
 INCOMPLETE_END_NOTE = ("the gadget's last fetches did not come within {seconds:g}s of the end: lock events of "
@@ -182,14 +190,16 @@ class GadgetSession:
         if not self._on_this_host() and snapshot_interval:
             self.params[ANNOTATE_PARAM] = snapshot_schedule(int(snapshot_interval * 1000))
         self._libraries: Dict[Tuple[int, int], Optional[Tuple[str, str]]] = {}
+        self._mappings: Dict[int, List[Mapping]] = {}  # pid -> its mappings when its library was probed
 
     def start(self, timeout: float = 60.0) -> None:
-        if self.service.address.scheme == "unix":
+        local = self.service.address.scheme == "unix"
+        here = self._on_this_host()
+        if local:
             # a daemon on this host runs on this kernel: tell what it lacks up front
             missing = kernel_mod.missing_features()
             if missing:
                 raise TraceError(kernel_mod.describe_missing(missing, kernel_mod.kernel_release()))
-        local = self.service.address.scheme == "unix"
         client_attach = not self.hangs_only and (self.attach_mode == "client" or (
             self.attach_mode == "auto" and not attach_mod.kernel_has_kprobes()))
         # ig places the pthread probes only; where it does (auto, on a kernel with
@@ -197,8 +207,8 @@ class GadgetSession:
         # families' (GLib, CPython, Abseil, declared ones)
         families_here = not self.hangs_only and bool(self.lock_families) and (client_attach or (
             self.attach_mode == "auto" and local))
-        local_snapshots = self._on_this_host() and self.snapshot_interval > 0
-        before = attach_mod.program_ids() if families_here or self._on_this_host() else set()
+        local_snapshots = here and self.snapshot_interval > 0
+        before = attach_mod.program_ids() if families_here or here else set()
         if (client_attach or families_here) and self.tree_pid is not None:
             # probes go into each process of the tree alone: new processes wait for them
             self.params[PAUSE_NEW_PROCESSES_PARAM] = "true"
@@ -222,7 +232,7 @@ class GadgetSession:
         listing = info.extraInfo.data["ebpf.programs"].content if "ebpf.programs" in info.extraInfo.data else b""
         every_point = attach_mod.probe_points(listing, self.unlock_checks)
         owner = attach_mod.socket_peer_pid(self.service.address.location) if local else None
-        if self._on_this_host():
+        if here:
             self._ignore_ourselves(before, owner)
         if local_snapshots and SNAPSHOT_PROGRAM.encode() in listing:
             self._start_snapshots(before, owner, {p.symbol for p in every_point})
@@ -251,7 +261,7 @@ class GadgetSession:
                              f"kprobes, and must run on the daemon's host for that)") from exc
         self.probes = attach_mod.ProbeSet(points, self.program_ids)
         # each process's C library is found either way (the semaphores of CPython live there)
-        self.finder = LockLibraryFinder({p.symbol for p in every_point})
+        self.finder = self.finder or LockLibraryFinder({p.symbol for p in every_point})
         if function_programs:
             self.functions = LockFunctionFinder(self.lock_families)
         self.libraries = attach_mod.LockLibraryProbes(self.probes, self.finder, self.tree_pid is not None,
@@ -363,6 +373,13 @@ class GadgetSession:
         self.python.add(pid)
 
     def _library_found(self, found: ProcessLibrary, process_start: int) -> None:
+        if found.library is not None:
+            # what it maps now, kept: a frame the gadget could not place names from it, even
+            # once the process is gone, as its stacks come after its exit (see _place_bare_frames)
+            self._mappings.pop(found.pid, None)
+            self._mappings[found.pid] = file_mappings(found.pid)
+            while len(self._mappings) > MAX_KEPT_MAPPINGS:
+                del self._mappings[next(iter(self._mappings))]  # the oldest
         if not self.collector.probes_known or found.pid in self.collector.own_pids:
             return  # ig placed the pthread probes: only lock records tell which processes it traces
         library = found.library
@@ -394,6 +411,19 @@ class GadgetSession:
         else:
             libraries.process_exited(output.pid, output.process_start)
 
+    def _place_bare_frames(self, stack: StackTrace) -> None:
+        """A stack the gadget captured while the process's memory map was busy
+        (bpf_find_vma gives up when it cannot take the mmap lock at once, as
+        when threads start) has frames with no file: they are placed from the
+        process's mappings, now or as they were when its library was probed."""
+        bare = [address for (file_id, _), address in zip(stack.frames, stack.addresses)
+                if not file_id and (stack.pid, address) not in self.collector.resolved]
+        if not bare:
+            return
+        mappings = file_mappings(stack.pid) or self._mappings.get(stack.pid)
+        if mappings:
+            learn_code_locations(stack.pid, bare, self.collector.files, self.collector.resolved, mappings)
+
     def _remote_snapshot(self, output: Any) -> None:
         """IG's snapshot of a remote target, record by record until its end. (A
         local daemon's may miss the host's other pid namespaces: this client
@@ -424,6 +454,8 @@ class GadgetSession:
                     self._follow(output)
                 elif self.keeper is not None and kind in MappedFileKeeper.RECORDS:
                     self.keeper.note(output)
+                    if isinstance(output, StackTrace):
+                        self._place_bare_frames(output)
                 elif kind is WaitingThread or (isinstance(output, FetchTick) and output.datasource == WAITING):
                     self._remote_snapshot(output)
                     continue

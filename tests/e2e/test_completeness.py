@@ -205,3 +205,19 @@ def test_the_same_churn_under_watch_loses_nothing(ig_daemon, program, tmp_path):
     (finding,) = [f for f in report["findings"] if f["pid"] == churn.pid]
     assert {int(m, 16) for m in finding["mutexes"]} == {facts["X"][0], facts["Y"][0]}
     assert report["stats"]["edges_seen"] >= 4 * 16383 + 2
+
+
+def test_frames_captured_while_threads_start_are_all_named(ig_daemon, program):
+    """The gadget's frame lookup (bpf_find_vma) gives up when the process's
+    mmap lock is taken, which thread starts do all the time: such frames are
+    placed from the process's mappings, and every one is named."""
+    report, stderr = trace_json(ig_daemon, [program("burst")])
+    facts = program_facts(stderr)
+    pairs = {frozenset((facts[f"A{i}"][0], facts[f"B{i}"][0])) for i in range(16)}
+    cycles = [f for f in report["findings"] if f["kind"] == "potential-deadlock"]
+    assert {frozenset(int(m, 16) for m in f["mutexes"]) for f in cycles} == pairs
+    unnamed = [(f["id"], e["tid"], frame) for f in cycles for e in f["edges"] for frame in e["to_stack"][:2]
+               if frame["function"] is None]
+    assert unnamed == []
+    assert {e["to_stack"][0]["function"] for f in cycles for e in f["edges"]} == \
+        {f"{order}_{i}" for order in ("a_then_b", "b_then_a") for i in range(16)}

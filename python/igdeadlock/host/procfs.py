@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, MutableMapping, Optional, Tuple
+from typing import Dict, Iterable, List, MutableMapping, Optional, Sequence, Tuple
 
 from igdeadlock.records import MappedFile
 
@@ -65,31 +65,48 @@ def running_pids() -> List[int]:
     return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
 
 
-def code_locations(pid: int, addresses: Iterable[int]) -> Dict[int, Tuple[str, int, int, int]]:
-    """Where each code address of a running process is: address -> (path as the
-    process sees it, offset in that file, inode, device). Addresses outside any
-    file-backed mapping, and all of them once the process is gone, are left out."""
-    wanted = sorted(set(addresses))
-    if not wanted:
-        return {}
+# One file-backed mapping of a process: (start, end, file offset, path as the
+# process sees it, inode, device).
+Mapping = Tuple[int, int, int, str, int, int]
+
+
+def file_mappings(pid: int) -> List[Mapping]:
+    """The file-backed mappings of a running process (/proc/PID/maps); [] once it is gone."""
     try:
         with open(f"/proc/{pid}/maps") as handle:
             lines = handle.read().splitlines()
     except OSError:
-        return {}
-    found: Dict[int, Tuple[str, int, int, int]] = {}
+        return []
+    found = []
     for line in lines:
         fields = line.split(maxsplit=5)
         if len(fields) < 6 or fields[4] == "0" or not fields[5].startswith("/"):
             continue
         start, _, end = fields[0].partition("-")
-        low, high, offset = int(start, 16), int(end, 16), int(fields[2], 16)
         major, _, minor = fields[3].partition(":")
-        device = os.makedev(int(major, 16), int(minor, 16))
+        found.append((int(start, 16), int(end, 16), int(fields[2], 16), fields[5], int(fields[4]),
+                      os.makedev(int(major, 16), int(minor, 16))))
+    return found
+
+
+def locate(addresses: Iterable[int], mappings: Iterable[Mapping]) -> Dict[int, Tuple[str, int, int, int]]:
+    """Where each address is in these mappings: address -> (path, offset in the
+    file, inode, device); addresses outside them are left out."""
+    wanted = sorted(set(addresses))
+    found: Dict[int, Tuple[str, int, int, int]] = {}
+    for low, high, offset, path, inode, device in mappings if wanted else ():
         for address in wanted:
             if low <= address < high:
-                found[address] = (fields[5], address - low + offset, int(fields[4]), device)
+                found[address] = (path, address - low + offset, inode, device)
     return found
+
+
+def code_locations(pid: int, addresses: Iterable[int]) -> Dict[int, Tuple[str, int, int, int]]:
+    """Where each code address of a running process is: address -> (path as the
+    process sees it, offset in that file, inode, device). Addresses outside any
+    file-backed mapping, and all of them once the process is gone, are left out."""
+    wanted = set(addresses)
+    return locate(wanted, file_mappings(pid)) if wanted else {}
 
 
 def container_pids(container_ids: Iterable[str], proc: str = "/proc") -> List[int]:
@@ -116,13 +133,16 @@ def container_pids(container_ids: Iterable[str], proc: str = "/proc") -> List[in
 
 
 def learn_code_locations(pid: int, addresses: Iterable[int], files: MutableMapping[int, MappedFile],
-                         resolved: MutableMapping[Tuple[int, int], Tuple[int, int]]) -> None:
-    """Name code addresses of a running process from its /proc/PID/maps: each
-    file gets an id of its own in ``files`` (below 0, apart from the gadget's),
-    each address its (file id, offset) in ``resolved``, keyed (pid, address)."""
+                         resolved: MutableMapping[Tuple[int, int], Tuple[int, int]],
+                         mappings: Optional[Sequence[Mapping]] = None) -> None:
+    """Name code addresses of a process from its mappings (``mappings``, or its
+    /proc/PID/maps while it runs): each file gets an id of its own in ``files``
+    (below 0, apart from the gadget's), each address its (file id, offset) in
+    ``resolved``, keyed (pid, address)."""
     bare = [a for a in addresses if (pid, a) not in resolved]
     ids = {(m.path, m.inode): file_id for file_id, m in files.items() if file_id < 0}
-    for address, (path, offset, inode, device) in code_locations(pid, bare).items():
+    located = locate(bare, mappings) if mappings is not None else code_locations(pid, bare)
+    for address, (path, offset, inode, device) in located.items():
         file_id = ids.get((path, inode))
         if file_id is None:
             file_id = ids[(path, inode)] = -1 - len(ids)

@@ -242,12 +242,13 @@ def lock_wait(waiting: WaitingThread, what: Optional[str], process: _Process,
 class SnapshotReader:
     """Completes snapshot records of this host's threads from /proc.
 
-    ``library_of(pid, process_start)``: the process's C library, (flavor, "musl" or "glibc";
-    its path as the process sees it), None for a process with no C library lock
-    functions (a Go program). A thread whose wait is not made in that file
-    (a Go runtime's futex) waits in no lock this reads: its stack is left for a
-    finding to read (a big program's symbols take seconds). ``excluded``: processes that are igdeadlock's own (the
-    companion, its daemon), never reported. ``files`` and ``locations``
+    ``library_of(pid, process_start)``: the process's C library (its flavor,
+    "musl" or "glibc", and its path as the process sees it), None for a process
+    with no C library lock functions (a Go program). A thread whose wait is not
+    made in that file (a Go runtime's futex) waits in no lock this reads: its
+    stack is left for a finding to read (a big program's symbols take seconds).
+    ``excluded``: processes that are igdeadlock's own (the companion, its
+    daemon), never reported. ``files`` and ``locations``
     (a Collector's ``files`` and ``resolved``) learn where the frames it reads
     point, so that they are named after the process is gone. Each wait is
     read once: a thread that has not run since (same ``switches``) waits the
@@ -259,7 +260,7 @@ class SnapshotReader:
     locations: MutableMapping[Tuple[int, int], Tuple[int, int]]
     excluded: Set[int] = field(default_factory=set)
     _done: Dict[Tuple[int, int], Tuple[BlockedThread, Tuple[int, ...]]] = field(default_factory=dict)
-    _symbolizer: Optional[Symbolizer] = None  # names only, each file's symbols read once
+    _symbolizer: Symbolizer = field(init=False)  # names only, each file's symbols read once
 
     def __post_init__(self) -> None:
         self._symbolizer = Symbolizer(self.files, use_addr2line=False)
@@ -278,9 +279,9 @@ class SnapshotReader:
                 library = self.library_of(pid, threads_of[0].process_start)
                 flavor, path = library if library is not None else (None, None)
                 pcs = code_locations(pid, [w.user_pc for w in threads_of]) if library is not None else {}
-                in_library = [w for w in threads_of if pcs.get(w.user_pc, ("",))[0] == path]
-                blocked += [kernel_known_wait(w) for w in threads_of if w not in in_library]
-                threads_of = in_library
+                in_library = [pcs.get(w.user_pc, ("",))[0] == path for w in threads_of]
+                blocked += [kernel_known_wait(w) for w, inside in zip(threads_of, in_library) if not inside]
+                threads_of = [w for w, inside in zip(threads_of, in_library) if inside]
                 ns_tids = {w.ns_tid for w in threads_of}
                 fresh = [w for w in threads_of if (w.tid, w.switches) not in self._done]
                 frames = self._stacks(pid, fresh)
@@ -324,7 +325,7 @@ class SnapshotReader:
             pid=w.pid, tid=w.tid, comm=w.comm, mntns_id=w.mntns_id, process_start=w.process_start,
             session_id=0, lock=wait.lock, gen=0, mode=wait.mode, kind=wait.kind,
             how=Acquire.TIMED if w.timed else Acquire.BLOCKING, site=0, since=w.since, observed=w.observed,
-            owner_tid=owner if wait.kind not in (LockKind.FUTEX,) else 0, held=(),
+            owner_tid=owner if wait.kind != LockKind.FUTEX else 0, held=(),
             process_threads=w.process_threads, wait_frames=(), switches=w.switches)
 
     def _stacks(self, pid: int, threads: Sequence[WaitingThread]) -> Dict[int, Tuple[int, ...]]:
@@ -340,7 +341,6 @@ class SnapshotReader:
         what a thread waits in)."""
         learn_code_locations(pid, {a for stack in stacks.values() for a in stack}, self.files, self.locations)
         symbolizer = self._symbolizer
-        assert symbolizer is not None
         names = {}
         for tid, stack in stacks.items():
             top = stack[:FRAMES_LOOKED_AT]
