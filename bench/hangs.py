@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import servers
+from helpers import wait_until_stuck
 
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.ig.daemon import PrivateDaemon, find_ig
@@ -87,6 +88,7 @@ def snapshot_cost(image: str, threads: int = WAITERS) -> Dict[str, float]:
     waiters = subprocess.Popen([str(binary), str(threads)], stdout=subprocess.PIPE, text=True)
     try:
         assert waiters.stdout is not None and waiters.stdout.readline().strip() == "ready"
+        wait_until_stuck(waiters.pid, threads + 1)
         with hangs_only(image, snapshot_interval=3600.0) as session:
             timed = []
             for _ in range(3):

@@ -1,10 +1,10 @@
 /* Many threads that wait for good, for the snapshot benchmark: argv[1]
  * threads (default 1000), half blocked on a mutex the main thread holds, half
- * in a condition variable's wait. Prints "ready" once every thread waits. */
+ * in a condition variable's wait. Prints "ready" once every thread has
+ * started (they wait a moment later). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 static pthread_mutex_t held = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t guard = PTHREAD_MUTEX_INITIALIZER;
@@ -22,8 +22,8 @@ static void *wait_for_mutex(void *arg)
 static void *wait_for_signal(void *arg)
 {
 	(void)arg;
-	pthread_mutex_lock(&guard);
 	pthread_barrier_wait(&started);
+	pthread_mutex_lock(&guard);
 	for (;;)
 		pthread_cond_wait(&never, &guard);
 	return NULL;
@@ -45,6 +45,6 @@ int main(int argc, char **argv)
 	pthread_barrier_wait(&started);
 	printf("ready\n");
 	fflush(stdout);
-	pause();
+	pthread_join(thread, NULL); /* never returns: the main thread waits too */
 	return 0;
 }

@@ -80,6 +80,7 @@ enum misuse {
 	MISUSE_UNLOCK_NOT_OWNER =
 		1, /* a thread unlocks a lock another one holds */
 	MISUSE_EXIT_HOLDING = 2, /* a thread exits holding a lock */
+	MISUSE_UNLOCK_NOT_HELD = 3, /* a thread unlocks a lock nobody holds */
 };
 
 /* Keys of the `counters` map: what could not be tracked. */

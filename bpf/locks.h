@@ -390,16 +390,27 @@ static __always_inline void released_by_any(__u64 lock)
 
 /* An unlock of a lock the current thread does not hold: if the C library
  * records another thread as its owner, that is a misuse (unlock-not-owner),
- * and the owner holds it no more. Threads that never took a lock we saw have
- * no state, and are checked all the same. */
+ * and the owner holds it no more; if it records that nobody holds it, one too
+ * (unlock-not-held: a lock unlocked once more than it was locked). One the
+ * thread took before tracing began names it as its owner, or is not free.
+ * Threads that never took a lock we saw have no state, and are checked all
+ * the same. */
 static __always_inline void unlocked_unheld(void *ctx, __u64 lock, __u8 kind,
 					    __u8 libc, __u32 ns_tid)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 owner = lock_owner(lock, kind, libc) & OWNER_TID_MASK;
 
-	if (!owner || owner == ns_tid)
+	if (owner == ns_tid || owner >= THREAD_ID_LIMIT)
+		return; /* its own; or no thread at all: the memory is no lock */
+	if (!owner) {
+		if (lock_is_free(lock, kind, libc))
+			send_misuse(ctx, MISUSE_UNLOCK_NOT_HELD, lock,
+				    lock_generation(pid_tgid >> 32, lock), kind,
+				    LOCK_MODE_EXCLUSIVE, LOCK_MODE_EXCLUSIVE,
+				    capture_site(ctx, true), 0, 0);
 		return;
+	}
 	owner = owner_thread(pid_tgid >> 32, (__u32)pid_tgid, ns_tid, owner);
 	send_misuse(ctx, MISUSE_UNLOCK_NOT_OWNER, lock,
 		    lock_generation(pid_tgid >> 32, lock), kind,

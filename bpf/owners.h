@@ -42,6 +42,13 @@
 #define MUSL_MUTEX_TYPE_BITS 15
 /* an owner word without its waiter and owner-died bits */
 #define OWNER_TID_MASK 0x3fffffff
+/* Linux's PID_MAX_LIMIT: every thread id is below it, so an owner word at or
+ * above it names no thread (the memory is no lock) */
+#define THREAD_ID_LIMIT (4 * 1024 * 1024)
+/* glibc: an rwlock's __readers counts readers above three state bits; this
+ * one says a writer holds it */
+#define GLIBC_RWLOCK_READERS_SHIFT 3
+#define GLIBC_RWLOCK_WRLOCKED 0x2
 
 /* Whether the C library tells the thread's hold of a lock of this kind: a
  * glibc mutex records its owner's thread id while locked and 0 otherwise, so
@@ -83,6 +90,26 @@ static __always_inline __u32 lock_owner(__u64 lock, __u8 kind, __u8 libc)
 			&owner, sizeof(owner),
 			(void *)(lock + GLIBC_RWLOCK_WRITER_OFFSET));
 	return owner;
+}
+
+/* Whether a lock is free, as its C library's words say: nobody holds it.
+ * False where they do not tell (other kinds of locks). */
+static __always_inline bool lock_is_free(__u64 lock, __u8 kind, __u8 libc)
+{
+	__u64 address = lock;
+	__u32 word = 1;
+
+	if (kind != LOCK_KIND_MUTEX && kind != LOCK_KIND_RWLOCK &&
+	    kind != LOCK_KIND_SPINLOCK)
+		return false;
+	if (libc == LIBC_MUSL && kind == LOCK_KIND_MUTEX)
+		address += MUSL_MUTEX_LOCK_OFFSET;
+	if (bpf_probe_read_user(&word, sizeof(word), (void *)address))
+		return false;
+	if (libc == LIBC_GLIBC && kind == LOCK_KIND_RWLOCK)
+		return !(word >> GLIBC_RWLOCK_READERS_SHIFT) &&
+		       !(word & GLIBC_RWLOCK_WRLOCKED);
+	return word == 0;
 }
 
 /*

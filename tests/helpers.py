@@ -226,4 +226,5 @@ def wait_until_stuck(pid: int, threads: int, timeout: float = 60.0) -> List[int]
             return sorted(now)
         before = now
         time.sleep(0.2)
-    raise AssertionError(f"process {pid} did not hang: its threads are {before}")
+    calls = sorted({call for call, _ in before.values()})
+    raise AssertionError(f"process {pid} did not hang: {len(before)} threads (of {threads}), in system calls {calls}")

@@ -173,9 +173,11 @@ def learn_wait_stack(collector: Collector, wait: BlockedThread) -> None:
     """Where a thread of this host waits, while it does: its stack read from
     /proc where the gadget's walk ended in a C library, its addresses named."""
     key = (wait.pid, wait.tid)
-    if key not in collector.wait_stacks and len(wait.wait_frames) < 2:
+    # a snapshot read only its innermost frames (what it waits in)
+    if key not in collector.wait_stacks and (len(wait.wait_frames) < 2 or wait.switches):
         scanned = scan_stack(wait.pid, wait.tid)
-        if scanned:
+        # the same wait still (it waits where the record says), or it is another one's stack
+        if scanned and (not wait.wait_frames or scanned[0] == wait.wait_frames[0]):
             collector.wait_stacks[key] = tuple(scanned)
     learn_code_locations(collector, wait.pid, collector.wait_stacks.get(key, wait.wait_frames))
 

@@ -76,6 +76,7 @@ class Misuse(IntEnum):
     RELOCK_HELD = 0  # a thread requests a non-recursive lock it holds
     UNLOCK_NOT_OWNER = 1  # a thread unlocks a lock another one holds
     EXIT_HOLDING = 2  # a thread exits holding a lock
+    UNLOCK_NOT_HELD = 3  # a thread unlocks a lock nobody holds
 
 
 class Stat(IntEnum):

@@ -221,3 +221,25 @@ def test_frames_captured_while_threads_start_are_all_named(ig_daemon, program):
     assert unnamed == []
     assert {e["to_stack"][0]["function"] for f in cycles for e in f["edges"]} == \
         {f"{order}_{i}" for order in ("a_then_b", "b_then_a") for i in range(16)}
+
+
+@pytest.mark.parametrize("args,kind", [(["unlock-twice"], "mutex"), (["unlock-twice", "recursive"], "mutex"),
+                                       (["rwlock-unlock-twice"], "rwlock")])
+def test_unlocking_a_lock_nobody_holds(ig_daemon, program, args, kind):
+    """Unlocked once more than it was locked (Helgrind's tc10_rec_lock and
+    tc12_rwl_trivial, liblockdep's unlock_balance): where the unlock is probed
+    (glibc's mutexes: with --unlock-checks), nobody holds the lock then."""
+    report, stderr = trace_json(ig_daemon, [program("misuse"), *args], "--unlock-checks")
+    facts = program_facts(stderr)
+    (finding,) = report["findings"]
+    assert (finding["kind"], finding["lock_kinds"]) == ("unlock-not-held", [kind])
+    assert finding["mutexes"] == [hex(facts["L"][0])] and finding["threads"] == facts["t"]
+    assert finding["edges"][0]["to_stack"][0]["function"] == "main"
+
+
+def test_unlocking_memory_that_holds_no_lock_names_no_thread(ig_daemon, program):
+    """Helgrind's tc09_bad_unlock, its last case: the owner word is garbage, no
+    thread id; nothing is made of it."""
+    report, stderr = trace_json(ig_daemon, [program("misuse"), "unlock-garbage"], "--unlock-checks")
+    assert "result 22" in stderr  # EINVAL: glibc saw no mutex there either
+    assert report["findings"] == []

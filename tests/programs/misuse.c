@@ -9,6 +9,12 @@
  *                    lock operation that is unlocks it
  *   "exit-holding":  a thread exits holding a mutex; the process goes on
  *   "self-deadlock": the thread locks a normal mutex it holds: it hangs
+ *   "unlock-twice":  the thread locks a mutex and unlocks it twice (with
+ *                    "recursive" as argv[2]: a recursive mutex, locked twice
+ *                    and unlocked three times)
+ *   "rwlock-unlock-twice": the same with a rwlock, read-locked
+ *   "unlock-garbage": the thread unlocks memory that holds no mutex (every
+ *                    byte 0xff): glibc fails with EPERM
  * argv[2] "errorcheck" makes the mutex an error-checking one (musl records
  * the owner of those only).
  * Prints "mutex L 0x..." and "thread t TID" (the misusing thread). */
@@ -58,10 +64,12 @@ int main(int argc, char **argv)
 	if (strcmp(mode, "errorcheck") == 0 ||
 	    (argc > 2 && strcmp(argv[2], "errorcheck") == 0))
 		pthread_mutexattr_settype(&type, PTHREAD_MUTEX_ERRORCHECK);
-	if (strcmp(mode, "recursive") == 0)
+	if (strcmp(mode, "recursive") == 0 ||
+	    (argc > 2 && strcmp(argv[2], "recursive") == 0))
 		pthread_mutexattr_settype(&type, PTHREAD_MUTEX_RECURSIVE);
 	pthread_mutex_init(&mutex, &type);
-	if (strncmp(mode, "wrlock", 6) == 0 || strncmp(mode, "read", 4) == 0)
+	if (strncmp(mode, "wrlock", 6) == 0 || strncmp(mode, "read", 4) == 0 ||
+	    strncmp(mode, "rwlock", 6) == 0)
 		say_mutex("L", &rwlock);
 	else
 		say_mutex("L", &mutex);
@@ -103,6 +111,27 @@ int main(int argc, char **argv)
 		printf("line second %d\n", __LINE__ + 2);
 		fflush(stdout);
 		pthread_mutex_lock(&mutex); /* never returns */
+	} else if (strcmp(mode, "unlock-twice") == 0) {
+		int times = argc > 2 && strcmp(argv[2], "recursive") == 0 ? 2 :
+									    1;
+
+		say_thread("t");
+		for (int i = 0; i < times; i++)
+			pthread_mutex_lock(&mutex);
+		for (int i = 0; i < times; i++)
+			pthread_mutex_unlock(&mutex);
+		result = pthread_mutex_unlock(&mutex); /* once more */
+	} else if (strcmp(mode, "rwlock-unlock-twice") == 0) {
+		say_thread("t");
+		pthread_rwlock_rdlock(&rwlock);
+		pthread_rwlock_unlock(&rwlock);
+		result = pthread_rwlock_unlock(&rwlock); /* once more */
+	} else if (strcmp(mode, "unlock-garbage") == 0) {
+		static pthread_mutex_t garbage;
+
+		memset(&garbage, 0xff, sizeof(garbage));
+		say_thread("t");
+		result = pthread_mutex_unlock(&garbage);
 	} else if (strcmp(mode, "exit-holding") == 0) {
 		pthread_create(&thread, NULL, exit_holding, NULL);
 		pthread_join(thread, NULL);

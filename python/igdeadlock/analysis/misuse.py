@@ -1,7 +1,8 @@
 """Misuses of a lock that hang a program or leave it broken without a cycle:
 a thread that requests a non-recursive lock it already holds (a self-deadlock,
 or EDEADLK the program may ignore), one that unlocks a lock another thread
-holds, one that exits holding a lock (whoever waits for it next waits forever).
+holds, one that unlocks a lock nobody holds (unlocked once more than it was
+locked), one that exits holding a lock (whoever waits for it next waits forever).
 The gadget sees each as it happens; this keeps one finding per lock and thread.
 Pure: no I/O.
 """
@@ -18,8 +19,10 @@ from igdeadlock.records import MisuseEvent
 RELOCK_HELD = "relock-held"
 UNLOCK_NOT_OWNER = "unlock-not-owner"
 EXIT_HOLDING_LOCK = "exit-holding-lock"
+UNLOCK_NOT_HELD = "unlock-not-held"
 MISUSE_KINDS: Dict[int, str] = {Misuse.RELOCK_HELD: RELOCK_HELD, Misuse.UNLOCK_NOT_OWNER: UNLOCK_NOT_OWNER,
-                Misuse.EXIT_HOLDING: EXIT_HOLDING_LOCK}
+                                Misuse.UNLOCK_NOT_HELD: UNLOCK_NOT_HELD, Misuse.EXIT_HOLDING: EXIT_HOLDING_LOCK}
+MISUSES = tuple(MISUSE_KINDS.values())  # every misuse kind, as reports name them
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, List, MutableMapping, Optional, Seq
 from igdeadlock.gadget import Acquire, LockKind, LockMode, SnapshotCall
 from igdeadlock.host.bpf import Bpf, BpfError
 from igdeadlock.host.procfs import code_locations, learn_code_locations
-from igdeadlock.host.stackscan import scan_stack
+from igdeadlock.host.stackscan import executable_ranges, scan_stack
 from igdeadlock.host.symbolize import Symbolizer
 from igdeadlock.records import BlockedThread, Frame, MappedFile, StackTrace, WaitingThread
 
@@ -52,6 +52,7 @@ PI_FRAME_BYTES = 512  # of stack above the pointer searched for the mutex
 # (their names without glibc's internal prefixes and symbol versions, see
 # plain_name): (pattern, what it is). The first frame that matches one decides.
 FRAMES_LOOKED_AT = 6
+SNAPSHOT_SCAN_BYTES = 8 * 1024  # of stack scanned for them
 WAIT_FUNCTIONS: Tuple[Tuple["re.Pattern[str]", str], ...] = tuple((re.compile(p), what) for p, what in (
     (r"pthread_mutex_\w*lock\w*|lll_lock_wait\w*|lll_robust\w*lock\w*|mtx_(timed)?lock", "mutex"),
     (r"pthread_rwlock_\w*rdlock\w*", "rdlock"),
@@ -329,10 +330,12 @@ class SnapshotReader:
             process_threads=w.process_threads, wait_frames=(), switches=w.switches)
 
     def _stacks(self, pid: int, threads: Sequence[WaitingThread]) -> Dict[int, Tuple[int, ...]]:
-        """Each thread's user stack, innermost first, from its stack pointer."""
+        """Each thread's innermost frames, from its stack pointer: enough to tell
+        what it waits in (a finding reads the whole stack of its threads)."""
         stacks = {}
+        code = executable_ranges(pid) if threads else []
         for w in threads:
-            scanned = scan_stack(pid, w.tid)
+            scanned = scan_stack(pid, w.tid, FRAMES_LOOKED_AT, SNAPSHOT_SCAN_BYTES, code)
             stacks[w.tid] = tuple(scanned) if scanned else ((w.user_pc,) if w.user_pc else ())
         return stacks
 

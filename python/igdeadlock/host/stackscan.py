@@ -10,8 +10,9 @@ which name the wait, are the live ones.
 
 from __future__ import annotations
 
+import bisect
 import struct
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from igdeadlock.host.bpf import machine
 
@@ -31,7 +32,8 @@ def _syscall_registers(pid: int, tid: int) -> Optional[Tuple[int, int]]:
     return int(fields[7], 16), int(fields[8], 16)
 
 
-def _executable_ranges(pid: int) -> List[Tuple[int, int]]:
+def executable_ranges(pid: int) -> List[Tuple[int, int]]:
+    """The process's executable file mappings, sorted: (start, end)."""
     ranges = []
     try:
         with open(f"/proc/{pid}/maps") as handle:
@@ -42,7 +44,7 @@ def _executable_ranges(pid: int) -> List[Tuple[int, int]]:
                     ranges.append((int(low, 16), int(high, 16)))
     except OSError:
         pass
-    return ranges
+    return sorted(ranges)
 
 
 def _after_call_x86_64(before: bytes) -> bool:
@@ -63,28 +65,33 @@ def _after_call_aarch64(before: bytes) -> bool:
     return word >> 26 == 0b100101 or word & 0xFFFFFC1F == 0xD63F0000
 
 
-def scan_stack(pid: int, tid: int) -> List[int]:
+def scan_stack(pid: int, tid: int, max_frames: int = MAX_FRAMES, scan_bytes: int = SCAN_BYTES,
+               code: Optional[Sequence[Tuple[int, int]]] = None) -> List[int]:
     """Return addresses on the stack of thread ``tid`` of process ``pid``, the
-    innermost first, starting with the code it blocks in; [] when it does not
-    sit in a system call or cannot be read."""
+    innermost first, starting with the code it blocks in (at most
+    ``max_frames``, from ``scan_bytes`` of stack; ``code``: the process's
+    executable_ranges, read here if not given); [] when it does not sit in a
+    system call or cannot be read."""
     registers = _syscall_registers(pid, tid)
     arch = machine()
     if registers is None or arch not in ("x86_64", "aarch64"):
         return []
     sp, pc = registers
     after_call = _after_call_x86_64 if arch == "x86_64" else _after_call_aarch64
-    code = _executable_ranges(pid)
+    ranges = code if code is not None else executable_ranges(pid)
+    starts = [low for low, _ in ranges]
 
     def in_code(address: int) -> bool:
-        return any(low + 8 <= address < high for low, high in code)
+        i = bisect.bisect_right(starts, address) - 1
+        return i >= 0 and ranges[i][0] + 8 <= address < ranges[i][1]
 
     frames = [pc]
     try:
         with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
             mem.seek(sp)
-            stack = mem.read(SCAN_BYTES)
+            stack = mem.read(scan_bytes)
             for (word,) in struct.iter_unpack("<Q", stack[:len(stack) - len(stack) % 8]):
-                if len(frames) >= MAX_FRAMES:
+                if len(frames) >= max_frames:
                     break
                 if not in_code(word):
                     continue

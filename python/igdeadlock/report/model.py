@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION, Cycle, LockId, ProcessKey
-from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_OWNER, LockMisuse
+from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_HELD, UNLOCK_NOT_OWNER, LockMisuse
 from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED, Deadlock, Hang
 from igdeadlock.records import BlockedThread, Frame
 
@@ -182,7 +182,7 @@ def cluster_findings(findings: Sequence[FindingView]) -> List[ClusterFinding]:
 
 
 _SEVERITY = {ACTUAL_DEADLOCK: 0, ALL_THREADS_BLOCKED: 0, RELOCK_HELD: 1, POTENTIAL_DEADLOCK: 1, EXIT_HOLDING_LOCK: 2,
-             UNLOCK_NOT_OWNER: 2, SINGLE_THREAD_INVERSION: 3}
+             UNLOCK_NOT_OWNER: 2, UNLOCK_NOT_HELD: 2, SINGLE_THREAD_INVERSION: 3}
 
 
 def finding_id(kind: str, process: ProcessKey, locks: Iterable[LockId]) -> str:
@@ -190,7 +190,7 @@ def finding_id(kind: str, process: ProcessKey, locks: Iterable[LockId]) -> str:
     text = f"{kind}:{process.pid}:{process.start}:" + ",".join(f"{a:x}.{g}" for a, g in sorted(locks))
     prefix = {ACTUAL_DEADLOCK: "ad", ALL_THREADS_BLOCKED: "ab", POTENTIAL_DEADLOCK: "pd",
               SINGLE_THREAD_INVERSION: "st", RELOCK_HELD: "rh",
-              UNLOCK_NOT_OWNER: "un", EXIT_HOLDING_LOCK: "eh"}.get(kind, "f")
+              UNLOCK_NOT_OWNER: "un", UNLOCK_NOT_HELD: "nh", EXIT_HOLDING_LOCK: "eh"}.get(kind, "f")
     return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 

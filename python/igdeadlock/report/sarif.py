@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 from igdeadlock import __version__
 from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION
-from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_OWNER
+from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, MISUSES, RELOCK_HELD, UNLOCK_NOT_HELD, UNLOCK_NOT_OWNER
 from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED
 from igdeadlock.gadget import LockKind
 from igdeadlock.records import Frame
@@ -27,7 +27,6 @@ from igdeadlock.report.model import (
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://inspektor-gadget.io/"
 
-MISUSES = (RELOCK_HELD, UNLOCK_NOT_OWNER, EXIT_HOLDING_LOCK)
 
 _RULES = {
     ACTUAL_DEADLOCK: ("Threads are deadlocked: each waits for a lock the next one holds.", "error"),
@@ -37,6 +36,8 @@ _RULES = {
                               "cycle has locks run it.", "warning"),
     RELOCK_HELD: ("A thread requests a lock it already holds: it hangs, or fails with EDEADLK.", "error"),
     UNLOCK_NOT_OWNER: ("A thread unlocks a lock that another thread holds.", "error"),
+    UNLOCK_NOT_HELD: ("A thread unlocks a lock that nobody holds: it was unlocked once more than it was locked.",
+                      "error"),
     EXIT_HOLDING_LOCK: ("A thread exited holding a lock: the next thread to wait for it waits forever.", "error"),
     ALL_THREADS_BLOCKED: ("Every thread of the process waits (locks, condition variables, joins) and no "
                           "timeout ends any of the waits: the process hangs.", "error"),

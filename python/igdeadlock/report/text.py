@@ -8,7 +8,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from igdeadlock.analysis.coverage import ProcessCoverage
 from igdeadlock.analysis.lockorder import POTENTIAL_DEADLOCK, SINGLE_THREAD_INVERSION, LockId
-from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, RELOCK_HELD, UNLOCK_NOT_OWNER
+from igdeadlock.analysis.misuse import EXIT_HOLDING_LOCK, MISUSES, RELOCK_HELD, UNLOCK_NOT_HELD, UNLOCK_NOT_OWNER
 from igdeadlock.analysis.waitfor import ACTUAL_DEADLOCK, ALL_THREADS_BLOCKED
 from igdeadlock.gadget import LOCK_MODE_NAMES, OWNERLESS_KINDS, LockKind, LockMode
 from igdeadlock.records import Frame
@@ -29,6 +29,7 @@ _TITLES = {
     SINGLE_THREAD_INVERSION: "lock-order inversion in a single thread (it deadlocks once several threads run it)",
     RELOCK_HELD: "a thread requests a lock it already holds (it hangs, or fails with EDEADLK)",
     UNLOCK_NOT_OWNER: "a thread unlocks a lock that another thread holds",
+    UNLOCK_NOT_HELD: "a thread unlocks a lock that nobody holds (unlocked once more than it was locked)",
     EXIT_HOLDING_LOCK: "a thread exited holding a lock (the next thread to wait for it waits forever)",
     ALL_THREADS_BLOCKED: "deadlock: every thread of the process waits, and nothing will wake it",
 }
@@ -140,7 +141,7 @@ def render_hang(f: FindingView) -> str:
 
 
 def render_misuse(f: FindingView) -> str:
-    """relock-held, unlock-not-owner, exit-holding-lock: one lock, one thread."""
+    """relock-held, unlock-not-owner, unlock-not-held, exit-holding-lock: one lock, one thread."""
     (e,) = f.edges
     lock = f"{_lock_word(f.lock_kinds[0]).lower()} M0 ({hex_address(f.locks[0][0])})"
     thread = f"Thread {e.tid} ({e.comm})"
@@ -158,6 +159,9 @@ def render_misuse(f: FindingView) -> str:
         holder = f"thread {f.threads[1]}" if len(f.threads) > 1 else "another thread"
         lines.append(f"  {thread} unlocks {lock}, held by {holder}, here:")
         lines.extend(stacks.lines(e.to_stack))
+    elif f.kind == UNLOCK_NOT_HELD:
+        lines.append(f"  {thread} unlocks {lock}, which nobody holds, here:")
+        lines.extend(stacks.lines(e.to_stack))
     else:
         lines.append(f"  {thread} exited holding {lock}, which it took here:")
         lines.extend(stacks.lines(e.from_stack))
@@ -170,7 +174,7 @@ def render_finding(f: FindingView) -> str:
         return render_deadlock(f)
     if f.kind == ALL_THREADS_BLOCKED:
         return render_hang(f)
-    if f.kind in (RELOCK_HELD, UNLOCK_NOT_OWNER, EXIT_HOLDING_LOCK):
+    if f.kind in MISUSES:
         return render_misuse(f)
     names: Dict[LockId, str] = {lock: f"M{i}" for i, lock in enumerate(f.locks)}
     kinds = dict(zip(f.locks, f.lock_kinds))
@@ -257,7 +261,7 @@ def render_text(report: Report, show_suppressed: bool = False) -> str:
     potential = sum(1 for f in findings if f.kind == POTENTIAL_DEADLOCK and not f.suppressed)
     single = sum(1 for f in findings if f.kind == SINGLE_THREAD_INVERSION and not f.suppressed)
     suppressed = sum(1 for f in findings if f.suppressed)
-    misuses = sum(1 for f in findings if f.kind in (RELOCK_HELD, UNLOCK_NOT_OWNER, EXIT_HOLDING_LOCK))
+    misuses = sum(1 for f in findings if f.kind in MISUSES)
     summary = (f"igdeadlock: {actual} actual deadlock(s), {potential} potential deadlock(s), "
                f"{single} single-thread inversion(s), {misuses} lock misuse(s), "
                f"{suppressed} suppressed")
