@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import servers
-from helpers import wait_until_stuck
 
+from helpers import wait_until_stuck
 from igdeadlock.analysis.collector import Collector
 from igdeadlock.ig.daemon import PrivateDaemon, find_ig
 from igdeadlock.ig.service import GadgetService

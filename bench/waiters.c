@@ -45,6 +45,7 @@ int main(int argc, char **argv)
 	pthread_barrier_wait(&started);
 	printf("ready\n");
 	fflush(stdout);
-	pthread_join(thread, NULL); /* never returns: the main thread waits too */
+	pthread_join(thread,
+		     NULL); /* never returns: the main thread waits too */
 	return 0;
 }
