@@ -391,7 +391,8 @@ static __always_inline void released_by_any(__u64 lock)
 /* An unlock of a lock the current thread does not hold: if the C library
  * records another thread as its owner, that is a misuse (unlock-not-owner),
  * and the owner holds it no more; if it records that nobody holds it, one too
- * (unlock-not-held: a lock unlocked once more than it was locked). One the
+ * (unlock-not-held: a lock unlocked once more than it was locked; mutexes and
+ * rwlocks only, see lock_is_free). One the
  * thread took before tracing began names it as its owner, or is not free.
  * Threads that never took a lock we saw have no state, and are checked all
  * the same. */

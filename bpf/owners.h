@@ -93,14 +93,14 @@ static __always_inline __u32 lock_owner(__u64 lock, __u8 kind, __u8 libc)
 }
 
 /* Whether a lock is free, as its C library's words say: nobody holds it.
- * False where they do not tell (other kinds of locks). */
+ * False where they do not tell (other kinds of locks; spinlocks, whose unlock
+ * probe also sees pthread_spin_init, which shares its code). */
 static __always_inline bool lock_is_free(__u64 lock, __u8 kind, __u8 libc)
 {
 	__u64 address = lock;
 	__u32 word = 1;
 
-	if (kind != LOCK_KIND_MUTEX && kind != LOCK_KIND_RWLOCK &&
-	    kind != LOCK_KIND_SPINLOCK)
+	if (kind != LOCK_KIND_MUTEX && kind != LOCK_KIND_RWLOCK)
 		return false;
 	if (libc == LIBC_MUSL && kind == LOCK_KIND_MUTEX)
 		address += MUSL_MUTEX_LOCK_OFFSET;
