@@ -69,6 +69,7 @@ MAX_EVIDENCE_PER_EDGE = 256
 MAX_ASSIGNMENT_STEPS = 20000  # backtracking budget per cycle and constraint set
 MAX_REMEMBERED_EXITS = 65536  # dropped graphs remembered for edges that arrive after them
 EXIT_GRACE_ANALYSES = 2  # an exited process's last edges come with the next fetch
+MAX_SETTLING_ANALYSES = 64  # analyses of a whole graph to settle its findings (see settled_cycles)
 
 
 class ProcessKey(NamedTuple):
@@ -267,6 +268,7 @@ class ProcessGraph:
         component, current = self._strong_components(grew=bool(new_edges))
         found: Dict[Tuple[LockId, ...], Cycle] = {}
         covered: Set[Tuple[LockId, LockId]] = set()
+        threads: Dict[int, bool] = {}  # component -> whether several threads made its edges
         work = [budget * self._boost]
         left: Dict[Tuple[LockId, LockId], None] = {}
         # the edges the components were not computed with
@@ -283,7 +285,7 @@ class ProcessGraph:
                 continue
             if edge in covered:
                 continue
-            cycle = self._witness(source, target, component, group, work)
+            cycle = self._witness(source, target, component, group, work, threads)
             if cycle is None:
                 if work[0] <= 0:
                     left[edge] = None  # the search was cut short: try again next time
@@ -297,6 +299,27 @@ class ProcessGraph:
         self._boost = min(self._boost * 2, MAX_BUDGET_BOOST) if stalled else 1
         self._left = left
         return [found[ring] for ring in sorted(found)]
+
+    def settled_cycles(self) -> Optional[List[Cycle]]:
+        """The cycles that one analysis of the whole graph finds, its edges taken
+        in sorted order, or None if MAX_SETTLING_ANALYSES budgets do not do.
+
+        Incremental analyses depend on which edges had arrived when each ran (a
+        cycle through an edge whose reverse had not come yet is a longer one), so
+        the same program traced twice would get different findings; these
+        depend on the edges alone."""
+        whole = ProcessGraph(self.key)
+        whole.decode = self.decode
+        whole.lock_ids = self.lock_ids
+        whole.edges = {edge: self.edges[edge] for edge in sorted(self.edges)}
+        found: Dict[Tuple[LockId, ...], Cycle] = {}
+        for _ in range(MAX_SETTLING_ANALYSES):
+            for cycle in whole.find_cycles():
+                found.setdefault(cycle.locks, cycle)
+            if not whole.has_work:
+                self.longest_cut |= whole.longest_cut
+                return [found[ring] for ring in sorted(found)]
+        return None
 
     def _strong_components(self, grew: bool) -> Tuple[Dict[LockId, int], bool]:
         """Lock -> component of the locks that can be on a cycle (one linear pass),
@@ -312,15 +335,35 @@ class ProcessGraph:
         return self._components, self._components_edges == len(self.edges)
 
     def _witness(self, source: LockId, target: LockId, component: Mapping[LockId, int], group: int,
-                 work: List[int]) -> Optional[Cycle]:
+                 work: List[int], threads: Dict[int, bool]) -> Optional[Cycle]:
         path = self._shortest_path(target, source, component, group, work)
         if path is None:
             return None
         shortest = self.classify(_rotate(tuple([source] + path[:-1])))
         if shortest is not None and shortest.kind == POTENTIAL_DEADLOCK and shortest.suppressed is None:
             return shortest
+        if not self._several_threads(group, component, threads):
+            return shortest  # one thread made every edge of the component: no distinct threads to find
         longer = self._distinct_thread_cycle(source, target, component, group, work)
         return longer if longer is not None else shortest
+
+    def _several_threads(self, group: int, component: Mapping[LockId, int], known: Dict[int, bool]) -> bool:
+        """Whether the edges inside a component come from more than one thread
+        (worked out once per analysis and component)."""
+        if group not in known:
+            tids: Set[int] = set()
+            for source, targets in self.succ.items():
+                if component.get(source) != group:
+                    continue
+                for target in targets:
+                    if component.get(target) == group:
+                        tids.update(ev.tid for ev in self.evidence(source, target))
+                        if len(tids) > 1:
+                            break
+                if len(tids) > 1:
+                    break
+            known[group] = len(tids) > 1
+        return known[group]
 
     def _shortest_path(self, start: LockId, goal: LockId, component: Mapping[LockId, int], group: int,
                        work: List[int]) -> Optional[List[LockId]]:
@@ -628,7 +671,10 @@ class LockGraphStore:
     Findings outlive their process. A process's graph is kept after its exit
     until EXIT_GRACE_ANALYSES analyses have passed (its last edges come with
     the fetch after the exit event; they join the same graph, never a new one)
-    and its analysis is complete; only then is it dropped.
+    and its analysis is complete; only then is it dropped. Before, and at a
+    trace's end, its findings are settled: replaced by those of one analysis of
+    its whole graph (ProcessGraph.settled_cycles), so that they do not depend
+    on when its edges arrived.
     """
 
     def __init__(self, keep_session: Optional[Callable[[int], bool]] = None) -> None:
@@ -641,6 +687,8 @@ class LockGraphStore:
         self._keep_session = keep_session  # which sessions' edges to analyse (default: all)
         self._analyses = 0
         self._exited_at: Dict[ProcessKey, int] = {}  # exited process -> analyses done when it exited
+        self._rings_of: Dict[ProcessKey, Set[Tuple[LockId, ...]]] = {}  # process -> its findings' locks
+        self.unsettled: Set[ProcessKey] = set()  # graphs too big to settle: findings as they came
 
     def _graph(self, pid: int, start: int) -> ProcessGraph:
         graph = self.graphs.get((pid, start))  # type: ignore[call-overload]  # equal to ProcessKey(pid, start)
@@ -732,11 +780,7 @@ class LockGraphStore:
             graph = self.graphs.get(key)
             if graph is None:
                 continue
-            for cycle in graph.find_cycles(budget):
-                known = self.findings.get(cycle.key)
-                if known is None or (known.kind, known.suppressed) != (cycle.kind, cycle.suppressed):
-                    self.findings[cycle.key] = cycle  # new, or more evidence changed what it means
-                    new.append(cycle)
+            new += self._record(graph.find_cycles(budget))
         self._dirty = {key for key in self._dirty if key in self.graphs and self.graphs[key].has_work}
         for key, exited_at in list(self._exited_at.items()):
             graph = self.graphs.get(key)
@@ -744,6 +788,7 @@ class LockGraphStore:
                 continue  # its last edges may still come, or it is not analysed to the end
             del self._exited_at[key]
             if graph is not None:
+                new += self._settle(graph)
                 del self.graphs[key]
                 if key not in self._dropped:
                     self._dropped.add(key)
@@ -763,6 +808,42 @@ class LockGraphStore:
         new = self.analyse()
         while any(g.has_work for g in self.graphs.values()) and clock() < deadline:
             new += self.analyse()
+        for key in sorted(self.graphs):
+            graph = self.graphs[key]
+            if not graph.has_work:
+                new += self._settle(graph)
+        return new
+
+    def _record(self, cycles: Iterable[Cycle]) -> List[Cycle]:
+        """Keep these findings; those not known before, or whose meaning more
+        evidence changed."""
+        new = []
+        for cycle in cycles:
+            known = self.findings.get(cycle.key)
+            if known is None or (known.kind, known.suppressed) != (cycle.kind, cycle.suppressed):
+                self.findings[cycle.key] = cycle
+                self._rings_of.setdefault(cycle.process, set()).add(cycle.locks)
+                new.append(cycle)
+        return new
+
+    def _settle(self, graph: ProcessGraph) -> List[Cycle]:
+        """Replace a complete graph's findings by its settled cycles; the new ones.
+        A graph made again after its drop (a very late edge) holds only those
+        edges: the findings of the whole one stand."""
+        rings = self._rings_of.get(graph.key)
+        if not rings or graph.key in self._dropped:
+            return []  # no cycle at all: the whole graph has none either
+        settled = graph.settled_cycles()
+        if settled is None:
+            self.unsettled.add(graph.key)
+            return []
+        keep = {cycle.locks for cycle in settled}
+        for ring in rings - keep:
+            del self.findings[(graph.key, ring)]
+        new = self._record(settled)
+        for cycle in settled:  # the settled evidence too, not only the settled rings
+            self.findings[cycle.key] = cycle
+        self._rings_of[graph.key] = keep
         return new
 
     def incomplete(self) -> Dict[ProcessKey, int]:
