@@ -6,14 +6,13 @@ import random
 
 import pytest
 from builders import PID, R, W, acquire, graph_of, summary
-
 from igdeadlock.analysis.lockorder import (
+    EXIT_GRACE_ANALYSES,
     POTENTIAL_DEADLOCK,
     SINGLE_THREAD_INVERSION,
     SUPPRESSED_GATE_LOCK,
     SUPPRESSED_READ_READ,
     SUPPRESSED_TIMED_LOCK,
-    EXIT_GRACE_ANALYSES,
     LockGraphStore,
     ProcessKey,
 )
