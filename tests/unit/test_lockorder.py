@@ -6,6 +6,7 @@ import random
 
 import pytest
 from builders import PID, R, W, acquire, graph_of, summary
+
 from igdeadlock.analysis.lockorder import (
     EXIT_GRACE_ANALYSES,
     POTENTIAL_DEADLOCK,
