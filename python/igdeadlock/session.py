@@ -30,6 +30,7 @@ from igdeadlock.host import attach as attach_mod
 from igdeadlock.host import kernel as kernel_mod
 from igdeadlock.host.bpf import Bpf
 from igdeadlock.host.keeper import MappedFileKeeper, keeper_for
+from igdeadlock.host.lockcode import LockCodeScanner
 from igdeadlock.host.lockfunctions import BUILT_IN_FAMILIES, FunctionTarget, LockFamily, LockFunctionFinder
 from igdeadlock.host.locklib import LockLibraryFinder, ProcessLibrary
 from igdeadlock.host.procfs import (
@@ -150,6 +151,7 @@ class GadgetSession:
         self.unlock_checks = unlock_checks  # probe every mutex unlock (see CLIENT_PLACED_PROGRAMS)
         self.lock_families = tuple(lock_families)  # lock functions beyond pthread's (host/lockfunctions.py)
         self.functions: Optional[LockFunctionFinder] = None
+        self.lock_code = LockCodeScanner()  # lock implementations of theirs no probe sees
         self.python: Set[int] = set()  # CPython processes whose Python frames the gadget walks
         self._python_map: Optional[int] = None  # fd of the gadget's python_processes map
         self.image = image
@@ -384,10 +386,15 @@ class GadgetSession:
             return  # ig placed the pthread probes: only lock records tell which processes it traces
         library = found.library
         start = process_start or process_start_ns(found.pid) or 0
-        self.collector.coverage.probed(found.pid, start, found.comm, found.exe,
-                                       library.path if library else None, library.flavor if library else None,
-                                       library.static if library else False, found.reason,
-                                       mount_namespace_of(found.pid))
+        entry = self.collector.coverage.probed(found.pid, start, found.comm, found.exe,
+                                               library.path if library else None,
+                                               library.flavor if library else None,
+                                               library.static if library else False, found.reason,
+                                               mount_namespace_of(found.pid))
+        if found.pid:
+            # locks its code holds that no probe sees: said whether or not they ever wait
+            code = self.lock_code.in_process(found.pid, (*([found.exe] if found.exe else []), *found.objects))
+            entry.untraced_code = [(c.implementation, c.file) for c in code]
 
     def _guarded(self, step: Callable[[], object]) -> None:
         """Run an attachment step; a library that cannot be probed ends the run."""

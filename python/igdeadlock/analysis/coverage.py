@@ -31,6 +31,8 @@ class ProcessCoverage:
     reason: Optional[str] = None  # why not traced
     lock_events: bool = False  # records arrived from it
     limits: List[str] = field(default_factory=list)  # limits reached that can hide a finding in it
+    # lock implementations its files contain that are not traced: (what, file as it sees it)
+    untraced_code: List[Tuple[str, str]] = field(default_factory=list)
     target: str = ""  # the gadget service it was seen through (set in multi-target reports)
 
     def to_json(self) -> Dict[str, object]:
@@ -47,6 +49,7 @@ class ProcessCoverage:
             "traced": self.traced,
             "reason": None if self.traced else self.reason,
             "limits": list(self.limits),
+            "untraced_lock_code": [{"implementation": what, "file": file} for what, file in self.untraced_code],
         }
 
 
@@ -75,9 +78,11 @@ class CoverageTable:
         return created
 
     def clear_limits(self) -> None:
+        """Limits are worked out again at each report; what its code holds is
+        kept, and said first."""
         for entries in self._by_pid.values():
             for entry in entries:
-                entry.limits = []
+                entry.limits = [untraced_code_limit(entry.untraced_code)] if entry.untraced_code else []
 
     def latest(self, pid: int) -> ProcessCoverage:
         """The most recent process of this pid (made if none was seen)."""
@@ -131,3 +136,10 @@ class CoverageTable:
                    if namespaces is None or e.mntns_id in namespaces]
         traced = sum(1 for e in entries if e.traced)
         return traced, len(entries) - traced
+
+
+def untraced_code_limit(code: List[Tuple[str, str]]) -> str:
+    """The limit of a process whose files hold locks igdeadlock does not trace."""
+    return ("its code has locks igdeadlock does not trace: " +
+            "; ".join(f"{what} (in {file})" for what, file in code) +
+            ": locks taken there are not seen, so no deadlock among them is ruled out")

@@ -267,6 +267,10 @@ def render_text(report: Report, show_suppressed: bool = False) -> str:
                f"{suppressed} suppressed")
     if suppressed and not show_suppressed:
         summary += " (--show-suppressed to see them)"
+    limited = sum(1 for p in report.processes if p.limits or not p.traced)
+    if limited:
+        # no finding in those is no clean bill: the LIMIT and NOT TRACED lines say why
+        summary += f"; {limited} process(es) with limits or not traced (see above)"
     parts.append(summary + "\n" + render_stats(stats))
     return "\n".join(parts)
 

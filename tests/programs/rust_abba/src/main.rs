@@ -4,6 +4,8 @@
 //!   rust_abba           one after the other (a Barrier keeps them apart)
 //!   rust_abba deadlock  at once: both hold their first mutex, then ask for
 //!                       the other one, and deadlock for good
+//!   rust_abba quiet     the first thread joined before the second starts:
+//!                       no thread ever waits, on a lock or anything else
 //! Prints "thread ab TID" and "thread ba TID".
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -21,7 +23,11 @@ fn gettid() -> i64 {
 }
 
 fn main() {
-    let deadlock = std::env::args().nth(1).as_deref() == Some("deadlock");
+    let mode = std::env::args().nth(1);
+    if mode.as_deref() == Some("quiet") {
+        return quiet();
+    }
+    let deadlock = mode.as_deref() == Some("deadlock");
     let a = Arc::new(Mutex::new(0u64));
     let b = Arc::new(Mutex::new(0u64));
     let meet = Arc::new(Barrier::new(2));
@@ -55,4 +61,22 @@ fn main() {
     });
     ab.join().unwrap();
     ba.join().unwrap();
+}
+
+fn quiet() {
+    let a = Arc::new(Mutex::new(0u64));
+    let b = Arc::new(Mutex::new(0u64));
+    for a_first in [true, false] {
+        let (a, b) = (a.clone(), b.clone());
+        thread::spawn(move || {
+            let name = if a_first { "ab" } else { "ba" };
+            println!("thread {} {}", name, gettid());
+            let (first, second) = if a_first { (&a, &b) } else { (&b, &a) };
+            let mut held = first.lock().unwrap();
+            *second.lock().unwrap() += 1;
+            *held += 1;
+        })
+        .join()
+        .unwrap();
+    }
 }
