@@ -93,6 +93,7 @@ enum tracking_stat {
 	STAT_BLOCKED_FULL = 5, /* a blocked thread not recorded */
 	STAT_TREE_FULL = 6, /* a process of the traced tree not tracked */
 	STAT_REQUEST_LOST = 7, /* a lock request not handed over (see 11) */
+	STAT_RETURN_MISSED = 8, /* a try or timed lock's return not seen */
 };
 
 /* A uprobe's attach cookie: the C library, and the size of the probed

@@ -102,6 +102,21 @@ static __always_inline bool nested_lock_call(struct pt_regs *ctx,
 	return nested;
 }
 
+/* A try or timed call still pending while the thread runs outside its frame
+ * (a lock call from its caller or above, or the return of an outer call): it
+ * has returned, and its return probe did not run (the kernel can drop a
+ * return instance). Whether it acquired is unknown: nothing is held for it,
+ * so no false edge comes from it, and the miss is counted, never silent.
+ * outside: a stack pointer at a call's entry at or above the pending one's. */
+static __always_inline void check_return_missed(struct thread_locks *t,
+						__u64 outside)
+{
+	if (t->pending.active && outside >= t->pending.sp) {
+		t->pending.active = 0;
+		count_stat(STAT_RETURN_MISSED);
+	}
+}
+
 /* A lock function entered for a lock the thread holds (held[i]): no self
  * edge; a blocking acquisition counts the depth, a try or timed one does if
  * it succeeds. */
@@ -186,6 +201,7 @@ static __always_inline int lock_requested(struct pt_regs *ctx, __u64 lock,
 		return 0;
 	if (t->libc == LIBC_MUSL && nested_lock_call(ctx, t, lock))
 		return 0;
+	check_return_missed(t, PT_REGS_SP(ctx));
 	forget_released(t, 0);
 
 	check_cache_epoch(t);
@@ -329,6 +345,8 @@ static __always_inline int lock_returned(struct pt_regs *ctx)
 	t = thread_state(current_tid(), NULL);
 	if (!t)
 		return 0;
+	/* a return above the pending call's frame (its own is equal) */
+	check_return_missed(t, PT_REGS_SP(ctx) - RETURN_SP_OFFSET - 1);
 	if (!t->pending.active ||
 	    PT_REGS_SP(ctx) - RETURN_SP_OFFSET != t->pending.sp) {
 		/* a blocking lock function that sleeps elsewhere than on its

@@ -90,6 +90,7 @@ class Stat(IntEnum):
     BLOCKED_FULL = 5  # a blocked thread not recorded
     TREE_FULL = 6  # a process of the traced tree not tracked
     REQUEST_LOST = 7  # a lock request not handed over (another thread's came in between)
+    RETURN_MISSED = 8  # a try or timed lock's return not seen
 
 
 LOCK_MODE_NAMES: Dict[int, str] = {LockMode.EXCLUSIVE: "write", LockMode.SHARED: "read"}
@@ -112,6 +113,7 @@ COUNTER_NAMES: Dict[int, str] = {
     Stat.BLOCKED_FULL: "blocked_map_full",
     Stat.TREE_FULL: "tree_map_full",
     Stat.REQUEST_LOST: "lock_request_lost",
+    Stat.RETURN_MISSED: "lock_return_missed",
 }
 
 # What each counter means for a report: "{count} {meaning}"
@@ -124,6 +126,8 @@ COUNTER_MEANINGS: Dict[int, str] = {
     Stat.BLOCKED_FULL: "blocked thread(s) not recorded: the blocked-thread map was full",
     Stat.TREE_FULL: "process(es) of the traced tree not followed: the tree map was full",
     Stat.REQUEST_LOST: "lock request(s) not tracked: the hand-over between the gadget's programs was interrupted",
+    Stat.RETURN_MISSED: "try or timed lock call(s) whose return the kernel did not report: whether they "
+                        "acquired is unknown, so no edge from those locks was recorded",
 }
 
 # A uprobe's attach cookie: bits 0-7 the C library, bits 32-63 the size of the

@@ -148,6 +148,19 @@ def test_user_declared_lock_functions(ig_daemon, tmp_path):
     assert kinds(report, "potential-deadlock") == []
 
 
+def test_a_try_lock_whose_return_is_never_seen_is_counted(ig_daemon, tmp_path):
+    """user_trylock takes lock B and leaves by longjmp: its return probe never
+    runs, so whether it acquired is unknown. The gadget sees the thread call
+    user_lock from outside that frame: B is not taken for held (no edge from
+    it, right or wrong), and the report says a return was missed."""
+    binary = compile_program("user_locks")
+    report, stderr = trace_json(ig_daemon, [binary, "longjmp"], "--lock-functions", declaration(tmp_path, binary))
+    assert set(program_facts(stderr)) >= {"ab", "ba"}
+    assert kinds(report, "potential-deadlock") == []
+    (process,) = [p for p in report["processes"] if p["comm"].startswith("user_locks")]
+    assert "1 try or timed lock call(s) whose return the kernel did not report" in "; ".join(process["limits"])
+
+
 @pytest.mark.parametrize("change,says", [
     ({"unlock": "user_release"}, "defines no function user_release (its unlock)"),
     ({"argument": 7}, "'argument' must be 0 to 4"),
