@@ -10,6 +10,7 @@
 #   make test-k8s-kernel  the same cluster in a guest of a kernel with kprobes (K8S_KERNEL=6.1): kubectl gadget run alone
 #   make demo        set up, build, trace an example program with a lock-order inversion
 #   make bench       measure the cost of tracing (BPF time per lock/unlock pair) and the analysis
+#   make soak        watch this host for SOAK_MINUTES (30) under load, its daemon killed once
 #   make diagrams    regenerate DEVELOPER.md's program-map diagrams from the built image
 #   make containers  start Docker and build the test images (igdeadlock-test/glibc, /musl)
 #   make lint        ruff, mypy, and clang-format in Inspektor Gadget's style
@@ -30,10 +31,10 @@ IG_VERSION := $(shell awk '$$1 == "github.com/inspektor-gadget/inspektor-gadget"
 GADGET_SOURCES := program.bpf.c $(sort $(wildcard bpf/*.h)) gadget.yaml build.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test load-test kernels setup-kernels test-kernels test-k8s-kernel unit-test e2e-test test-k8s demo bench setup-bench diagrams containers cluster cluster-down lint proto clean
+.PHONY: help setup setup-packages setup-ig setup-python setup-test-tools gadget test load-test kernels setup-kernels test-kernels test-k8s-kernel unit-test e2e-test test-k8s demo bench soak setup-bench diagrams containers cluster cluster-down lint proto clean
 
 help:
-	@sed -n '2,19p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,20p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: setup-packages setup-ig setup-python setup-test-tools
 
@@ -137,6 +138,12 @@ setup-bench: setup
 
 bench: setup-bench gadget
 	cd bench && ../$(VENV)/bin/python bench.py --json ../$(BUILD)/bench/results.json
+
+# igdeadlock watch for SOAK_MINUTES (default 30) beside loaded servers and a
+# process churn, its daemon killed once (bench/soak.py); not part of make test
+SOAK_MINUTES ?= 30
+soak: setup-bench gadget
+	cd bench && SOAK_MINUTES=$(SOAK_MINUTES) ../$(VENV)/bin/python soak.py
 
 # A Docker engine (started when it does not answer) and the images the tests run
 # programs in; both steps are idempotent and cached (tools/containers/).
