@@ -19,6 +19,12 @@ for n in 0:stdin 1:stdout 2:stderr; do
 	[ -e "/dev/${n#*:}" ] || ln -s "/proc/self/fd/${n%%:*}" "/dev/${n#*:}"
 done
 mount -t devpts devpts /dev/pts
+# the checkout the command runs in (and its virtualenv) may lie under a
+# directory that gets a tmpfs of its own below (a clone in /tmp): it is held
+# aside and bound back over that tmpfs, so the guest sees it wherever it is
+checkout=$(cat "$out/cwd")
+held=/mnt/igdeadlock-checkout
+mkdir -p "$held" && mount --bind "$checkout" "$held"
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /run
@@ -30,6 +36,9 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 for dir in /var/lib/docker /var/lib/containerd /var/run/ig; do
 	[ -d "$dir" ] && mount -t tmpfs -o mode=0711 tmpfs "$dir"
 done
+if [ -z "$(ls -A "$checkout" 2>/dev/null)" ]; then # hidden by a tmpfs above
+	mkdir -p "$checkout" && mount --bind "$held" "$checkout"
+fi
 # the kernel's modules, for a guest that needs more than it booted with
 if [ -s "$out/modules" ]; then
 	release=$(uname -r)

@@ -122,6 +122,10 @@ def update_lists(suites: Iterable[str]) -> None:
     stamp.touch()
 
 
+# The packages Debian's newer kernels ship their image and modules in.
+KERNEL_PARTS = r"\b(linux-(?:base|binary|modules)-[^\s,(]+)"
+
+
 def natural_key(text: str) -> List[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
@@ -134,7 +138,25 @@ def newest_package(kernel: Kernel) -> str:
     names = [n for n in names if pattern.search(n)]
     if not names:
         raise KernelError(f"kernel {kernel.name}: no package of {kernel.suite} matches {kernel.package}")
-    return max(names, key=natural_key)
+    # an archive being updated can list a new kernel before the packages its
+    # image depends on: the newest whose parts are all there
+    for name in sorted(names, key=natural_key, reverse=True):
+        if all(_available(part) for part in _kernel_parts(name)):
+            return name
+    raise KernelError(f"kernel {kernel.name}: every package matching {kernel.package} depends on "
+                      f"packages {kernel.suite} does not have (yet): try again later")
+
+
+def _kernel_parts(package: str) -> List[str]:
+    """The image and module packages a linux-image package depends on (7.x, 6.18 backports)."""
+    show = subprocess.run(["apt-cache", *apt_options(), "show", package], capture_output=True, text=True)
+    depends = next((line for line in show.stdout.splitlines() if line.startswith("Depends:")), "")
+    return re.findall(KERNEL_PARTS, depends)
+
+
+def _available(package: str) -> bool:
+    policy = subprocess.run(["apt-cache", *apt_options(), "policy", package], capture_output=True, text=True)
+    return "Candidate:" in policy.stdout and "Candidate: (none)" not in policy.stdout
 
 
 # --- The guest's boot files -------------------------------------------------
@@ -255,7 +277,7 @@ def extract_kernel(package: str, directory: Path) -> tuple:
     # linux-image one depends on
     depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True,
                              check=True).stdout
-    for part in re.findall(r"\b(linux-(?:base|binary|modules)-[^\s,(]+)", depends):
+    for part in re.findall(KERNEL_PARTS, depends):
         subprocess.run(["dpkg-deb", "-x", str(download(part, directory)), str(root)], check=True)
     # /boot/vmlinuz-RELEASE, or (7.x) /usr/lib/modules/RELEASE/vmlinuz
     found = sorted((root / "boot").glob("vmlinuz-*")) + sorted(root.glob("usr/lib/modules/*/vmlinuz"))
