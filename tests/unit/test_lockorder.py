@@ -248,3 +248,33 @@ def test_a_trace_end_settles_the_findings_of_live_processes():
     store.finish(10)
     assert store.graph_of(PID) is not None and store.unsettled == set()
     assert sorted(len(c.locks) for c in store.all_findings()) == [2] * 28
+
+
+def test_a_late_edge_after_the_drop_keeps_the_settled_findings():
+    """Edges after a process's graph was settled and dropped make a graph of
+    their own: settling that one must not take away the findings of the whole."""
+    store = LockGraphStore()
+    for edge in [*acquire(1, [(0xA, W)], 0xB), *acquire(2, [(0xB, W)], 0xA)]:
+        store.add_edge(edge)
+    store.process_exited(ProcessExit(PID, 1, 1, "t"))
+    for _ in range(EXIT_GRACE_ANALYSES + 1):
+        store.analyse()
+    assert store.graph_of(PID) is None and len(store.all_findings()) == 1
+    for edge in [*acquire(3, [(0xC, W)], 0xD), *acquire(4, [(0xD, W)], 0xC)]:
+        store.add_edge(edge)
+    store.finish(10)
+    for _ in range(EXIT_GRACE_ANALYSES + 1):
+        store.analyse()
+    assert sorted(tuple(lock for lock, _ in c.locks) for c in store.all_findings()) == [(0xA, 0xB), (0xC, 0xD)]
+
+
+def test_settling_keeps_what_a_cycle_means():
+    """Settled again, a potential deadlock stays one, with its threads."""
+    store = LockGraphStore()
+    for edge in [*acquire(1, [(0xA, W)], 0xB), *acquire(2, [(0xB, W)], 0xA), *acquire(1, [(0xA, W)], 0xC)]:
+        store.add_edge(edge)
+    store.analyse()
+    before = [(c.kind, c.suppressed, sorted(c.threads)) for c in store.all_findings()]
+    store.finish(10)
+    assert [(c.kind, c.suppressed, sorted(c.threads)) for c in store.all_findings()] == before == [
+        (POTENTIAL_DEADLOCK, None, [1, 2])]
