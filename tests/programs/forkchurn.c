@@ -35,7 +35,7 @@ static int child(void)
 
 int main(void)
 {
-	const struct timespec pause = { .tv_nsec = 20 * 1000 * 1000 };
+	const struct timespec pause = { .tv_nsec = 100 * 1000 * 1000 };
 
 	for (;;) {
 		pid_t pid = fork();
